@@ -1,0 +1,231 @@
+"""SAP in one call (`correct`) and the choice of α on a validation split (`sweep_alpha`)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sap_jax import projection as proj
+from sap_jax import stats as st
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+Path = st.Path
+
+# The paper's grid is 1e3…1e6 (3e4 typical on CIFAR); small models on small data
+# prefer 1e2…3e3, so the default grid reaches down to 1e2.
+DEFAULT_ALPHAS = (1e2, 3e2, 1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6)
+
+
+def select_layers(
+    stats: Mapping[Path, st.LayerStats],
+    *,
+    exclude: Sequence[str] = (),
+    layer_range: tuple[int | None, int | None] | None = None,
+) -> dict[Path, st.LayerStats]:
+  """Restricts statistics (and so the correction) to some layers.
+
+  Args:
+    stats: output of `activation_stats`, ordered by first call.
+    exclude: glob patterns matched against "/"-joined layer paths, e.g.
+      ``("head",)`` to leave the classifier alone or ``("*Conv_0",)``.
+    layer_range: ``(start, stop)`` slice over the layers in call order (negative
+      indices count from the end; ``(0, -1)`` skips the last layer).
+
+  Returns:
+    The filtered dict, order kept.
+
+  Raises:
+    ValueError: a pattern that matches no layer (likely a typo), or nothing left.
+  """
+  names = {p: "/".join(p) for p in stats}
+  for pattern in exclude:
+    if not any(fnmatch.fnmatchcase(n, pattern) for n in names.values()):
+      raise ValueError(
+          f"exclude pattern {pattern!r} matches no layer; the layers are "
+          f"{list(names.values())}."
+      )
+  paths = list(stats)
+  if layer_range is not None:
+    paths = paths[slice(*layer_range)]
+  kept = {
+      p: stats[p]
+      for p in paths
+      if not any(fnmatch.fnmatchcase(names[p], pat) for pat in exclude)
+  }
+  if not kept:
+    raise ValueError(
+        "No layer left to project after exclude/layer_range; loosen the selection."
+    )
+  return kept
+
+
+def _check_inputs(x: Any, what: str) -> None:
+  if x is None or len(x) == 0:
+    raise ValueError(f"{what} is empty: SAP needs at least one input sample.")
+  if not np.all(np.isfinite(np.asarray(x, np.float32))):
+    raise ValueError(f"{what} contains NaN or Inf; clean the inputs first.")
+
+
+def correct(
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    x_trusted: Any,
+    alpha: Any,
+    *,
+    batch_size: int = 128,
+    exclude: Sequence[str] = (),
+    layer_range: tuple[int | None, int | None] | None = None,
+    rounds: int = 1,
+    rows_per_batch: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+  """Corrects a model with SAP: statistics on the trusted inputs → projections → params.
+
+  Args:
+    apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
+    variables: model variables (not modified).
+    x_trusted: the trusted inputs (N_trust, …).
+    alpha: scaling coefficient α > 0 (scalar or dict path → scalar).
+    batch_size: trusted samples per forward pass while collecting statistics.
+    exclude: glob patterns of layer paths to leave unchanged (see `select_layers`).
+    layer_range: slice of layers (call order) to project.
+    rounds: repeat the correction this many times on the corrected model, α × 10
+      each round (as the published code allows). 1 is the paper's method.
+    rows_per_batch: optional row budget per layer and batch (default: all rows).
+    seed: seed of the row subsampling.
+
+  Returns:
+    Corrected variables.
+  """
+  _check_inputs(x_trusted, "x_trusted")
+  proj.check_alpha(alpha)
+  if rounds < 1:
+    raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
+  current = dict(variables)
+  for r in range(rounds):
+    stats = st.activation_stats(
+        apply_fn,
+        current,
+        st.batched(np.asarray(x_trusted), batch_size),
+        rows_per_batch=rows_per_batch,
+        seed=seed + r,
+    )
+    stats = select_layers(stats, exclude=exclude, layer_range=layer_range)
+    scale = 10.0**r
+    alpha_r = (
+        {p: a * scale for p, a in alpha.items()} if isinstance(alpha, Mapping) else alpha * scale
+    )
+    current = proj.project_params(current, proj.projections(stats, alpha_r))
+  return current
+
+
+class SweepResult(NamedTuple):
+  """Validation accuracy of the original model and of the model corrected with each α.
+
+  Attributes:
+    alphas: float64[K] the α values tried, in the given order.
+    accuracies: float64[K] validation accuracy for each α.
+    baseline_accuracy: validation accuracy of the unchanged model.
+    best_alpha: the chosen α, or None when no α beats the unchanged model
+      (keeping the original model wins ties).
+    best_accuracy: validation accuracy of the choice.
+  """
+
+  alphas: np.ndarray
+  accuracies: np.ndarray
+  baseline_accuracy: float
+  best_alpha: float | None
+  best_accuracy: float
+
+
+def _count_correct(apply_fn, variables, x, y, real):
+  logits = apply_fn(variables, x)
+  hit = (jnp.argmax(logits, axis=-1) == y) & (jnp.arange(len(y)) < real)
+  return jnp.sum(hit)
+
+
+def sweep_alpha(
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    stats: Mapping[Path, st.LayerStats],
+    alphas: Sequence[float],
+    x_val: Any,
+    y_val: Any,
+    *,
+    batch_size: int = 512,
+    alpha_chunk: int | None = None,
+) -> SweepResult:
+  """Scores every α on a validation split with one eigendecomposition per layer.
+
+  The bases are computed once; the K corrected parameter sets are built with
+  `jax.vmap` over α and evaluated with `jax.vmap` over the parameter sets, batch by
+  batch: K projected evaluations, not K corrections.
+
+  Args:
+    apply_fn: eval-mode forward.
+    variables: the original variables.
+    stats: statistics of the trusted set (optionally `select_layers`-filtered).
+    alphas: the grid of α > 0 (e.g. `DEFAULT_ALPHAS`).
+    x_val: validation inputs; in the honest protocol the *noisy* validation split.
+    y_val: validation labels (noisy, or clean for the oracle protocol).
+    batch_size: validation samples per call.
+    alpha_chunk: how many α to hold in memory at once (K parameter copies); default
+      all.
+
+  Returns:
+    A `SweepResult`.
+  """
+  alphas_np = np.asarray(alphas, np.float64).reshape(-1)
+  if alphas_np.size == 0:
+    raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
+  proj.check_alpha(jnp.asarray(alphas_np))
+  _check_inputs(x_val, "x_val")
+  if len(x_val) != len(y_val):
+    raise ValueError(f"x_val has {len(x_val)} samples but y_val has {len(y_val)}.")
+  x_val, y_val = np.asarray(x_val), np.asarray(y_val, np.int32)
+  layouts = {p: s.layout for p, s in stats.items()}
+  layer_bases = jax.jit(proj.bases)(stats)
+
+  build = jax.jit(
+      jax.vmap(
+          lambda v, b, a: proj.project_params(v, proj.projections_from_bases(b, layouts, a)),
+          in_axes=(None, None, 0),
+      )
+  )
+  count = jax.jit(lambda v, x, y, real: _count_correct(apply_fn, v, x, y, real))
+  count_k = jax.jit(
+      jax.vmap(lambda v, x, y, real: _count_correct(apply_fn, v, x, y, real), in_axes=(0, None, None, None))
+  )
+
+  n = len(x_val)
+  bs = max(1, min(batch_size, n))
+  batches = []
+  for start in range(0, n, bs):
+    xb, yb = x_val[start : start + bs], y_val[start : start + bs]
+    real = len(xb)
+    if real < bs:  # pad to one shape so one compilation serves every batch
+      xb = np.concatenate([xb, np.repeat(xb[:1], bs - real, axis=0)])
+      yb = np.concatenate([yb, np.repeat(yb[:1], bs - real, axis=0)])
+    batches.append((xb, yb, real))
+
+  baseline = sum(int(count(variables, xb, yb, r)) for xb, yb, r in batches) / n
+  chunk = alpha_chunk or alphas_np.size
+  hits = []
+  for start in range(0, alphas_np.size, chunk):
+    a = jnp.asarray(alphas_np[start : start + chunk], jnp.float32)
+    stacked = build(variables, layer_bases, a)
+    total = sum(np.asarray(count_k(stacked, xb, yb, r), np.int64) for xb, yb, r in batches)
+    hits.append(total)
+    del stacked
+  accuracies = np.concatenate(hits).astype(np.float64) / n
+  best = int(np.argmax(accuracies))
+  if accuracies[best] > baseline:
+    best_alpha, best_acc = float(alphas_np[best]), float(accuracies[best])
+  else:
+    best_alpha, best_acc = None, float(baseline)
+  return SweepResult(alphas_np, accuracies, float(baseline), best_alpha, best_acc)

@@ -1,0 +1,257 @@
+"""Scaled activation projections and the parameter update that applies them.
+
+For one layer with input Gram matrix C = RᵀR = V Σ² Vᵀ (V: right singular vectors of
+the row matrix R, the "U" of the paper's column convention):
+
+    σ̃_i = σ_i² / Σ_j σ_j²                      (normalised spectrum)
+    λ_i = α σ̃_i / ((α − 1) σ̃_i + 1)           (importance, α > 0)
+    P   = V diag(λ) Vᵀ                          (scaled projection)
+
+λ = σ̃ at α = 1 (so P = C / tr C), λ → 1 on every non-zero direction as α → ∞, and
+λ = 0 on directions the trusted inputs never use. A layer y = x K + b whose inputs
+are replaced by x P computes x P K + b, so the corrected kernel is K̂ = P K (P is
+symmetric). For a conv the kernel is flattened in the patch feature order
+(C_in, k_1, …, k_n) first; a grouped conv applies group g's projection to the
+output channels of group g.
+
+Everything here is a pure function of arrays: it jits, differentiates in α and
+vmaps over α.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from sap_jax.stats import CONV, LayerStats, Layout, Path
+
+
+class Basis(NamedTuple):
+  """Eigenbasis of a layer's input statistics.
+
+  Attributes:
+    spectrum: normalised spectrum σ̃ (…, d), non-negative, summing to 1 (all zeros
+      when the layer's inputs were all zero).
+    vectors: orthonormal eigenvectors V (…, d, d), column i belongs to σ̃_i.
+  """
+
+  spectrum: jax.Array
+  vectors: jax.Array
+
+
+@struct.dataclass
+class Projection:
+  """A layer's input projection P together with the layer's static layout."""
+
+  matrix: jax.Array
+  layout: Layout = struct.field(pytree_node=False)
+
+
+def normalised_spectrum(sigma_sq: jax.Array) -> jax.Array:
+  """σ̃ = σ² / Σσ² over the last axis; negative round-off is clipped to zero."""
+  sigma_sq = jnp.clip(sigma_sq, 0.0)
+  total = jnp.sum(sigma_sq, axis=-1, keepdims=True)
+  return sigma_sq / jnp.maximum(total, jnp.finfo(sigma_sq.dtype).tiny)
+
+
+def importance(spectrum: jax.Array, alpha: jax.Array | float) -> jax.Array:
+  """λ = α σ̃ / ((α − 1) σ̃ + 1), the SAP importance of each direction."""
+  spectrum = jnp.asarray(spectrum, jnp.result_type(spectrum, jnp.float32))
+  alpha = jnp.asarray(alpha, spectrum.dtype)
+  return alpha * spectrum / ((alpha - 1.0) * spectrum + 1.0)
+
+
+def eigh_basis(gram: jax.Array, rcond: float | None = None) -> Basis:
+  """Basis from the eigendecomposition of C = RᵀR (batched over leading axes).
+
+  Args:
+    gram: C (…, d, d), symmetric positive semi-definite.
+    rcond: eigenvalues below ``rcond · max eigenvalue`` are treated as exact
+      zeros. Eigenvalues of a float32 Gram matrix carry round-off of about
+      eps · λ_max (measured: ≤ 1.6e-7 · λ_max for d up to 4608), which a large α
+      would otherwise promote to λ ≈ α·1e-7 on directions the trusted inputs
+      never use. Default 10 · eps of the dtype.
+  """
+  trace = jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None]
+  # Scale to unit trace first: the eigenvectors do not change, the conditioning
+  # of float32 eigh does not depend on the magnitude of the activations.
+  scaled = gram / jnp.maximum(trace, jnp.finfo(gram.dtype).tiny)
+  scaled = 0.5 * (scaled + jnp.swapaxes(scaled, -1, -2))
+  sigma_sq, vectors = jnp.linalg.eigh(scaled)
+  if rcond is None:
+    rcond = 10.0 * float(jnp.finfo(scaled.dtype).eps)
+  top = jnp.max(sigma_sq, axis=-1, keepdims=True)
+  sigma_sq = jnp.where(sigma_sq > rcond * top, sigma_sq, 0.0)
+  return Basis(normalised_spectrum(sigma_sq), vectors)
+
+
+def svd_basis(rows: jax.Array) -> Basis:
+  """Basis from the SVD of the stacked rows R (n, d) or (G, n, d).
+
+  This is the method as the paper writes it. It costs O(n d²) with a large
+  constant and needs all rows in memory; `eigh_basis` of the streamed Gram matrix
+  gives the same projection (up to round-off) and is what `bases` uses by default.
+  """
+  _, s, vt = jnp.linalg.svd(rows, full_matrices=True)
+  d = rows.shape[-1]
+  sigma_sq = jnp.zeros(rows.shape[:-2] + (d,), rows.dtype)
+  sigma_sq = sigma_sq.at[..., : s.shape[-1]].set(s**2)
+  return Basis(normalised_spectrum(sigma_sq), jnp.swapaxes(vt, -1, -2))
+
+
+def bases(stats: Mapping[Path, LayerStats]) -> dict[Path, Basis]:
+  """One eigendecomposition per layer (the expensive, α-independent part)."""
+  return {path: eigh_basis(s.gram) for path, s in stats.items()}
+
+
+def projection_matrix(basis: Basis, alpha: jax.Array | float) -> jax.Array:
+  """P = V diag(λ(α)) Vᵀ."""
+  lam = importance(basis.spectrum, alpha)
+  return jnp.einsum(
+      "...ik,...k,...jk->...ij",
+      basis.vectors,
+      lam,
+      basis.vectors,
+      precision=jax.lax.Precision.HIGHEST,
+  )
+
+
+def _alpha_for(alpha: Any, path: Path) -> Any:
+  if isinstance(alpha, Mapping):
+    if path not in alpha:
+      raise KeyError(
+          f"Per-layer alpha has no entry for layer {'/'.join(path)!r}; give every "
+          "layer in the statistics an alpha, or use a scalar."
+      )
+    return alpha[path]
+  return alpha
+
+
+def check_alpha(alpha: Any) -> None:
+  """Raises ValueError unless every α is a finite number > 0 (concrete values only)."""
+  values = alpha.values() if isinstance(alpha, Mapping) else [alpha]
+  for a in values:
+    if isinstance(a, jax.core.Tracer):
+      continue
+    arr = jnp.asarray(a)
+    if not bool(jnp.all(jnp.isfinite(arr))) or not bool(jnp.all(arr > 0)):
+      raise ValueError(
+          f"alpha must be finite and > 0 (the paper uses 1e3…1e6), got {a}."
+      )
+
+
+def projections_from_bases(
+    layer_bases: Mapping[Path, Basis],
+    layouts: Mapping[Path, Layout],
+    alpha: Any,
+) -> dict[Path, Projection]:
+  """Projections for one α (a scalar or a dict path → scalar) from precomputed bases."""
+  return {
+      path: Projection(projection_matrix(b, _alpha_for(alpha, path)), layouts[path])
+      for path, b in layer_bases.items()
+  }
+
+
+def projections(
+    stats: Mapping[Path, LayerStats], alpha: Any
+) -> dict[Path, Projection]:
+  """SAP projections P = V diag(λ(α)) Vᵀ for every layer in ``stats``.
+
+  Args:
+    stats: output of `activation_stats` (possibly filtered with `select_layers`).
+    alpha: the scaling coefficient α > 0: a scalar (one for all layers) or a dict
+      from layer path to scalar. Differentiable; usable under `jax.vmap` over α
+      (the eigendecompositions do not depend on α and are computed once).
+
+  Returns:
+    A dict path → `Projection` (``.matrix`` is (d, d), or (G, d, d) for a conv with
+    G groups).
+  """
+  check_alpha(alpha)
+  return projections_from_bases(
+      bases(stats), {p: s.layout for p, s in stats.items()}, alpha
+  )
+
+
+def _get_path(tree: Mapping[str, Any], path: Path) -> Any:
+  node = tree
+  for name in path:
+    if not isinstance(node, Mapping) or name not in node:
+      raise KeyError("/".join(path))
+    node = node[name]
+  return node
+
+
+def _set_path(tree: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]:
+  """Returns a copy of ``tree`` with ``tree[path]`` replaced (copy on the path only)."""
+  new = dict(tree)
+  if len(path) == 1:
+    new[path[0]] = value
+  else:
+    new[path[0]] = _set_path(tree[path[0]], path[1:], value)
+  return new
+
+
+def project_kernel(kernel: jax.Array, projection: Projection) -> jax.Array:
+  """The kernel that sees projected inputs: K̂ = P K in the layer's own layout."""
+  layout, p = projection.layout, projection.matrix
+  if tuple(kernel.shape) != layout.kernel_shape:
+    raise ValueError(
+        f"Kernel shape {tuple(kernel.shape)} does not match the statistics' layer "
+        f"shape {layout.kernel_shape}: the statistics come from a different model. "
+        "Recompute activation_stats with these variables."
+    )
+  d, groups = layout.dim, layout.groups
+  want = (d, d) if groups == 1 else (groups, d, d)
+  if tuple(p.shape) != want:
+    raise ValueError(f"Projection has shape {tuple(p.shape)}, expected {want}.")
+  hp = jax.lax.Precision.HIGHEST
+  if layout.kind != CONV:
+    flat = kernel.reshape(d, -1)
+    return jnp.matmul(p.astype(kernel.dtype), flat, precision=hp).reshape(kernel.shape)
+  n_in = layout.num_in_axes  # spatial axes + C_in/G
+  # (k_1, …, k_n, c, O) → (c, k_1, …, k_n, O): the patch feature order.
+  perm = (n_in - 1,) + tuple(range(n_in - 1)) + (n_in,)
+  flat = jnp.transpose(kernel, perm).reshape(d, groups, -1)  # O = G · O_g
+  p = p.astype(kernel.dtype).reshape(groups, d, d)
+  new = jnp.einsum("gij,jgo->igo", p, flat, precision=hp)
+  new = new.reshape(tuple(kernel.shape[i] for i in perm))
+  return jnp.transpose(new, tuple(int(i) for i in np.argsort(perm)))
+
+
+def project_params(
+    variables: Mapping[str, Any], layer_projections: Mapping[Path, Projection]
+) -> dict[str, Any]:
+  """Replaces every covered kernel by the kernel that sees projected inputs.
+
+  Args:
+    variables: model variables with a ``params`` collection. Never modified.
+    layer_projections: output of `projections` (path → `Projection`).
+
+  Returns:
+    New variables: each covered ``kernel`` replaced by P·K (in its layout), biases,
+    BatchNorm parameters and statistics and every other leaf unchanged (the very
+    same arrays).
+  """
+  if "params" not in variables:
+    raise ValueError(
+        "variables has no 'params' collection; pass the full Flax variables dict "
+        "({'params': ..., 'batch_stats': ...})."
+    )
+  params = variables["params"]
+  for path, proj in layer_projections.items():
+    try:
+      layer = _get_path(params, path)
+      kernel = layer["kernel"]
+    except KeyError:
+      raise ValueError(
+          f"Layer {'/'.join(path)!r} of the projections has no kernel in "
+          "variables['params']: the statistics come from a different model."
+      ) from None
+    params = _set_path(params, path, {**layer, "kernel": project_kernel(kernel, proj)})
+  return {**variables, "params": params}

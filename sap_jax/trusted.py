@@ -1,0 +1,205 @@
+"""The trusted set: training samples whose (noisy) labels the model is surest of.
+
+The paper takes the N_trust samples with the lowest cross-entropy loss under the
+trained model. The published code ranks by an input-curvature score instead (a
+finite-difference estimate of how sharply the loss bends around the input: low
+curvature = typical, likely correctly labelled), per class. Both are here; loss
+is the default, class-balanced selection an option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def _check_xy(x: Any, y: Any) -> None:
+  if len(x) == 0:
+    raise ValueError("Empty input: x has no samples.")
+  if len(x) != len(y):
+    raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
+
+
+def _padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
+  """Yields equal-size batches (the last one padded by repeating sample 0) and the
+  number of real samples in each, so one compiled function serves all batches."""
+  n = len(x)
+  batch_size = max(1, min(batch_size, n))
+  for start in range(0, n, batch_size):
+    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    real = len(xb)
+    if real < batch_size:
+      pad = batch_size - real
+      xb = np.concatenate([xb, np.repeat(x[:1], pad, axis=0)])
+      yb = np.concatenate([yb, np.repeat(y[:1], pad, axis=0)])
+    yield xb, yb, real
+
+
+def _cross_entropy(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array):
+  logits = apply_fn(variables, x).astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def per_example_loss(
+    apply_fn: ApplyFn,
+    variables: Any,
+    x: Any,
+    y: Any,
+    *,
+    batch_size: int = 512,
+) -> np.ndarray:
+  """Cross-entropy of every sample under the model (eval mode).
+
+  Args:
+    apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
+    variables: model variables.
+    x: inputs (N, …).
+    y: integer labels (N,), the labels the model was trained on.
+    batch_size: samples per jitted call (the last batch is padded, not recompiled).
+
+  Returns:
+    float32[N] losses.
+  """
+  _check_xy(x, y)
+  x, y = np.asarray(x), np.asarray(y, np.int32)
+  fn = jax.jit(lambda v, xb, yb: _cross_entropy(apply_fn, v, xb, yb))
+  out = [np.asarray(fn(variables, xb, yb))[:real] for xb, yb, real in _padded_batches(x, y, batch_size)]
+  return np.concatenate(out).astype(np.float32)
+
+
+def input_curvature(
+    apply_fn: ApplyFn,
+    variables: Any,
+    x: Any,
+    y: Any,
+    *,
+    h: float = 1e-3,
+    num_probes: int = 10,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> np.ndarray:
+  """Finite-difference input-curvature score of every sample.
+
+  For Rademacher probes v ∈ {±1}^shape(x):
+
+      curv(x) = mean_v ‖∇ₓ ℓ(x + h v, y) − ∇ₓ ℓ(x, y)‖²  (≈ h² ‖H_x v‖²),
+
+  the estimator of Garg, Roy et al. ("Memorization through the lens of curvature
+  of loss function around samples", ICML 2024) that SAP's published code uses to
+  rank samples. High curvature marks atypical or mislabelled samples.
+
+  Args:
+    apply_fn: eval-mode forward.
+    variables: model variables.
+    x: inputs (N, …).
+    y: integer labels (N,).
+    h: finite-difference step.
+    num_probes: number of random probes averaged.
+    seed: seed of the probes.
+    batch_size: samples per jitted call.
+
+  Returns:
+    float32[N] curvature scores (lower = more trusted).
+  """
+  _check_xy(x, y)
+  if h <= 0 or num_probes < 1:
+    raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+
+  def grad_x(v, xb, yb):
+    return jax.grad(lambda xx: jnp.sum(_cross_entropy(apply_fn, v, xx, yb)))(xb)
+
+  @jax.jit
+  def score(v, xb, yb, key):
+    g0 = grad_x(v, xb, yb)
+
+    def probe(carry, k):
+      r = jax.random.rademacher(k, xb.shape, xb.dtype)
+      g1 = grad_x(v, xb + h * r, yb)
+      return carry + jnp.sum((g1 - g0).reshape(len(xb), -1) ** 2, axis=1), None
+
+    total, _ = jax.lax.scan(probe, jnp.zeros(len(xb)), jax.random.split(key, num_probes))
+    return total / num_probes
+
+  key = jax.random.PRNGKey(seed)
+  out = []
+  for i, (xb, yb, real) in enumerate(_padded_batches(x, y, batch_size)):
+    out.append(np.asarray(score(variables, xb, yb, jax.random.fold_in(key, i)))[:real])
+  return np.concatenate(out).astype(np.float32)
+
+
+SCORES = ("loss", "curvature")
+
+
+def trust_scores(
+    apply_fn: ApplyFn,
+    variables: Any,
+    x: Any,
+    y: Any,
+    *,
+    score: str = "loss",
+    batch_size: int = 512,
+    seed: int = 0,
+) -> np.ndarray:
+  """Per-sample scores to rank by (lower = more trusted): "loss" or "curvature"."""
+  if score == "loss":
+    return per_example_loss(apply_fn, variables, x, y, batch_size=batch_size)
+  if score == "curvature":
+    return input_curvature(apply_fn, variables, x, y, seed=seed, batch_size=min(batch_size, 256))
+  raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+
+
+def select_trusted(
+    scores: Any,
+    labels: Any,
+    n: int,
+    *,
+    class_balanced: bool = False,
+) -> np.ndarray:
+  """Indices of the ``n`` samples with the lowest scores (e.g. losses).
+
+  Args:
+    scores: float[N] per-sample scores, lower = more trusted.
+    labels: int[N] (noisy) labels, used for class-balanced selection.
+    n: how many samples to select, 1 ≤ n ≤ N.
+    class_balanced: split ``n`` evenly over the classes present in ``labels``
+      (the lowest-scoring n // K of each class, the remainder to the next-lowest
+      samples overall; a class with too few samples gives all it has and the rest
+      is filled the same way).
+
+  Returns:
+    int64 indices, sorted by score (ties broken by index), no duplicates.
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels)
+  if scores.ndim != 1 or labels.shape != scores.shape:
+    raise ValueError(
+        f"scores and labels must be 1-D of equal length, got {scores.shape} and "
+        f"{labels.shape}."
+    )
+  if not 1 <= n <= len(scores):
+    raise ValueError(
+        f"Cannot select n={n} trusted samples from {len(scores)}: choose "
+        f"1 ≤ n ≤ {len(scores)} (e.g. --n-trusted {min(1000, len(scores))})."
+    )
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores contain NaN or Inf; the model's losses are not finite.")
+  order = np.lexsort((np.arange(len(scores)), scores))  # by score, then index
+  if not class_balanced:
+    return order[:n].astype(np.int64)
+  classes = np.unique(labels)
+  share = n // len(classes)
+  chosen = np.zeros(len(scores), bool)
+  for c in classes:
+    in_class = order[labels[order] == c]
+    chosen[in_class[:share]] = True
+  rest = order[~chosen[order]][: n - int(chosen.sum())]
+  chosen[rest] = True
+  return order[chosen[order]].astype(np.int64)
