@@ -37,6 +37,11 @@ class SAPResult(NamedTuple):
   timings: dict[str, float]
 
 
+@jax.jit
+def _jit_correct(variables, stats, alpha):
+  return proj.project_params(variables, proj.projections(stats, alpha))
+
+
 def _block(tree):
   return jax.block_until_ready(tree)
 
@@ -110,7 +115,7 @@ def run_sap(
   if sweep.best_alpha is None:
     corrected = dict(variables)
   else:
-    corrected = _block(proj.project_params(variables, proj.projections(stats, sweep.best_alpha)))
+    corrected = _block(_jit_correct(variables, stats, sweep.best_alpha))
   t4 = time.perf_counter()
   return SAPResult(
       variables=corrected,

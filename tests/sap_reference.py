@@ -68,7 +68,7 @@ def im2col(x, kernel_size, strides=1, padding="VALID", kernel_dilation=1, input_
   return np.asarray(rows), out_shape
 
 
-def projected_input_interceptor(projections_by_path):
+def projected_input_interceptor(projections_by_path, patch_fn=None):
   """An interceptor that multiplies every covered layer's inputs by its P.
 
   The layer then runs with its ORIGINAL kernel. For a conv, the output is
@@ -77,6 +77,9 @@ def projected_input_interceptor(projections_by_path):
 
   Args:
     projections_by_path: dict path → P (numpy; (d, d) or (G, d, d) for grouped).
+    patch_fn: optional fast replacement of the loop `im2col`,
+      ``patch_fn(module, x) -> rows`` (for large models; `sap_jax.conv_patches`
+      is itself checked against `im2col` in test_stats).
   """
 
   def interceptor(next_fun, args, kwargs, context):
@@ -104,9 +107,13 @@ def projected_input_interceptor(projections_by_path):
         padding = [(padding, padding)] * len(ks)
       elif not isinstance(padding, str):
         padding = [(q, q) if isinstance(q, int) else tuple(q) for q in padding]
-      rows, out_shape = im2col(
-          x, ks, module.strides, padding, module.kernel_dilation, module.input_dilation
-      )
+      if patch_fn is None:
+        rows, out_shape = im2col(
+            x, ks, module.strides, padding, module.kernel_dilation, module.input_dilation
+        )
+      else:
+        rows = np.asarray(patch_fn(module, jnp.asarray(x, jnp.float32)), np.float64)
+        out_shape = next_fun(*args, **kwargs).shape[1:-1]
       kernel = np.asarray(params["kernel"], np.float64)  # (*k, c_g, O)
       groups = module.feature_group_count
       c_g, out_ch = kernel.shape[-2], kernel.shape[-1]

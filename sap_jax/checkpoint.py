@@ -1,0 +1,230 @@
+"""Saving and loading trained variables with human-readable metadata.
+
+A checkpoint is a directory::
+
+  <path>/
+    metadata.json   format tag, the caller's metadata (dataset, noise spec,
+                    seed, model name and kwargs, train config, metrics), and
+                    the shape/dtype of every array
+    variables/      the variables tree, written by orbax-checkpoint
+
+Loading needs no model object: the raw tree is restored (arrays saved from
+numpy come back as numpy, jax arrays as jax arrays, with identical values
+and dtypes). Writes go to a temporary sibling directory that is renamed into
+place, so an interrupted save never leaves a half-written checkpoint at
+``path``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+import shutil
+from typing import Any
+import uuid
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["FORMAT", "METADATA_FILE", "VARIABLES_DIR", "load_checkpoint",
+           "save_checkpoint"]
+
+FORMAT = "sap_jax.checkpoint"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+VARIABLES_DIR = "variables"
+
+
+def _json_default(obj: Any) -> Any:
+  """Converts the non-JSON types metadata commonly holds."""
+  if isinstance(obj, np.generic):
+    return obj.item()
+  if isinstance(obj, (np.ndarray, jax.Array)):
+    return np.asarray(obj).tolist()
+  if isinstance(obj, Path):
+    return str(obj)
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    return dataclasses.asdict(obj)
+  if isinstance(obj, (set, frozenset)):
+    return sorted(obj)
+  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _path_str(path: tuple) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _array_specs(variables: Any) -> dict[str, dict[str, Any]]:
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  return {_path_str(p): {"shape": list(np.shape(v)), "dtype": str(v.dtype),
+                         "kind": "jax" if isinstance(v, jax.Array) else "numpy"}
+          for p, v in leaves}
+
+
+def _fsync_dir(path: Path) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def save_checkpoint(path: str | os.PathLike, variables: Any,
+                    metadata: dict[str, Any], *,
+                    overwrite: bool = False) -> Path:
+  """Saves ``variables`` and ``metadata`` to the directory ``path``.
+
+  Args:
+    path: the checkpoint directory to create.
+    variables: a nested dict of arrays, e.g. ``{"params": ...,
+      "batch_stats": ...}`` (numpy or jax arrays; FrozenDicts are unfrozen).
+    metadata: a JSON-serialisable dict (numpy scalars/arrays, Paths,
+      dataclasses and sets are converted), e.g. dataset, noise spec, seed,
+      model name and kwargs, ``TrainConfig.to_dict()``, metrics.
+    overwrite: replace an existing checkpoint at ``path``.
+
+  Returns:
+    The absolute checkpoint path.
+
+  Raises:
+    FileExistsError: ``path`` exists and ``overwrite`` is false (nothing is
+      written).
+    ValueError: ``metadata`` is not a JSON-serialisable dict, or
+      ``variables`` holds something other than arrays (nothing is written).
+  """
+  path = Path(path).absolute()
+  if path.exists() and not overwrite:
+    raise FileExistsError(
+        f"Checkpoint path {path} already exists; pass --overwrite "
+        "(overwrite=True) to replace it, or choose another path.")
+  if not isinstance(metadata, dict):
+    raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
+  variables = flax.core.unfreeze(variables)
+  leaves = jax.tree_util.tree_leaves(variables)
+  if not leaves:
+    raise ValueError("variables holds no arrays; pass the model variables.")
+  bad = [type(v).__name__ for v in leaves
+         if not isinstance(v, (np.ndarray, jax.Array))]
+  if bad:
+    raise ValueError(f"variables must hold only numpy/jax arrays, found "
+                     f"{sorted(set(bad))}; convert them with np.asarray.")
+  try:
+    text = json.dumps(
+        {"format": FORMAT, "version": FORMAT_VERSION, "metadata": metadata,
+         "arrays": _array_specs(variables)},
+        indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"metadata is not JSON serialisable ({e}); pass plain "
+                     "numbers, strings, lists and dicts.") from e
+
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tag = uuid.uuid4().hex[:8]
+  tmp = path.parent / f".{path.name}.tmp-{tag}"
+  old = path.parent / f".{path.name}.old-{tag}"
+  try:
+    tmp.mkdir()
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(tmp / VARIABLES_DIR, variables)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
+    with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    if path.exists():
+      if not overwrite:  # Appeared while we were writing.
+        raise FileExistsError(
+            f"Checkpoint path {path} appeared during the save; pass "
+            "--overwrite (overwrite=True) or choose another path.")
+      os.rename(path, old)
+    os.rename(tmp, path)
+    _fsync_dir(path.parent)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+      shutil.rmtree(old, ignore_errors=True)
+    elif old.exists() or old.is_symlink():
+      old.unlink()
+  return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any],
+                                                      dict[str, Any]]:
+  """Loads a checkpoint written by :func:`save_checkpoint`.
+
+  Args:
+    path: the checkpoint directory.
+
+  Returns:
+    ``(variables, metadata)``: the raw variables tree (nested dicts of numpy
+    or jax arrays, as saved) and the metadata dict.
+
+  Raises:
+    FileNotFoundError: ``path`` does not exist.
+    ValueError: ``path`` is not a sap_jax checkpoint or is damaged (missing
+      or unreadable metadata, missing or unreadable arrays, arrays that do
+      not match the recorded shapes/dtypes).
+  """
+  path = Path(path).absolute()
+  if not path.exists():
+    raise FileNotFoundError(f"No checkpoint at {path}.")
+  if not path.is_dir():
+    raise ValueError(f"{path} is a file, not a sap_jax checkpoint directory.")
+  meta_file = path / METADATA_FILE
+  if not meta_file.is_file():
+    raise ValueError(f"{path} is not a sap_jax checkpoint: {METADATA_FILE} is "
+                     "missing.")
+  try:
+    record = json.loads(meta_file.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"Damaged checkpoint {path}: {METADATA_FILE} is not "
+                     f"readable JSON ({e}).") from e
+  if not isinstance(record, dict) or record.get("format") != FORMAT:
+    raise ValueError(f"{path} is not a sap_jax checkpoint: {METADATA_FILE} "
+                     f"lacks the format tag {FORMAT!r}.")
+  if record.get("version") != FORMAT_VERSION:
+    raise ValueError(f"{path} has checkpoint format version "
+                     f"{record.get('version')}; this sap_jax reads version "
+                     f"{FORMAT_VERSION}.")
+  specs = record.get("arrays")
+  metadata = record.get("metadata")
+  if not isinstance(specs, dict) or not isinstance(metadata, dict):
+    raise ValueError(f"Damaged checkpoint {path}: {METADATA_FILE} lacks the "
+                     "'arrays' or 'metadata' entry.")
+  var_dir = path / VARIABLES_DIR
+  if not var_dir.is_dir():
+    raise ValueError(f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ "
+                     "directory is missing.")
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    variables = checkpointer.restore(var_dir)
+  except Exception as e:  # orbax/tensorstore raise many types.
+    raise ValueError(f"Damaged checkpoint {path}: the arrays in "
+                     f"{VARIABLES_DIR}/ cannot be read ({type(e).__name__}: "
+                     f"{e}).") from e
+  finally:
+    checkpointer.close()
+  found = {k: {"shape": v["shape"], "dtype": v["dtype"]}
+           for k, v in _array_specs(variables).items()}
+  expected = {k: {"shape": v.get("shape"), "dtype": v.get("dtype")}
+              for k, v in specs.items()}
+  if found != expected:
+    missing = sorted(set(expected) - set(found))
+    changed = sorted(k for k in set(expected) & set(found)
+                     if expected[k] != found[k])
+    raise ValueError(f"Damaged checkpoint {path}: restored arrays do not "
+                     f"match {METADATA_FILE} (missing {missing[:5]}, "
+                     f"different {changed[:5]}).")
+  return variables, metadata
