@@ -633,7 +633,7 @@ def train_model(model: nn.Module, x: Any, y: Any, config: TrainConfig, *,
   """Trains ``model`` on ``(x, y)`` with SGD and the configured options.
 
   Deterministic for a given ``config.seed`` on one device: parameters come
-  from ``jax.random.key(seed)``, the per-epoch data order from
+  from ``jax.random.key(seed, impl="rbg")``, the per-epoch data order from
   ``np.random.default_rng(seed)``, and step ``t``'s randomness from
   ``fold_in(key, t)``.
 
@@ -667,7 +667,10 @@ def train_model(model: nn.Module, x: Any, y: Any, config: TrainConfig, *,
   steps_per_epoch = n // config.batch_size
 
   start_time = time.perf_counter()
-  key = jax.random.key(config.seed)
+  # XLA compiles the "rbg" generator several times faster than threefry on CPU
+  # (tiny ResNet18 init: 4 s against 46 s on 2 loaded cores); it is just as
+  # deterministic for a seed on one platform.
+  key = jax.random.key(config.seed, impl="rbg")
   init_key, step_key = jax.random.split(key)
   state = create_train_state(model, x[:1], config, init_key,
                              steps_per_epoch=steps_per_epoch)
