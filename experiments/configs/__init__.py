@@ -1,0 +1,1 @@
+"""Experiment configs: one module per table/ablation; each docstring holds its command."""
