@@ -360,10 +360,15 @@ def highest_loss(losses: Any, n: int) -> np.ndarray:
 
 def search(task: CorrectionTask, settings: Sequence[Mapping[str, Any]],
            fit: Callable[..., Variables], *, progress: bool = False,
-           desc: str = "search") -> tuple[Variables, dict[str, Any], list[dict]]:
+           desc: str = "search", keep_original: bool = False,
+           ) -> tuple[Variables, dict[str, Any], list[dict]]:
   """Runs ``fit(**setting)`` for every setting and keeps the best on noisy val.
 
-  Only the best variables are kept in memory.
+  Only the best variables are kept in memory. With ``keep_original`` the
+  unchanged model is the incumbent, as in SAP's α sweep: a setting must beat it
+  on the noisy validation split to be chosen (otherwise the setting returned is
+  ``{"kept_original": True}``). Without it a correction that ruins the model
+  (e.g. SSD dampening a memorised model to chance) would be returned.
 
   Args:
     task: the task (its noisy validation split scores the settings).
@@ -377,6 +382,9 @@ def search(task: CorrectionTask, settings: Sequence[Mapping[str, Any]],
     its ``val_accuracy``.
   """
   best, best_acc, best_setting, records = None, -1.0, None, []
+  if keep_original:
+    best, best_acc = task.variables, val_accuracy(task, task.variables)
+    best_setting = {"kept_original": True}
   for setting in tqdm(settings, disable=not progress, desc=desc, unit="setting"):
     variables = fit(**setting)
     acc = val_accuracy(task, variables)

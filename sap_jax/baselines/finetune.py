@@ -96,7 +96,8 @@ def finetune(n_retain: int = 5000, *, lr: float = 1e-2, epochs: int = 10,
              batch_size: int = 128, momentum: float = 0.9,
              weight_decay: float = 5e-4,
              grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
-             progress: bool = False) -> base.Method:
+             progress: bool = False,
+    keep_original: bool = True) -> base.Method:
   """Finetune on the ``n_retain`` lowest-loss training samples.
 
   Args:
@@ -110,6 +111,8 @@ def finetune(n_retain: int = 5000, *, lr: float = 1e-2, epochs: int = 10,
     grid: values to search over for ``lr`` and/or ``epochs`` (default: 3 learning
       rates); None trains only ``lr``/``epochs`` (1 setting).
     progress: show a bar over settings.
+    keep_original: return the unchanged model when no setting beats it on
+      the noisy validation split (the rule SAP's α sweep follows).
 
   Returns:
     The method ``"finetune"``; ``details["retain_indices"]`` are the samples
@@ -132,7 +135,7 @@ def finetune(n_retain: int = 5000, *, lr: float = 1e-2, epochs: int = 10,
                                 momentum=momentum, weight_decay=weight_decay,
                                 seed=task.seed)
 
-    best, setting, records = base.search(task, settings, fit, progress=progress,
+    best, setting, records = base.search(task, settings, fit, progress=progress, keep_original=keep_original,
                                          desc="finetune")
     chosen = {**setting, "n_retain": n, "n_retain_requested": n_retain}
     details = {"settings": records, "retain_indices": retain,

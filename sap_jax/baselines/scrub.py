@@ -219,7 +219,8 @@ def scrub(n_retain: int = 1000, n_forget: int = 200, *, alpha: float = 1e-3,
           forget_batch_size: int = 32, momentum: float = 0.9,
           weight_decay: float = 5e-4,
           grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
-          progress: bool = False) -> base.Method:
+          progress: bool = False,
+    keep_original: bool = True) -> base.Method:
   """SCRUB with the lowest-loss samples as retain and the highest as forget set.
 
   Args:
@@ -240,6 +241,8 @@ def scrub(n_retain: int = 1000, n_forget: int = 200, *, alpha: float = 1e-3,
       epochs`` (default :data:`DEFAULT_GRID`, 8 settings;
       :data:`PAPER_SCALE_GRID` has the paper's 675); None runs the defaults.
     progress: show a bar over settings.
+    keep_original: return the unchanged model when no setting beats it on
+      the noisy validation split (the rule SAP's α sweep follows).
 
   Returns:
     The method ``"scrub"``.
@@ -270,7 +273,7 @@ def scrub(n_retain: int = 1000, n_forget: int = 200, *, alpha: float = 1e-3,
           weight_decay=weight_decay, teacher_logits_forget=t_f,
           teacher_logits_retain=t_r, seed=task.seed, **setting)
 
-    best, setting, records = base.search(task, settings, fit, progress=progress,
+    best, setting, records = base.search(task, settings, fit, progress=progress, keep_original=keep_original,
                                          desc="scrub")
     chosen = {**setting, "n_retain": n_r, "n_retain_requested": n_retain,
               "n_forget": n_f, "n_forget_requested": n_forget}

@@ -185,7 +185,8 @@ def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
         n_retain: int | None = None,
         grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
         per_example: bool = True, batch_size: int = 32,
-        progress: bool = False) -> base.Method:
+        progress: bool = False,
+    keep_original: bool = True) -> base.Method:
   """Selective Synaptic Dampening with the highest-loss samples as forget set.
 
   Args:
@@ -201,6 +202,8 @@ def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
     per_example: Fisher estimator (see :func:`fisher_diagonal`).
     batch_size: samples per gradient call.
     progress: show a bar over settings.
+    keep_original: return the unchanged model when no setting beats it on
+      the noisy validation split (the rule SAP's α sweep follows).
 
   Returns:
     The method ``"ssd"``.
@@ -228,7 +231,7 @@ def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
     def fit(alpha, lambda_):
       return ssd_dampen(task.variables, imp_d, imp_f, alpha, lambda_)
 
-    best, setting, records = base.search(task, settings, fit, progress=progress,
+    best, setting, records = base.search(task, settings, fit, progress=progress, keep_original=keep_original,
                                          desc="ssd")
     for r in records:
       sel = ssd_fraction_selected(imp_d, imp_f, r["alpha"])
