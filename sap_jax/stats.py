@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -90,16 +91,19 @@ def _path_name(path: Path) -> str:
   return "/".join(path)
 
 
-def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
-  """Unfolds a conv layer's input into its patches, exactly as the layer sees it.
+class _ConvGeometry(NamedTuple):
+  """A conv call's input (flattened batch, flax padding modes already applied) and
+  the geometry `lax.conv_general_dilated` sees."""
 
-  Args:
-    module: a bound or unbound `nn.Conv` whose attributes define the geometry.
-    inputs: the layer's input, ``(*batch, *spatial, C_in)``.
+  x: jax.Array  # (N, *spatial, C_in)
+  kernel_size: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: Any  # "SAME"/"SAME_LOWER"/"VALID" or ((lo, hi), ...)
+  input_dilation: tuple[int, ...]
+  kernel_dilation: tuple[int, ...]
 
-  Returns:
-    Rows of shape (num_output_positions, C_in·Πk), features ordered (C_in, k_1, …).
-  """
+
+def _conv_geometry(module: nn.Conv, inputs: jax.Array) -> _ConvGeometry:
   kernel_size = (
       (module.kernel_size,)
       if isinstance(module.kernel_size, int)
@@ -128,20 +132,74 @@ def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
       raise ValueError("CAUSAL padding is only defined for 1-D convolutions.")
     x = jnp.pad(x, [(0, 0), (kernel_dilation[0] * (kernel_size[0] - 1), 0), (0, 0)])
     padding = "VALID"
+  return _ConvGeometry(x, kernel_size, strides, padding, input_dilation, kernel_dilation)
 
-  spatial = "".join("HWDXYZ"[i] for i in range(n))
-  spec = f"N{spatial}C"
-  patches = lax.conv_general_dilated_patches(
-      x,
-      filter_shape=kernel_size,
-      window_strides=strides,
-      padding=padding,
-      lhs_dilation=input_dilation,
-      rhs_dilation=kernel_dilation,
-      dimension_numbers=(spec, "OI" + spatial, spec),
-      precision=lax.Precision.HIGHEST,
+
+def _explicit_pads(geom: _ConvGeometry) -> list[tuple[int, int]]:
+  n = len(geom.kernel_size)
+  if isinstance(geom.padding, str):
+    # As lax.conv_general_dilated does (string padding excludes input dilation).
+    eff_k = [(k - 1) * d + 1 for k, d in zip(geom.kernel_size, geom.kernel_dilation)]
+    return [tuple(p) for p in lax.padtype_to_pads(geom.x.shape[1 : 1 + n], eff_k, geom.strides, geom.padding)]
+  return [tuple(int(v) for v in p) for p in geom.padding]
+
+
+def conv_patches(module: nn.Conv, inputs: jax.Array) -> jax.Array:
+  """Unfolds a conv layer's input into its patches, exactly as the layer sees it.
+
+  Args:
+    module: a bound or unbound `nn.Conv` whose attributes define the geometry.
+    inputs: the layer's input, ``(*batch, *spatial, C_in)``.
+
+  Returns:
+    Rows of shape (num_output_positions, C_in·Πk), features ordered (C_in, k_1, …).
+  """
+  g = _conv_geometry(module, inputs)
+  return _patches_by_slicing(
+      g.x, g.kernel_size, g.strides, _explicit_pads(g), g.input_dilation, g.kernel_dilation
   )
-  return patches.reshape(-1, patches.shape[-1])
+
+
+def _patches_by_slicing(x, kernel_size, strides, padding, input_dilation, kernel_dilation):
+  """im2col by data movement only: pad (with interior padding for input dilation),
+  then one strided slice per kernel offset, stacked behind the channel axis so the
+  feature order is (C_in, k_1, …, k_n). `lax.conv_general_dilated_patches` computes
+  the same thing as a grouped convolution with a one-hot kernel: Πk MACs per
+  output element, and slow on CPU; this is a single copy fusion.
+
+  Args:
+    x: ``(N, *spatial, C)``.
+    padding: a sequence of (lo, hi) pairs (negative values crop).
+
+  Returns:
+    ``(N·Π out_spatial, C·Πk)`` rows.
+  """
+  n = len(kernel_size)
+  eff_k = [(k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation)]
+  pads = padding
+  config = [(0, 0, 0)] + [
+      (lo, hi, ind - 1) for (lo, hi), ind in zip(pads, input_dilation)
+  ] + [(0, 0, 0)]
+  xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+  out = [
+      (xp.shape[1 + i] - eff_k[i]) // strides[i] + 1 for i in range(n)
+  ]
+  if min(out) < 1:
+    raise ValueError(
+        f"Conv kernel {tuple(kernel_size)} (dilation {tuple(kernel_dilation)}) does "
+        f"not fit the padded input of spatial shape {tuple(xp.shape[1:1 + n])}."
+    )
+  slices = []
+  for offset in itertools.product(*(range(k) for k in kernel_size)):
+    start = (0,) + tuple(o * d for o, d in zip(offset, kernel_dilation)) + (0,)
+    limit = (
+        (xp.shape[0],)
+        + tuple(st + (o - 1) * s + 1 for st, o, s in zip(start[1:], out, strides))
+        + (xp.shape[-1],)
+    )
+    slices.append(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,)))
+  patches = jnp.stack(slices, axis=-1)  # (N, *out, C, Πk): channel slowest
+  return patches.reshape(-1, patches.shape[-2] * patches.shape[-1])
 
 
 def layer_rows(module: nn.Module, inputs: jax.Array) -> tuple[jax.Array, Layout]:
@@ -200,17 +258,325 @@ def layer_rows(module: nn.Module, inputs: jax.Array) -> tuple[jax.Array, Layout]
   raise TypeError(f"Unsupported layer type {type(module).__name__}.")
 
 
+# Gram matrices of at least this many features are computed block-triangularly.
+_GRAM_BLOCK_MIN_DIM = 1024
+_GRAM_MAX_BLOCKS = 4
+
+
+def _gram_blocks(d: int) -> int:
+  """Column blocks of the block-triangular Gram product for row length d."""
+  if d < _GRAM_BLOCK_MIN_DIM:
+    return 1
+  return min(_GRAM_MAX_BLOCKS, d // (_GRAM_BLOCK_MIN_DIM // 2))
+
+
 def _gram(rows: jax.Array, dtype) -> jax.Array:
+  """C = RᵀR over the row axis (…, n, d) → (…, d, d), one GEMM per block row.
+
+  C is symmetric, so for large d only the block upper triangle is computed: with B
+  column blocks, block row i is R_iᵀ R_{i:}, (B + 1) / 2B of the full product's
+  multiply-adds (B = 4: 62.5 %), and the lower blocks are transposes. B stays
+  small so that every product is still a large, efficient GEMM.
+  """
   rows = rows.astype(dtype)
-  return jnp.einsum(
-      "...nd,...ne->...de", rows, rows, precision=lax.Precision.HIGHEST
-  )
+  d = rows.shape[-1]
+  hp = lax.Precision.HIGHEST
+  batch = tuple(range(rows.ndim - 2))
+  dims = (((rows.ndim - 2,), (rows.ndim - 2,)), (batch, batch))
+  blocks = _gram_blocks(d)
+  if blocks == 1:
+    return lax.dot_general(rows, rows, dims, precision=hp)
+  edges = [round(i * d / blocks) for i in range(blocks + 1)]
+  upper = [
+      lax.dot_general(
+          rows[..., edges[i] : edges[i + 1]], rows[..., edges[i] :], dims, precision=hp
+      )
+      for i in range(blocks)
+  ]  # upper[i]: (…, d_i, d - edges[i]), columns edges[i]:
+  block_rows = []
+  for i in range(blocks):
+    lower = [
+        jnp.swapaxes(upper[j][..., edges[i] - edges[j] : edges[i + 1] - edges[j]], -1, -2)
+        for j in range(i)
+    ]
+    block_rows.append(jnp.concatenate(lower + [upper[i]], axis=-1))
+  return jnp.concatenate(block_rows, axis=-2)
+
+
+def _shift_plan(geom: _ConvGeometry):
+  """Static plan of `_conv_gram_by_shifts` for a stride-1 conv, or None.
+
+  Returns None when the conv is not eligible (stride or input dilation ≠ 1,
+  more than 2 spatial axes, a 1×…×1 kernel).
+  """
+  ks, dil = geom.kernel_size, geom.kernel_dilation
+  n = len(ks)
+  if n > 2 or any(s != 1 for s in geom.strides) or any(s != 1 for s in geom.input_dilation):
+    return None
+  if math.prod(ks) == 1:
+    return None
+  size = geom.x.shape[1 : 1 + n]
+  pads = _explicit_pads(geom)
+  out = [size[d] + pads[d][0] + pads[d][1] - (ks[d] - 1) * dil[d] for d in range(n)]
+  if min(out) < 1:
+    return None
+  # Image coordinates q seen by kernel offset a along axis d: output position
+  # p = q + pad_lo - a·dil must lie in [0, out).
+  windows = [
+      [(max(0, a * dil[d] - pads[d][0]), min(size[d], a * dil[d] - pads[d][0] + out[d])) for a in range(ks[d])]
+      for d in range(n)
+  ]
+  edges = [
+      sorted({q for lo, hi in windows[d] for q in (*range(0, lo), *range(hi, size[d]))})
+      for d in range(n)
+  ]
+  offsets = list(itertools.product(*(range(k) for k in ks)))
+  pairs = [(i, j) for i in range(len(offsets)) for j in range(i, len(offsets))]
+  deltas = sorted({tuple(b - a for a, b in zip(offsets[i], offsets[j])) for i, j in pairs})
+  return dict(size=size, out=out, windows=windows, edges=edges, offsets=offsets, pairs=pairs, deltas=deltas)
+
+
+def _shift_cost(geom: _ConvGeometry, plan) -> int:
+  """Multiply-adds of `_conv_gram_by_shifts`."""
+  n_img, c = geom.x.shape[0], geom.x.shape[-1]
+  size, edges = plan["size"], plan["edges"]
+  positions = 0
+  for subset in itertools.product((False, True), repeat=len(size)):
+    positions += math.prod(len(edges[d]) if fixed else size[d] for d, fixed in enumerate(subset))
+  return n_img * positions * c * c * len(plan["deltas"])
+
+
+def _direct_cost(rows: int, d: int) -> int:
+  """Multiply-adds of `_gram` on (rows, d)."""
+  b = _gram_blocks(d)
+  return rows * d * d * (b + 1) // (2 * b)
+
+
+def _conv_gram_by_shifts(geom: _ConvGeometry, plan, dtype) -> jax.Array:
+  """Exact patch Gram matrix of a stride-1 conv without forming the patches.
+
+  Block (a, b) of C = Σ_p patch_p patch_pᵀ (kernel offsets a, b; C_in × C_in) is
+  Σ_{q ∈ W_a} x_q x_{q+δ}ᵀ over image positions q, δ = (b − a)·dilation, where W_a
+  is the box of positions offset a reads. Every box is the whole image less a few
+  edge rows/columns, so with the full-image correlations T_δ = Σ_q x_q x_{q+δ}ᵀ
+  (x is zero outside the image) the block is T_δ minus edge-strip sums
+  (inclusion–exclusion over the axes). A 3×3 kernel needs 13 distinct δ (b ≥ a)
+  instead of 45 block products: on 32×32 inputs ≈ 5× fewer multiply-adds than
+  the full patch Gram, and no (rows × 9·C_in) patch matrix.
+  """
+  x = geom.x.astype(dtype)
+  ks, dil = geom.kernel_size, geom.kernel_dilation
+  n, c = len(ks), x.shape[-1]
+  size, edges, deltas = plan["size"], plan["edges"], plan["deltas"]
+  hp = lax.Precision.HIGHEST
+  # Zero-pad so that x[q + δ·dil] is addressable for every image position q.
+  lo = [max(0, -min(dl[d] for dl in deltas) * dil[d]) for d in range(n)]
+  hi = [max(0, max(dl[d] for dl in deltas) * dil[d]) for d in range(n)]
+  xs = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo[d], hi[d], 0) for d in range(n)] + [(0, 0, 0)])
+
+  def shifted(xs, delta):
+    start = (0,) + tuple(lo[d] + delta[d] * dil[d] for d in range(n)) + (0,)
+    limit = (x.shape[0],) + tuple(start[1 + d] + size[d] for d in range(n)) + (c,)
+    return lax.slice(xs, start, limit)
+
+  # Group δ by their first component: one GEMM per group, (C) × (|group|·C).
+  groups: dict[int, list[int]] = {}
+  for k, delta in enumerate(deltas):
+    groups.setdefault(delta[0], []).append(k)
+
+  order = [k for ks_ in groups.values() for k in ks_]  # δ order of the GEMM outputs
+  pos = {k: t for t, k in enumerate(order)}
+  n_delta = len(deltas)
+
+  def restrict(v, fixed):
+    """(N, *L, F) → (E, M, F): positions whose coordinates on the fixed axes are
+    edge coordinates, those axes first (GEMM batch), the rest flattened (contracted)."""
+    for d, f in enumerate(fixed):
+      if f:
+        v = jnp.concatenate([lax.slice_in_dim(v, e, e + 1, axis=1 + d) for e in edges[d]], axis=1 + d)
+    fixed_axes = [1 + d for d, f in enumerate(fixed) if f]
+    if fixed_axes:
+      free_axes = [0] + [1 + d for d, f in enumerate(fixed) if not f]
+      v = jnp.transpose(v, fixed_axes + free_axes + [v.ndim - 1])
+    e = math.prod(v.shape[: len(fixed_axes)])
+    return v.reshape(e, -1, v.shape[-1])
+
+  subsets = [
+      fixed
+      for fixed in itertools.product((False, True), repeat=n)
+      if not any(f and not edges[d] for d, f in enumerate(fixed))
+  ]  # (False, …) first: the whole image; then the edge strips that exist
+  bases_ = {fixed: restrict(x, fixed) for fixed in subsets}
+  # corr[fixed]: list over δ groups of (E, C, |group|, C). One group's shifted copies
+  # (side by side on the channel axis, |group|× the input) are alive at a time.
+  corr: dict[tuple[bool, ...], list[jax.Array]] = {fixed: [] for fixed in subsets}
+  src = xs
+  for ks_ in groups.values():
+    for k in ks_:
+      # One shifted copy at a time (a slice the dot reads), not a stack of copies.
+      other = shifted(src, deltas[k])
+      done = []
+      for fixed in subsets:
+        prod = lax.dot_general(
+            bases_[fixed], restrict(other, fixed), (((1,), (1,)), ((0,), (0,))), precision=hp
+        )
+        corr[fixed].append(prod[:, :, None, :])
+        done.append(prod)
+      # The next copy may only be made once this one's products exist: XLA would
+      # otherwise materialise every copy up front (13× the layer input for a 3×3
+      # kernel). A zero that depends on the products orders them (XLA:CPU drops
+      # optimization barriers, and does not fold x·0 for floats).
+      zero = sum(q.reshape(-1)[0] for q in done) * jnp.zeros((), dtype)
+      src = xs + zero.astype(xs.dtype)
+
+  def correlations(fixed):
+    """M[e, δ] = Σ x_q x_{q+δ}ᵀ over positions whose coordinates on the fixed axes
+    are the edge coordinates e (all positions when nothing is fixed): (E, Δ, C, C),
+    δ in `order`."""
+    return jnp.transpose(jnp.concatenate(corr[fixed], axis=2), (0, 2, 1, 3))
+
+  offsets = plan["offsets"]
+  kk = len(offsets)
+  # Every (a, b) block is computed as block (min, max) of the pair, transposed when
+  # a > b: `src[t]` is the first offset of that upper pair, `dlt[t]` its δ position.
+  src, dlt, lower = [], [], []
+  for i in range(kk):
+    for j in range(kk):
+      lo_, hi_ = min(i, j), max(i, j)
+      delta = tuple(bb - aa for aa, bb in zip(offsets[lo_], offsets[hi_]))
+      src.append(lo_)
+      dlt.append(pos[deltas.index(delta)])
+      lower.append(i > j)
+  src_np, dlt_np = np.asarray(src), np.asarray(dlt)
+  full = jnp.take(correlations((False,) * n)[0], dlt_np, axis=0, mode="clip")  # (kk², C, C)
+  for fixed in subsets[1:]:
+    axes = [d for d in range(n) if fixed[d]]
+    # weight[a_S, e] = 1 if the edge coordinates e all lie outside offset a's box.
+    a_keys = list(itertools.product(*(range(ks[d]) for d in axes)))
+    e_keys = list(itertools.product(*(edges[d] for d in axes)))
+    weight = np.zeros((len(a_keys), len(e_keys)), np.float32)
+    for ia, a in enumerate(a_keys):
+      boxes = [plan["windows"][d][a[t]] for t, d in enumerate(axes)]
+      for ie, e in enumerate(e_keys):
+        weight[ia, ie] = all(not (lo_ <= q < hi_) for (lo_, hi_), q in zip(boxes, e))
+    used = np.flatnonzero(weight.any(0))
+    if used.size == 0:
+      continue
+    m = correlations(fixed)[used]  # (E', Δ, C, C)
+    strip = jnp.einsum("ae,ekij->akij", jnp.asarray(weight[:, used], dtype), m, precision=hp)
+    a_index = {a: t for t, a in enumerate(a_keys)}
+    pick = np.asarray([a_index[tuple(offsets[t][d] for d in axes)] for t in src_np]) * n_delta + dlt_np
+    sign = -1.0 if len(axes) % 2 else 1.0
+    full = full + sign * jnp.take(strip.reshape((-1, c, c)), pick, axis=0, mode="clip")
+  mask = np.asarray(lower).reshape(-1, 1, 1)
+  full = jnp.where(mask, jnp.swapaxes(full, -1, -2), full).reshape(kk, kk, c, c)
+  return jnp.transpose(full, (2, 0, 3, 1)).reshape(c * kk, c * kk)
 
 
 def _is_supported(module: nn.Module) -> bool:
   if isinstance(module, nn.Conv):  # ConvLocal / ConvTranspose are not nn.Conv.
     return bool(getattr(module, "shared_weights", True))
   return isinstance(module, (nn.Dense, nn.DenseGeneral))
+
+
+def _layer_gram(
+    module: nn.Module, inputs: jax.Array, key: jax.Array | None, rows_per_batch: int | None, dtype
+) -> tuple[jax.Array, int, Layout]:
+  """Gram matrix, row count and layout of one layer call.
+
+  A stride-1 conv whose rows all count goes through `_conv_gram_by_shifts` when
+  that needs under 35 % of the multiply-adds (measured break-even on CPU: ≈ 40 %); everything else materialises the rows
+  (a random ``rows_per_batch`` of them if set) and multiplies them out with `_gram`.
+  """
+  x = jnp.asarray(inputs)
+  shift = _shift_choice(module, x, rows_per_batch)
+  if shift is not None:
+    geom, plan, n_rows, layout = shift
+    return _conv_gram_by_shifts(geom, plan, dtype), n_rows, layout
+  rows, layout = layer_rows(module, x)
+  n = rows.shape[-2]
+  if rows_per_batch is not None and n > rows_per_batch:
+    pick = jax.random.choice(key, n, (rows_per_batch,), replace=False)
+    rows = jnp.take(rows, pick, axis=-2)
+    n = rows_per_batch
+  return _gram(rows, dtype), n, layout
+
+
+_SHIFT_MIN_CHANNELS = 4
+
+
+def _shift_choice(module: nn.Module, x: jax.Array, rows_per_batch: int | None):
+  """(geometry, plan, rows, layout) when `_conv_gram_by_shifts` is used, else None."""
+  if not isinstance(module, nn.Conv) or int(module.feature_group_count) != 1:
+    return None
+  geom = _conv_geometry(module, x)
+  plan = _shift_plan(geom)
+  if plan is None:
+    return None
+  n_rows = geom.x.shape[0] * math.prod(plan["out"])
+  if rows_per_batch is not None and n_rows > rows_per_batch:
+    return None
+  c_in = x.shape[-1]
+  if c_in < _SHIFT_MIN_CHANNELS:  # tiny GEMMs: no faster, and more to compile
+    return None
+  d = c_in * math.prod(geom.kernel_size)
+  if _shift_cost(geom, plan) >= 0.35 * _direct_cost(n_rows, d):
+    return None
+  layout = Layout(CONV, geom.kernel_size + (c_in, module.features), len(geom.kernel_size) + 1, 1)
+  return geom, plan, n_rows, layout
+
+
+def gram_costs(
+    apply_fn: ApplyFn, variables: Any, x: Any, *, rows_per_batch: int | None = None
+) -> list[dict[str, Any]]:
+  """What `activation_stats` computes for one batch, layer call by layer call.
+
+  Shapes only (`jax.eval_shape`): nothing is run. For benchmarks and capacity
+  planning.
+
+  Returns:
+    One dict per covered layer call, in call order: ``path`` ("/"-joined),
+    ``kind``, ``rows`` (rows that count, per group), ``dim`` (d), ``groups``,
+    ``nominal_macs`` (groups · rows · d², the multiply-adds of RᵀR), ``executed_macs``
+    (what the chosen algorithm multiplies: block-triangular GEMMs or image shifts)
+    and ``method`` ("gemm" or "shifts").
+  """
+  out: list[dict[str, Any]] = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and _is_supported(module) and args:
+      xin = jnp.asarray(args[0])
+      shift = _shift_choice(module, xin, rows_per_batch)
+      if shift is not None:
+        geom, plan, n, layout = shift
+        executed, method = _shift_cost(geom, plan), "shifts"
+      else:
+        rows, layout = layer_rows(module, xin)  # abstract: under eval_shape
+        n = rows.shape[-2]
+        if rows_per_batch is not None:
+          n = min(n, rows_per_batch)
+        executed, method = layout.groups * _direct_cost(n, layout.dim), "gemm"
+      out.append(
+          dict(
+              path=_path_name(tuple(module.path)),
+              kind=layout.kind,
+              rows=int(n),
+              dim=layout.dim,
+              groups=layout.groups,
+              nominal_macs=int(layout.groups * n * layout.dim**2),
+              executed_macs=int(executed),
+              method=method,
+          )
+      )
+    return next_fun(*args, **kwargs)
+
+  def run(v, xx):
+    with nn.intercept_methods(interceptor):
+      return apply_fn(v, xx)
+
+  jax.eval_shape(run, variables, jnp.asarray(x))
+  return out
 
 
 def intercepted_rows(
@@ -242,6 +608,15 @@ def intercepted_rows(
   return calls
 
 
+@struct.dataclass
+class _Ordered:
+  """Per-layer statistics in call order; the paths are static pytree metadata, so
+  a jitted function returns them in order (a dict output would come back sorted)."""
+
+  stats: tuple[LayerStats, ...]
+  paths: tuple[Path, ...] = struct.field(pytree_node=False)
+
+
 def _batch_stats(
     apply_fn: ApplyFn,
     variables: Any,
@@ -249,31 +624,94 @@ def _batch_stats(
     key: jax.Array | None,
     rows_per_batch: int | None,
     dtype,
-    order: list[Path],
-) -> dict[Path, LayerStats]:
+    acc: _Ordered | None = None,
+) -> _Ordered:
+  """One batch's statistics, added to ``acc`` (running sums) when given.
+
+  Each layer's Gram matrix is added to its running sum as soon as it is computed,
+  and the layer's output is made to depend on it (by adding an exact zero), so
+  XLA computes and frees one layer's rows at a time, in forward order, instead of
+  keeping every layer's input (and every fresh Gram matrix) alive at once.
+  """
+  running = dict(zip(acc.paths, acc.stats)) if acc is not None else {}
   out: dict[Path, LayerStats] = {}
-  for i, (path, rows, layout) in enumerate(intercepted_rows(apply_fn, variables, x)):
-    n = rows.shape[-2]
-    if rows_per_batch is not None and n > rows_per_batch:
-      pick = jax.random.choice(
-          jax.random.fold_in(key, i), n, (rows_per_batch,), replace=False
-      )
-      rows = jnp.take(rows, pick, axis=-2)
-      n = rows_per_batch
-    gram = _gram(rows, dtype)
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not (context.method_name == "__call__" and _is_supported(module) and args):
+      return next_fun(*args, **kwargs)
+    path = tuple(module.path)
+    k = None if key is None else jax.random.fold_in(key, len(calls))
+    calls.append(path)
+    gram, n, layout = _layer_gram(module, args[0], k, rows_per_batch, dtype)
     count = jnp.asarray(n, dtype)
-    if path in out:
-      if out[path].layout != layout:
+    prev = out.get(path, running.get(path))
+    if prev is not None:
+      if prev.layout != layout:
         raise ValueError(
             f"Layer {_path_name(path)!r} is called with inputs of different shapes "
-            f"({out[path].layout} vs {layout}); cannot share one projection."
+            f"({prev.layout} vs {layout}); cannot share one projection."
         )
-      gram = gram + out[path].gram
-      count = count + out[path].count
+      gram = gram + prev.gram
+      count = count + prev.count
     out[path] = LayerStats(gram=gram, count=count, layout=layout)
-  if not order:  # record call order at trace time: jit returns dicts key-sorted
-    order.extend(out)
-  return out
+    y = next_fun(*args, **kwargs)
+    zero = (gram.reshape(-1)[0] * jnp.zeros((), gram.dtype)).astype(y.dtype)
+    return y + zero
+
+  calls: list[Path] = []
+  with nn.intercept_methods(interceptor):
+    apply_fn(variables, x)
+  return _Ordered(tuple(out.values()), tuple(out))
+
+
+_STATIC = ("apply_fn", "rows_per_batch", "dtype")
+
+
+def _batch_stats_kw(variables, x, key, *, apply_fn, rows_per_batch, dtype):
+  return _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype)
+
+
+# Module-level jits: one compilation per (model, batch shape, options), reused by
+# every later `activation_stats` call (several rounds, sweeps, benchmarks), instead
+# of a fresh closure (and a fresh compilation) per call.
+_batch_stats_jit = jax.jit(_batch_stats_kw, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=0)
+def _accumulate(acc, variables, x, key, *, apply_fn, rows_per_batch, dtype):
+  new = _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, acc)
+  if new.paths != acc.paths:
+    raise ValueError(
+        f"The model called layers {list(new.paths)} on this batch but "
+        f"{list(acc.paths)} on the first one; statistics need the same layers in every batch."
+    )
+  return new
+
+
+def _static(fn):
+  """``fn`` itself when hashable (a static jit argument), else a wrapper hashed by identity."""
+  try:
+    hash(fn)
+  except TypeError:
+    return _ByIdentity(fn)
+  return fn
+
+
+class _ByIdentity:
+  """Hashable stand-in for an unhashable apply_fn (a static jit argument)."""
+
+  def __init__(self, fn):
+    self.fn = fn
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(*args, **kwargs)
+
+  def __hash__(self):
+    return id(self.fn)
+
+  def __eq__(self, other):
+    return isinstance(other, _ByIdentity) and other.fn is self.fn
 
 
 def _check_finite_variables(variables: Any) -> None:
@@ -331,16 +769,7 @@ def activation_stats(
     raise ValueError(f"rows_per_batch must be ≥ 1 or None, got {rows_per_batch}.")
   _check_finite_variables(variables)
 
-  order: list[Path] = []
-
-  @jax.jit
-  def first(variables, x, key):
-    return _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, order)
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def accumulate(acc, variables, x, key):
-    new = _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, order)
-    return jax.tree_util.tree_map(jnp.add, acc, new)
+  static = dict(apply_fn=_static(apply_fn), rows_per_batch=rows_per_batch, dtype=jnp.dtype(dtype))
 
   key = jax.random.PRNGKey(seed)
   acc = None
@@ -349,19 +778,24 @@ def activation_stats(
     if x.shape[0] == 0:
       continue
     k = jax.random.fold_in(key, i)
-    acc = first(variables, x, k) if acc is None else accumulate(acc, variables, x, k)
+    if acc is None:
+      # Zeros of the statistics' shapes: one compiled step (donating its running
+      # sums) then serves every batch, the first included.
+      shapes = _batch_stats_jit.eval_shape(variables, x, k, **static)
+      acc = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    acc = _accumulate(acc, variables, x, k, **static)
   if acc is None:
     raise ValueError(
         "activation_stats got no inputs: `batches` was empty. Pass a non-empty "
         "list of input batches (e.g. the trusted samples)."
     )
-  if not acc:
+  if not acc.paths:
     raise ValueError(
         "No nn.Dense, nn.DenseGeneral or nn.Conv layer was called by apply_fn, so "
         "there is nothing to project. SAP covers Flax Linen Dense/DenseGeneral/Conv "
         "layers; check that apply_fn runs the model's forward pass."
     )
-  acc = {p: acc[p] for p in order}
+  acc = dict(zip(acc.paths, acc.stats))
   bad = [
       _path_name(p) for p, s in acc.items() if not bool(jnp.all(jnp.isfinite(s.gram)))
   ]
