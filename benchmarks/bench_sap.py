@@ -101,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="OpenBLAS/MKL/OMP threads for LAPACK (eigh, svd); 0 = leave the "
                       "environment alone. Default 1: multi-threaded OpenBLAS syevd is "
                       "3-60x slower on a loaded 2-core machine (measured)")
+  p.add_argument("--compile-cache", default=None,
+                 help="JAX persistent compilation cache dir shared with the child processes "
+                      "(default: a fresh temporary dir per run; 'off' to disable)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-digits", action="store_true", help="skip the digits training comparison")
   p.add_argument("--no-svd", action="store_true")
@@ -128,6 +131,14 @@ def setup_environment(args) -> None:
 
 
 _T0 = time.perf_counter()
+
+
+def enable_compile_cache(path: str) -> None:
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def log(*a):
@@ -170,16 +181,25 @@ class RSSSampler:
   """Peak resident set size of this process, sampled in a thread."""
 
   def __init__(self, interval: float = 0.002):
-    import psutil
+    try:
+      import psutil
 
-    self.proc = psutil.Process()
+      self._rss = psutil.Process().memory_info
+    except ImportError:  # Linux fallback: resident pages from /proc
+      page = os.sysconf("SC_PAGE_SIZE")
+
+      def statm():
+        with open("/proc/self/statm") as f:
+          return type("M", (), {"rss": int(f.read().split()[1]) * page})
+
+      self._rss = statm
     self.interval = interval
     self.peak = 0
     self._stop = threading.Event()
     self._thread = None
 
   def rss(self) -> int:
-    return self.proc.memory_info().rss
+    return self._rss().rss
 
   def __enter__(self):
     self.baseline = self.rss()
@@ -208,6 +228,19 @@ class RSSSampler:
         peak_rss_mb=round(self.peak / mb, 1),
         peak_above_baseline_mb=round((self.peak - self.baseline) / mb, 1),
     )
+
+
+def vm_hwm_mb() -> float | None:
+  """This process's own peak RSS since exec (Linux VmHWM; ru_maxrss would include
+  the parent's footprint at fork), compilation and warm-up included."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return round(int(line.split()[1]) / 1024, 1)
+  except OSError:
+    pass
+  return None
 
 
 def timed(meter: CompileMeter, fn, *a, **kw):
@@ -316,6 +349,31 @@ def random_variables(model, x1, seed: int) -> dict:
     return (0.02 * rng.standard_normal(shape)).astype(dtype)
 
   return jax.tree_util.tree_map(jax.numpy.asarray, jax.tree_util.tree_map_with_path(fill, dict(shapes)))
+
+
+def warm_eigh(cr, stats, consume: bool = False) -> float:
+  """Compiles the per-layer eigh programs ahead of time; returns the seconds spent."""
+  import jax
+
+  t = time.perf_counter()
+  fn = cr._eigh_consume_jit if consume else cr._eigh_jit
+  for shape, dtype in {(tuple(s.gram.shape), s.gram.dtype) for s in stats.values()}:
+    fn.lower(jax.ShapeDtypeStruct(shape, dtype)).compile()
+  return time.perf_counter() - t
+
+
+def warm_project(cr, proj, variables, stats, alpha) -> None:
+  """Compiles `correct`'s projection program ahead of time (shapes only)."""
+  import jax
+
+  layer_bases = {
+      p: proj.Basis(jax.ShapeDtypeStruct(s.gram.shape[:-1], s.gram.dtype),
+                    jax.ShapeDtypeStruct(s.gram.shape, s.gram.dtype))
+      for p, s in stats.items()
+  }
+  layouts = tuple((p, s.layout) for p, s in stats.items())
+  cr._project_jit.lower(proj.kernels_of(variables, layer_bases), layer_bases, alpha,
+                        layouts=layouts).compile()
 
 
 def project(cr, proj, variables, layer_bases, layouts, alpha):
@@ -449,9 +507,7 @@ def bench_model(name: str, args, meter) -> dict:
     out["stats"] = phase(wall, comp)
     layouts = {p: q.layout for p, q in stats.items()}
     # eigh: compile ahead of time, then run (LAPACK syevd, one per layer).
-    c0, t0 = meter.read(), time.perf_counter()
-    cr._bases_jit.lower(dict(stats)).compile()
-    eig_compile = time.perf_counter() - t0
+    eig_compile = warm_eigh(cr, stats)
     bases_, wall, comp = timed(meter, cr._bases, stats)
     out["eigh"] = phase(wall, comp, aot_compile_s=round(eig_compile, 4))
     alpha = args.alphas[len(args.alphas) // 2]
@@ -520,8 +576,7 @@ def bench_model(name: str, args, meter) -> dict:
     bcost = cost_summary(apply_fn, v, batches, rows_per_batch=rpb)
     with RSSSampler() as bmem:
       bstats, w1, c1 = timed(meter, st.activation_stats, apply_fn, v, batches, rows_per_batch=rpb, dtype=dtype)
-      cr._bases_jit.lower(dict(bstats)).compile()
-      bb, w2, c2 = timed(meter, cr._bases, bstats)
+      bb, w2, c2 = timed(meter, cr._bases, bstats, consume=True)  # as `correct` does
       new, w3, c3 = timed(meter, project, cr, proj, v, bb, layouts, alpha)
     t_stats, t_eig, t_proj = w1 - c1, w2 - c2, w3 - c3
     tot = t_stats + t_eig + t_proj
@@ -619,9 +674,8 @@ def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
 
 
 def child_correction(args) -> dict:
-  """Runs in a child: unit forward + the correction at args.n_trusted, with RSS peak."""
-  import resource
-
+  """Runs in a child: the correction at args.n_trusted (stats → eigh → projection,
+  exactly as `sap_jax.correct` runs them), with its RSS peak."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -636,23 +690,27 @@ def child_correction(args) -> dict:
   apply_fn, v = s["apply_fn"], s["variables"]
   x = np.asarray(s["x_train"][: args.n_trusted])
   batches = batches_of(x, args.batch_size)
-  unit = forward_unit(meter, apply_fn, v, batches, reps=1)
-  st.activation_stats(apply_fn, v, batches[:1], dtype=dtype)  # warm-up (compile)
+  warm = st.activation_stats(apply_fn, v, batches[:1], dtype=dtype)  # warm-up (compile)
   if batches[-1].shape != batches[0].shape:
     st.activation_stats(apply_fn, v, batches[-1:], dtype=dtype)
   alpha = args.alphas[len(args.alphas) // 2]
+  # Compile eigh and the projection ahead of time too, so that the sampled peak
+  # below is the correction's, not the compiler's.
+  warm_eigh(cr, warm, consume=True)
+  warm_project(cr, proj, v, warm, alpha)
+  del warm
   with RSSSampler() as mem:
     stats, w1, c1 = timed(meter, st.activation_stats, apply_fn, v, batches, dtype=dtype)
     layouts = {p: q.layout for p, q in stats.items()}
-    bases_, w2, c2 = timed(meter, cr._bases, stats)
-    del stats  # as `correct` does
+    bases_, w2, c2 = timed(meter, cr._bases, stats, consume=True)  # as `correct` does
+    del stats
     new, w3, c3 = timed(meter, project, cr, proj, v, bases_, layouts, alpha)
   t1, t2, t3 = w1 - c1, w2 - c2, w3 - c3
   total = t1 + t2 + t3
-  return dict(n_trusted=args.n_trusted, unit_forward_s=unit["time_s"], time_s=round(total, 4),
+  return dict(n_trusted=args.n_trusted, time_s=round(total, 4),
               stats_s=round(t1, 4), eigh_s=round(t2, 4), project_s=round(t3, 4),
-              compile_s=round(c1 + c2 + c3, 4), forward_passes=round(total / unit["time_s"], 2),
-              ru_maxrss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+              compile_s=round(c1 + c2 + c3, 4),
+              process_peak_rss_mb=vm_hwm_mb(),
               **mem.report())
 
 
@@ -676,18 +734,26 @@ def common_child_flags(args) -> list[str]:
     flags.append("--quick")
   if args.device:
     flags += ["--device", args.device]
+  flags += ["--compile-cache", args.compile_cache or "off"]
   return flags
 
 
-def bench_scaling(args) -> dict:
+def bench_scaling(args, main_unit: dict | None) -> dict:
+  """``main_unit``: the main run's unit forward of this model at args.n_trusted, for
+  an estimated forward-pass count per point (a forward is linear in N)."""
   points = []
   for n in args.scaling:
     log(f"[scaling] {args.scaling_model} N_trust={n} (child process)")
     res = run_child(args, ["--child", "correction", "--models", args.scaling_model,
                            "--n-trusted", str(n)] + common_child_flags(args))
-    log(f"[scaling]   {res['time_s']:.2f}s, {res['forward_passes']} forwards, peak {res['peak_rss_mb']} MB")
+    if main_unit:
+      res["forward_passes_est"] = round(res["time_s"] / (main_unit["time_s"] * n / args.n_trusted), 2)
+    log(f"[scaling]   {res['time_s']:.2f}s (stats {res['stats_s']:.2f}, eigh {res['eigh_s']:.2f}), "
+        f"peak {res['peak_rss_mb']} MB ({res['peak_above_baseline_mb']} MB above baseline)")
     points.append(res)
-  out = dict(model=args.scaling_model, points=points)
+  out = dict(model=args.scaling_model, points=points,
+             note="one fresh child process per point; forward_passes_est divides by the main run's "
+                  "unit forward scaled linearly to N")
   if len(points) >= 2:
     a, z = points[0], points[-1]
     out["time_growth"] = round(z["time_s"] / a["time_s"], 3)
@@ -865,6 +931,14 @@ def main(argv=None) -> dict:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+  tmp_cache = None
+  if args.compile_cache is None and not args.child:
+    import tempfile
+
+    tmp_cache = tempfile.TemporaryDirectory(prefix="sap_bench_jax_cache_")
+    args.compile_cache = tmp_cache.name
+  if args.compile_cache and args.compile_cache != "off":
+    enable_compile_cache(args.compile_cache)
   if args.child == "correction":
     res = child_correction(args)
     print(json.dumps(res))
@@ -891,13 +965,16 @@ def main(argv=None) -> dict:
           timing="warm-up excluded; compile reported separately (jax.monitoring trace+lower+compile "
                  "events subtracted from calls that compile)",
           memory="resident set size (psutil), sampled every 2 ms",
+          compile_cache="JAX persistent compilation cache shared by this process and its children "
+                        "(the main process compiles first; children mostly hit it)",
       ),
       models={},
   )
   for name in args.models:
     result["models"][name] = bench_model(name, args, meter)
   if args.scaling:
-    result["scaling"] = bench_scaling(args)
+    m = result["models"].get(args.scaling_model)
+    result["scaling"] = bench_scaling(args, m["unit_forward"] if m else None)
   if not args.quick and "resnet18" in args.models:
     log("[eigh threads] eigh(1152) with default BLAS threads vs 1 thread (child processes)")
     result["eigh_blas_threads"] = bench_eigh_threads(args, 1152)
@@ -906,6 +983,8 @@ def main(argv=None) -> dict:
   result["goals"] = _goals(result)
   result["device"]["loadavg_end"] = list(os.getloadavg())
   result["total_wall_s"] = round(time.perf_counter() - t_start, 2)
+  if tmp_cache is not None:
+    tmp_cache.cleanup()
   print(json.dumps(result))
   return result
 

@@ -258,7 +258,8 @@ def rotated_kernels(
     _check_kernel(kernel, layouts[path])
     d, groups = layouts[path].dim, layouts[path].groups
     v = b.vectors.astype(kernel.dtype).reshape(groups, d, d)
-    out[path] = jnp.matmul(jnp.swapaxes(v, -1, -2), _flat_kernel(kernel, layouts[path]), precision=hp)
+    # Vᵀ K as a contraction over V's first axis (no transposed copy of V).
+    out[path] = jnp.einsum("gij,gio->gjo", v, _flat_kernel(kernel, layouts[path]), precision=hp)
   return out
 
 
@@ -285,7 +286,7 @@ def projected_kernels(
     w = (
         rotated[path]
         if rotated is not None
-        else jnp.matmul(jnp.swapaxes(v, -1, -2), _flat_kernel(kernel, layout), precision=hp)
+        else jnp.einsum("gij,gio->gjo", v, _flat_kernel(kernel, layout), precision=hp)
     )
     lam = importance(b.spectrum, _alpha_for(alpha, path)).astype(kernel.dtype).reshape(groups, d, 1)
     out[path] = _unflat_kernel(jnp.matmul(v, lam * w, precision=hp), layout)

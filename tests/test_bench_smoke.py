@@ -87,7 +87,6 @@ def test_flops_match_independent_count_and_rates(report):
   # Digits CNN (width 32): conv(32) → conv(64, stride 2) → conv(128, stride 2), 3×3,
   # padding k // 2 (so a stride-2 conv maps L to ceil(L / 2)), then mean → head.
   # Count the rows (output positions) and d = 9·C_in from the parameter shapes alone.
-  model = sj.models.get("cnn", 10, width=32) if hasattr(sj, "models") else None
   import sap_jax.models as models
 
   model = models.get("cnn", 10, width=32)
