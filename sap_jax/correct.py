@@ -13,6 +13,8 @@ import numpy as np
 
 from sap_jax import projection as proj
 from sap_jax import stats as st
+from sap_jax.batching import padded_batches
+from sap_jax.hashable import hashable
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 Path = st.Path
@@ -239,6 +241,49 @@ def sweep_alpha(
   Returns:
     A `SweepResult`.
   """
+  del alpha_chunk
+  return _sweep(apply_fn, variables, stats, alphas, x_val, y_val, batch_size=batch_size)[0]
+
+
+class _Prepared(NamedTuple):
+  """The α-independent part of a correction: bases, kernels and Vᵀ K per layer."""
+
+  kernels: dict[Path, jax.Array]
+  bases: dict[Path, proj.Basis]
+  rotated: dict[Path, jax.Array]
+  layouts: tuple[tuple[Path, st.Layout], ...]
+
+
+def _prepare(variables: Mapping[str, Any], stats: Mapping[Path, st.LayerStats]) -> _Prepared:
+  layouts = tuple((p, s.layout) for p, s in stats.items())
+  layer_bases = _bases(stats)
+  kernels = proj.kernels_of(variables, layer_bases)
+  # Vᵀ K once; each α then costs one (d × d)·(d × O) product per layer.
+  rotated = _rotate_jit(kernels, layer_bases, layouts=layouts)
+  return _Prepared(kernels, layer_bases, rotated, layouts)
+
+
+def _with_alpha(variables: Mapping[str, Any], prepared: _Prepared, alpha: float) -> dict[str, Any]:
+  """``variables`` with every prepared layer's kernel projected at ``alpha``: the
+  same compiled program (so the same numbers) for the sweep and the final model."""
+  new = _project_jit(
+      prepared.kernels, prepared.bases, jnp.float32(alpha), layouts=prepared.layouts,
+      rotated=prepared.rotated,
+  )
+  return proj.with_kernels(variables, new)
+
+
+def _sweep(
+    apply_fn: ApplyFn,
+    variables: Mapping[str, Any],
+    stats: Mapping[Path, st.LayerStats],
+    alphas: Sequence[float],
+    x_val: Any,
+    y_val: Any,
+    *,
+    batch_size: int = 512,
+) -> tuple[SweepResult, _Prepared]:
+  """`sweep_alpha`, also returning the prepared bases (for `_with_alpha`)."""
   alphas_np = np.asarray(alphas, np.float64).reshape(-1)
   if alphas_np.size == 0:
     raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
@@ -247,38 +292,22 @@ def sweep_alpha(
   if len(x_val) != len(y_val):
     raise ValueError(f"x_val has {len(x_val)} samples but y_val has {len(y_val)}.")
   x_val, y_val = np.asarray(x_val), np.asarray(y_val, np.int32)
-  layouts = tuple((p, s.layout) for p, s in stats.items())
-  layer_bases = _bases(stats)
-  kernels = proj.kernels_of(variables, layer_bases)
-  # Vᵀ K once; each α then costs one (d × d)·(d × O) product per layer.
-  rotated = _rotate_jit(kernels, layer_bases, layouts=layouts)
-  count = functools.partial(_count_jit, apply_fn=st._static(apply_fn))
-
+  prepared = _prepare(variables, stats)
+  fn = hashable(apply_fn)
+  batches = list(padded_batches(x_val, y_val, batch_size=batch_size))
   n = len(x_val)
-  bs = max(1, min(batch_size, n))
-  batches = []
-  for start in range(0, n, bs):
-    xb, yb = x_val[start : start + bs], y_val[start : start + bs]
-    real = len(xb)
-    if real < bs:  # pad to one shape so one compilation serves every batch
-      xb = np.concatenate([xb, np.repeat(xb[:1], bs - real, axis=0)])
-      yb = np.concatenate([yb, np.repeat(yb[:1], bs - real, axis=0)])
-    batches.append((xb, yb, real))
 
-  baseline = sum(int(count(variables, xb, yb, r)) for xb, yb, r in batches) / n
+  def accuracy(v) -> float:
+    return sum(int(_count_jit(v, xb, yb, real, apply_fn=fn)) for (xb, yb), real in batches) / n
+
+  baseline = accuracy(variables)
   # One α at a time through the plain compiled forward: a forward vmapped over K
   # parameter sets turns every conv into a batched-kernel (grouped) conv, measured
   # 5× slower than K plain forwards on CPU (ResNet18), and holds K copies.
-  hits = []
-  for a in alphas_np:
-    new = _project_jit(kernels, layer_bases, jnp.float32(a), layouts=layouts, rotated=rotated)
-    corrected = proj.with_kernels(variables, new)
-    hits.append(sum(int(count(corrected, xb, yb, r)) for xb, yb, r in batches))
-    del new, corrected
-  accuracies = np.asarray(hits, np.float64) / n
+  accuracies = np.asarray([accuracy(_with_alpha(variables, prepared, a)) for a in alphas_np])
   best = int(np.argmax(accuracies))
   if accuracies[best] > baseline:
     best_alpha, best_acc = float(alphas_np[best]), float(accuracies[best])
   else:
     best_alpha, best_acc = None, float(baseline)
-  return SweepResult(alphas_np, accuracies, float(baseline), best_alpha, best_acc)
+  return SweepResult(alphas_np, accuracies, float(baseline), best_alpha, best_acc), prepared

@@ -12,7 +12,7 @@ import numpy as np
 from sap_jax import projection as proj
 from sap_jax import stats as st
 from sap_jax import trusted as tr
-from sap_jax.correct import DEFAULT_ALPHAS, SweepResult, select_layers, sweep_alpha
+from sap_jax.correct import DEFAULT_ALPHAS, SweepResult, _sweep, _with_alpha, select_layers
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -35,11 +35,6 @@ class SAPResult(NamedTuple):
   trusted_indices: np.ndarray
   layers: dict[str, dict[str, Any]]
   timings: dict[str, float]
-
-
-@jax.jit
-def _jit_correct(variables, stats, alpha):
-  return proj.project_params(variables, proj.projections(stats, alpha))
 
 
 def _block(tree):
@@ -70,7 +65,7 @@ def run_sap(
      ``n_trusted`` lowest as the trusted set;
   2. stream each layer's input statistics on the trusted inputs;
   3. score every α in ``alphas`` on the validation split (one eigendecomposition
-     per layer, vmapped over α) and keep the best, or the original model if no α
+     per layer, then one projected evaluation per α) and keep the best, or the original model if no α
      beats it;
   4. return the corrected variables.
 
@@ -110,19 +105,19 @@ def run_sap(
   )
   stats = _block(select_layers(stats, exclude=exclude, layer_range=layer_range))
   t2 = time.perf_counter()
-  sweep = sweep_alpha(apply_fn, variables, stats, alphas, x_val, y_val, batch_size=max(batch_size, 512))
+  sweep, prepared = _sweep(apply_fn, variables, stats, alphas, x_val, y_val, batch_size=max(batch_size, 512))
   t3 = time.perf_counter()
   if sweep.best_alpha is None:
     corrected = dict(variables)
-  else:
-    corrected = _block(_jit_correct(variables, stats, sweep.best_alpha))
+  else:  # the very model the sweep scored: same bases, same compiled projection
+    corrected = _block(_with_alpha(variables, prepared, sweep.best_alpha))
   t4 = time.perf_counter()
   return SAPResult(
       variables=corrected,
       alpha=sweep.best_alpha,
       sweep=sweep,
       trusted_indices=trusted,
-      layers=st.stats_summary(stats),
+      layers=st.stats_summary(stats, {p: b.spectrum for p, b in prepared.bases.items()}),
       timings={
           "scores": t1 - t0,
           "stats": t2 - t1,

@@ -35,6 +35,8 @@ import optax
 from tqdm.auto import tqdm
 
 from sap_jax import robust
+from sap_jax.batching import padded_batches
+from sap_jax.hashable import hashable
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -525,27 +527,12 @@ def _check_xy(x, y, what: str = "x/y"):
   return x, y
 
 
-def _padded_batches(n: int, batch_size: int):
-  """Yields ``(start, stop)``; every batch is later padded to ``bs``."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size={batch_size} must be >= 1.")
-  for start in range(0, n, batch_size):
-    yield start, min(start + batch_size, n)
-
-
-def _pad(a: np.ndarray, size: int) -> np.ndarray:
-  if len(a) == size:
-    return a
-  pad = np.zeros((size - len(a),) + a.shape[1:], a.dtype)
-  return np.concatenate([a, pad])
-
-
 def evaluate(apply_fn: ApplyFn, variables: Variables, x: Any, y: Any,
              batch_size: int = 1024) -> dict[str, float]:
   """Accuracy and mean cross-entropy of ``apply_fn`` on ``(x, y)``.
 
   Batches of ``min(batch_size, N)`` samples; the ragged last batch is padded
-  with zeros and masked, so one compilation serves every batch.
+  (`sap_jax.batching.padded_batches`) and masked, so one compilation serves every batch.
 
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
@@ -559,12 +546,11 @@ def evaluate(apply_fn: ApplyFn, variables: Variables, x: Any, y: Any,
   """
   x, y = _check_xy(x, y)
   n = len(x)
-  bs = min(batch_size, n)
+  fn = hashable(apply_fn)
   sums = []
-  for start, stop in _padded_batches(n, bs):
-    mask = np.arange(bs) < (stop - start)
-    sums.append(_eval_batch(apply_fn, variables, _pad(x[start:stop], bs),
-                            _pad(y[start:stop], bs), mask))
+  for (xb, yb), real in padded_batches(x, y, batch_size=batch_size):
+    mask = np.arange(len(xb)) < real
+    sums.append(_eval_batch(fn, variables, xb, yb, mask))
   sums = jax.device_get(sums)
   correct = sum(int(c) for c, _ in sums)
   loss = sum(float(l) for _, l in sums)
@@ -585,10 +571,9 @@ def predict_logits(apply_fn: ApplyFn, variables: Variables, x: Any,
     ``np.ndarray`` of logits.
   """
   x, _ = _check_xy(x, None, "x")
-  n = len(x)
-  bs = min(batch_size, n)
-  outs = [(_predict_batch(apply_fn, variables, _pad(x[a:b], bs)), b - a)
-          for a, b in _padded_batches(n, bs)]
+  fn = hashable(apply_fn)
+  outs = [(_predict_batch(fn, variables, xb), k)
+          for (xb,), k in padded_batches(x, batch_size=batch_size)]
   return np.concatenate([np.asarray(o)[:k] for o, k in outs])
 
 

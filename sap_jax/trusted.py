@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sap_jax.batching import padded_batches
+from sap_jax.hashable import hashable
+
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
@@ -27,24 +30,13 @@ def _check_xy(x: Any, y: Any) -> None:
     raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
 
 
-def _padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int):
-  """Yields equal-size batches (the last one padded by repeating sample 0) and the
-  number of real samples in each, so one compiled function serves all batches."""
-  n = len(x)
-  batch_size = max(1, min(batch_size, n))
-  for start in range(0, n, batch_size):
-    xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-    real = len(xb)
-    if real < batch_size:
-      pad = batch_size - real
-      xb = np.concatenate([xb, np.repeat(x[:1], pad, axis=0)])
-      yb = np.concatenate([yb, np.repeat(y[:1], pad, axis=0)])
-    yield xb, yb, real
-
-
 def _cross_entropy(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array):
   logits = apply_fn(variables, x).astype(jnp.float32)
   return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+# Module-level: one compilation per (model, batch shape), reused by later calls.
+_losses_jit = jax.jit(_cross_entropy, static_argnums=0)
 
 
 def per_example_loss(
@@ -69,9 +61,30 @@ def per_example_loss(
   """
   _check_xy(x, y)
   x, y = np.asarray(x), np.asarray(y, np.int32)
-  fn = jax.jit(lambda v, xb, yb: _cross_entropy(apply_fn, v, xb, yb))
-  out = [np.asarray(fn(variables, xb, yb))[:real] for xb, yb, real in _padded_batches(x, y, batch_size)]
+  fn = hashable(apply_fn)
+  out = [
+      np.asarray(_losses_jit(fn, variables, xb, yb))[:real]
+      for (xb, yb), real in padded_batches(x, y, batch_size=batch_size)
+  ]
   return np.concatenate(out).astype(np.float32)
+
+
+def _curvature(apply_fn, variables, x, y, key, h, num_probes):
+  def grad_x(xx):
+    return jax.grad(lambda z: jnp.sum(_cross_entropy(apply_fn, variables, z, y)))(xx)
+
+  g0 = grad_x(x)
+
+  def probe(carry, k):
+    r = jax.random.rademacher(k, x.shape, x.dtype)
+    g1 = grad_x(x + h * r)
+    return carry + jnp.sum((g1 - g0).reshape(len(x), -1) ** 2, axis=1), None
+
+  total, _ = jax.lax.scan(probe, jnp.zeros(len(x)), jax.random.split(key, num_probes))
+  return total / num_probes
+
+
+_curvature_jit = jax.jit(_curvature, static_argnums=(0, 6))
 
 
 def input_curvature(
@@ -113,25 +126,12 @@ def input_curvature(
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
 
-  def grad_x(v, xb, yb):
-    return jax.grad(lambda xx: jnp.sum(_cross_entropy(apply_fn, v, xx, yb)))(xb)
-
-  @jax.jit
-  def score(v, xb, yb, key):
-    g0 = grad_x(v, xb, yb)
-
-    def probe(carry, k):
-      r = jax.random.rademacher(k, xb.shape, xb.dtype)
-      g1 = grad_x(v, xb + h * r, yb)
-      return carry + jnp.sum((g1 - g0).reshape(len(xb), -1) ** 2, axis=1), None
-
-    total, _ = jax.lax.scan(probe, jnp.zeros(len(xb)), jax.random.split(key, num_probes))
-    return total / num_probes
-
+  fn = hashable(apply_fn)
   key = jax.random.PRNGKey(seed)
   out = []
-  for i, (xb, yb, real) in enumerate(_padded_batches(x, y, batch_size)):
-    out.append(np.asarray(score(variables, xb, yb, jax.random.fold_in(key, i)))[:real])
+  for i, ((xb, yb), real) in enumerate(padded_batches(x, y, batch_size=batch_size)):
+    k = jax.random.fold_in(key, i)
+    out.append(np.asarray(_curvature_jit(fn, variables, xb, yb, k, h, num_probes))[:real])
   return np.concatenate(out).astype(np.float32)
 
 

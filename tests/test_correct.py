@@ -101,6 +101,43 @@ def test_run_sap_end_to_end_bookkeeping(mlp):
   assert result.variables["params"]["head"]["kernel"] is variables["params"]["head"]["kernel"]
 
 
+def test_run_sap_returns_the_model_the_sweep_scored(mlp):
+  apply_fn, variables, x, y = mlp
+  # Validation labels = the predictions of the model corrected at α = 3 on the
+  # trusted set run_sap will pick, so that α beats the unchanged model.
+  trusted = sj.select_trusted(sj.per_example_loss(apply_fn, variables, x, y), y, 30)
+  target = sj.correct(apply_fn, variables, x[trusted], 3.0)
+  y_val = np.asarray(jnp.argmax(apply_fn(target, x), -1))
+  assert np.mean(y_val != y) > 0.05
+  result = sj.run_sap(apply_fn, variables, x, y, x, y_val, n_trusted=30, alphas=[1e4, 3.0])
+  assert result.alpha == 3.0
+  acc = np.mean(np.argmax(apply_fn(result.variables, x), -1) == y_val)
+  assert acc == result.sweep.best_accuracy > result.sweep.baseline_accuracy
+  # the summary reuses the sweep's spectra: same effective rank as from scratch
+  stats = sj.activation_stats(apply_fn, variables, [x[result.trusted_indices]])
+  fresh = sj.stats_summary(stats)
+  for name, layer in result.layers.items():
+    assert layer["effective_rank"] == pytest.approx(fresh[name]["effective_rank"], rel=1e-4)
+    assert layer["rows"] == fresh[name]["rows"] == 30
+
+
+def test_compilations_are_reused_across_calls(mlp):
+  import importlib
+
+  # (sap_jax.correct is also the name of the function the package exports)
+  cr = importlib.import_module("sap_jax.correct")
+  st = importlib.import_module("sap_jax.stats")
+  tt = importlib.import_module("sap_jax.trusted")
+
+  apply_fn, variables, x, y = mlp
+  kw = dict(n_trusted=30, alphas=[1.0, 10.0])
+  sj.run_sap(apply_fn, variables, x, y, x[:40], y[:40], **kw)
+  fns = (tt._losses_jit, st._accumulate, cr._count_jit, cr._project_jit, cr._rotate_jit, cr._eigh_jit)
+  sizes = [f._cache_size() for f in fns]
+  sj.run_sap(apply_fn, variables, x, y, x[:40], y[:40], **kw)
+  assert [f._cache_size() for f in fns] == sizes
+
+
 def test_errors(mlp):
   apply_fn, variables, x, y = mlp
   with pytest.raises(ValueError, match="empty"):

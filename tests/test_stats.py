@@ -145,6 +145,74 @@ def test_row_budget_keeps_that_many_rows():
   assert float(jnp.trace(s[("layer",)].gram)) < float(jnp.trace(full[("layer",)].gram))
 
 
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_budget_rows_are_the_layers_rows(case):
+  # The budget path gathers chosen patches without unfolding the others: they must
+  # be exactly those rows of the full unfolding (groups included).
+  from sap_jax import stats as st
+
+  conv = nn.Conv(features=6, **CONV_CASES[case])
+  x = jnp.asarray(_input(case))
+  rows, layout = st.layer_rows(conv, x)
+  n = rows.shape[-2]
+  index = jnp.asarray(np.random.default_rng(0).permutation(n)[: n // 2])
+  got, got_layout = st._rows_at(conv, x, index)
+  assert got_layout == layout
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.take(rows, index, axis=-2)))
+
+
+def test_row_sampling_is_distinct_and_prefers_real_rows():
+  from sap_jax import stats as st
+
+  idx = np.asarray(st._sample_rows(jax.random.PRNGKey(3), 50, 20, jnp.int32(30)))
+  assert len(set(idx.tolist())) == 20 and idx.max() < 30  # 30 real rows ≥ budget
+  idx = np.asarray(st._sample_rows(jax.random.PRNGKey(3), 50, 20, jnp.int32(12)))
+  assert len(set(idx.tolist())) == 20 and set(range(12)) <= set(idx.tolist())
+
+
+def test_padded_last_batch_shares_one_compilation_and_counts_nothing():
+  from sap_jax import stats as st
+
+  model = _single_layer(functools.partial(nn.Conv, features=3, kernel_size=(3, 3)))
+  x = _input("plain", n=7)
+  v = model.init(jax.random.PRNGKey(0), x)
+  before = st._accumulate._cache_size()
+  ragged = sj.activation_stats(model.apply, v, [x[:3], x[3:6], x[6:]])
+  assert st._accumulate._cache_size() == before + 1  # the tail (1 sample) is padded to 3
+  whole = sj.activation_stats(model.apply, v, [x])
+  np.testing.assert_allclose(ragged[("layer",)].gram, whole[("layer",)].gram, rtol=1e-5, atol=1e-4)
+  assert float(ragged[("layer",)].count) == float(whole[("layer",)].count) == 7 * 56
+  # With a budget: the padded tail has 56 real rows < 100, so all of them count
+  # (and only them): budgeted(3 + 1 samples) − budgeted(3 samples) = the tail's Gram.
+  two = sj.activation_stats(model.apply, v, [x[:3], x[6:]], rows_per_batch=100)
+  one = sj.activation_stats(model.apply, v, [x[:3]], rows_per_batch=100)
+  tail = sj.activation_stats(model.apply, v, [x[6:]])
+  assert float(two[("layer",)].count) == 100 + 56
+  np.testing.assert_allclose(
+      two[("layer",)].gram - one[("layer",)].gram, tail[("layer",)].gram, rtol=1e-4, atol=1e-3
+  )
+
+
+class _FlattensBatch(nn.Module):
+  """Folds the batch into the token axis before a Dense: inputs are not batch-major."""
+
+  @nn.compact
+  def __call__(self, x, train=False):  # x: (B, L, 6)
+    h = nn.Dense(4, name="tokens")(x.reshape(-1, x.shape[-1]))
+    return nn.Dense(3, name="head")(h.reshape(x.shape[0], -1))
+
+
+def test_not_batch_major_model_is_not_padded():
+  model = _FlattensBatch()
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (5, 4, 6)))
+  v = model.init(jax.random.PRNGKey(1), x)
+  whole = sj.activation_stats(model.apply, v, [x])
+  streamed = sj.activation_stats(model.apply, v, [x[:2], x[2:4], x[4:]])
+  for path in whole:
+    np.testing.assert_allclose(streamed[path].gram, whole[path].gram, rtol=1e-5, atol=1e-5)
+    assert float(streamed[path].count) == float(whole[path].count)
+
+
 def test_activation_rows_gram_matches_stats():
   model = _Mixed()
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (4, 5, 6)))

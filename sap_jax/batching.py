@@ -1,0 +1,46 @@
+"""Fixed-shape batches: every batch padded to one shape, so one compilation serves all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def padded_batches(*arrays: np.ndarray, batch_size: int) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
+  """Splits equal-length arrays into batches of ``min(batch_size, N)`` samples.
+
+  The ragged last batch is padded by repeating the arrays' first sample (a real
+  input: padding never feeds a model values it has not seen), and each batch
+  comes with its number of real samples, which callers use to mask or drop the
+  padding.
+
+  Args:
+    *arrays: arrays with the same first dimension N ≥ 1.
+    batch_size: samples per batch, ≥ 1.
+
+  Yields:
+    ``(batch arrays, real)`` pairs.
+
+  Raises:
+    ValueError: no array, mismatched lengths, empty arrays or batch_size < 1.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  if not arrays:
+    raise ValueError("padded_batches needs at least one array.")
+  n = len(arrays[0])
+  if any(len(a) != n for a in arrays):
+    raise ValueError(f"arrays of different lengths: {[len(a) for a in arrays]}.")
+  if n == 0:
+    raise ValueError("padded_batches got empty arrays; pass at least one sample.")
+  bs = min(batch_size, n)
+  for start in range(0, n, bs):
+    real = min(bs, n - start)
+    out = []
+    for a in arrays:
+      b = a[start : start + real]
+      if real < bs:
+        b = np.concatenate([b, np.repeat(a[:1], bs - real, axis=0)])
+      out.append(b)
+    yield tuple(out), real
