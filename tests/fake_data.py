@@ -83,3 +83,13 @@ def write_image_folder(root: Path, classes=("shirt", "coat", "dress"), per_class
         img = _images(rng, [k], size=size)[0]
         Image.fromarray(img).save(d / f"{i}.png")
   return root
+
+
+def blobs(n: int, seed: int = 0, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+  """k well-separated Gaussian blobs in 2-D: (float32 (n, 2), int32 (n,))."""
+  rng = np.random.default_rng(seed)
+  centres = 4.0 * np.stack([np.cos(2 * np.pi * np.arange(k) / k),
+                            np.sin(2 * np.pi * np.arange(k) / k)], 1)
+  y = rng.integers(0, k, n).astype(np.int32)
+  x = (centres[y] + 0.5 * rng.normal(size=(n, 2))).astype(np.float32)
+  return x, y

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from sap_jax import train
+from tests import fake_data
 
 
 class TinyMLP(nn.Module):
@@ -33,13 +34,7 @@ class InputBN(nn.Module):
 
 
 def blobs(n=240, seed=0, k=3):
-  """k well-separated Gaussian blobs in 2-D."""
-  rng = np.random.default_rng(seed)
-  centres = 4.0 * np.stack([np.cos(2 * np.pi * np.arange(k) / k),
-                            np.sin(2 * np.pi * np.arange(k) / k)], 1)
-  y = rng.integers(0, k, n).astype(np.int32)
-  x = (centres[y] + 0.5 * rng.normal(size=(n, 2))).astype(np.float32)
-  return x, y
+  return fake_data.blobs(n, seed, k)
 
 
 def test_training_lowers_loss_and_fits_separable_problem():
