@@ -10,10 +10,10 @@ from sap_jax.data.registry import known_datasets, load_dataset
 from sap_jax.data.splits import NoisySplits, make_splits, stratified_indices
 
 __all__ = [
-    "Dataset",
-    "NoisySplits",
-    "known_datasets",
-    "load_dataset",
-    "make_splits",
-    "stratified_indices",
+  "Dataset",
+  "NoisySplits",
+  "known_datasets",
+  "load_dataset",
+  "make_splits",
+  "stratified_indices",
 ]
