@@ -35,8 +35,8 @@ def alpha_curves(apply_fn, variables, stats, alphas: Sequence[float],
 
   The same rule as ``sap_jax.sweep_alpha`` (the first best α in grid order; the
   unchanged model, ``alpha None``, when no α beats it), computed with one
-  jitted projection and ``sap_jax.train.evaluate`` so that the compilations are
-  shared by every cell of a model (``sweep_alpha`` compiles per call).
+  jitted projection and ``sap_jax.train.evaluate`` on several splits at once
+  (``sweep_alpha`` scores one split).
 
   Args:
     apply_fn, variables, stats: the model and its trusted-set statistics.
