@@ -185,13 +185,14 @@ class RSSSampler:
     try:
       import psutil
 
-      self._rss = psutil.Process().memory_info
+      proc = psutil.Process()
+      self._rss = lambda: proc.memory_info().rss
     except ImportError:  # Linux fallback: resident pages from /proc
       page = os.sysconf("SC_PAGE_SIZE")
 
-      def statm():
+      def statm() -> int:
         with open("/proc/self/statm") as f:
-          return type("M", (), {"rss": int(f.read().split()[1]) * page})
+          return int(f.read().split()[1]) * page
 
       self._rss = statm
     self.interval = interval
@@ -200,7 +201,7 @@ class RSSSampler:
     self._thread = None
 
   def rss(self) -> int:
-    return self._rss().rss
+    return self._rss()
 
   def __enter__(self):
     self.baseline = self.rss()

@@ -59,6 +59,15 @@ def _sap_groups(cells, records, *, label: str | None = None):
   return out
 
 
+def _save(plt, fig, workdir, name: str) -> Path:
+  """Lays out, writes ``workdir/name`` (PNG, 110 dpi) and closes the figure."""
+  fig.tight_layout()
+  path = Path(workdir) / name
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def _grid_axes(plt, n: int, width: float = 4.2, height: float = 3.2):
   ncols = min(n, 4)
   nrows = int(np.ceil(n / ncols))
@@ -104,11 +113,7 @@ def alpha_curve(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
   axes[0].legend(fontsize=8, loc="lower left")
   fig.suptitle("SAP: accuracy against α (mean ± std over seeds)\ndashed: unchanged model; "
                "dotted: α picked on the noisy validation split, per seed", fontsize=10)
-  fig.tight_layout()
-  path = Path(workdir) / "alpha_curve.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [_save(plt, fig, workdir, "alpha_curve.png")]
 
 
 def ntrust(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
@@ -145,11 +150,7 @@ def ntrust(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
     ax.set_ylabel("clean test accuracy (%)")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  path = Path(workdir) / "ntrust.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [_save(plt, fig, workdir, "ntrust.png")]
 
 
 def spectra(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
@@ -176,11 +177,7 @@ def spectra(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle("Normalised spectra σ̃ᵢ of each layer's inputs on the trusted set", fontsize=10)
-  fig.tight_layout()
-  path = Path(workdir) / "spectra.png"
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [_save(plt, fig, workdir, "spectra.png")]
 
 
 def decision_boundary(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
@@ -238,11 +235,7 @@ def decision_boundary(config, cells, records, workdir, checkpoint_dir) -> list[P
     fig.suptitle(f"Two spirals, {grid.pretty_noise(spec.noise)} label noise (X: flipped "
                  f"labels, drawn in their noisy class's colour), seed {spec.seed}",
                  fontsize=10)
-    fig.tight_layout()
-    path = Path(workdir) / f"decision_boundary_s{spec.seed}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, workdir, f"decision_boundary_s{spec.seed}.png"))
   return written
 
 

@@ -7,7 +7,6 @@ step calls the pure functions of the package.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

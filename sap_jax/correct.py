@@ -141,7 +141,9 @@ def _project_jit(kernels, layer_bases, alpha, *, layouts, rotated=None):
 
 @functools.partial(jax.jit, static_argnames=("apply_fn",))
 def _count_jit(v, x, y, real, *, apply_fn):
-  return _count_correct(apply_fn, v, x, y, real)
+  """Correct predictions among the first ``real`` samples of a padded batch."""
+  hit = (jnp.argmax(apply_fn(v, x), axis=-1) == y) & (jnp.arange(len(y)) < real)
+  return jnp.sum(hit)
 
 
 @functools.partial(jax.jit, static_argnames=("layouts",))
@@ -160,7 +162,6 @@ def _nest(kernels):
   return out
 
 
-_bases_jit = jax.jit(proj.bases)
 _eigh_jit = jax.jit(proj.eigh_basis)
 _eigh_consume_jit = jax.jit(proj.eigh_basis, donate_argnums=0)
 
@@ -202,12 +203,6 @@ class SweepResult(NamedTuple):
   baseline_accuracy: float
   best_alpha: float | None
   best_accuracy: float
-
-
-def _count_correct(apply_fn, variables, x, y, real):
-  logits = apply_fn(variables, x)
-  hit = (jnp.argmax(logits, axis=-1) == y) & (jnp.arange(len(y)) < real)
-  return jnp.sum(hit)
 
 
 def sweep_alpha(

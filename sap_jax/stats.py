@@ -18,8 +18,8 @@ works without per-model code. What a "row" is, per layer kind:
 * `nn.Conv`: the unfolded input patch seen by one output position (what
   `lax.conv_general_dilated_patches` computes, built here by slicing), from the
   layer's own kernel size, strides, padding (including flax's
-  CIRCULAR/REFLECT/CAUSAL modes), input and kernel dilation. The patch's feature order is (C_in, k_1, …, k_n), channel slowest. A
-  grouped conv (``feature_group_count`` = G > 1) gets one Gram matrix per group,
+  CIRCULAR/REFLECT/CAUSAL modes), input and kernel dilation. The patch's feature
+  order is (C_in, k_1, …, k_n), channel slowest. A grouped conv (``feature_group_count`` = G > 1) gets one Gram matrix per group,
   since each group's kernel only sees its own C_in/G channels.
 
 A layer called several times (shared weights) accumulates the rows of every call.
@@ -225,22 +225,17 @@ def _rows_shape(module: nn.Module, inputs: jax.Array) -> tuple[tuple[int, ...], 
   return tuple(shape), layout[0]
 
 
-def _num_rows(module: nn.Module, inputs: jax.Array) -> int:
-  """Number of rows `layer_rows` returns (per group), from shapes only."""
-  return _rows_shape(module, inputs)[0][-2]
-
-
-def _rows_at(module: nn.Module, inputs: jax.Array, index: jax.Array) -> tuple[jax.Array, Layout]:
-  """Rows ``index`` of `layer_rows(module, inputs)` (a conv's other patches are
-  never unfolded), with the layer's layout."""
+def _rows_at(
+    module: nn.Module, inputs: jax.Array, index: jax.Array, layout: Layout
+) -> jax.Array:
+  """Rows ``index`` of `layer_rows(module, inputs)` (whose layout is ``layout``); a
+  conv's other patches are never unfolded."""
   if not isinstance(module, nn.Conv):
-    rows, layout = layer_rows(module, inputs)
-    return jnp.take(rows, index, axis=-2), layout
-  _, layout = _rows_shape(module, inputs)
+    return jnp.take(layer_rows(module, inputs)[0], index, axis=-2)
   rows = _conv_rows_at(module, inputs, index)
   if layout.groups > 1:
     rows = rows.reshape(rows.shape[0], layout.groups, layout.dim).transpose(1, 0, 2)
-  return rows, layout
+  return rows
 
 
 def _sample_rows(key: jax.Array, n: int, budget: int, valid: jax.Array | None) -> jax.Array:
@@ -582,35 +577,26 @@ def _layer_gram(
   if real is not None:
     keep = (jnp.arange(x.shape[0]) < real).astype(x.dtype)
     x = x * keep.reshape((-1,) + (1,) * (x.ndim - 1))
+  shape, layout = _rows_shape(module, x)
+  n = shape[-2]
+  # Every sample has n / batch rows; only the real samples' rows count.
+  real_rows = n if real is None else real * (n // x.shape[0])
+  count = jnp.asarray(real_rows, dtype)
   shift = _shift_choice(module, x, rows_per_batch)
   if shift is not None:
-    geom, plan, n_rows, layout = shift
-    return _conv_gram_by_shifts(geom, plan, dtype), _real_rows(n_rows, x, real, dtype), layout
-  n = _num_rows(module, x)
+    geom, plan, _, _ = shift
+    return _conv_gram_by_shifts(geom, plan, dtype), count, layout
   if rows_per_batch is not None and n > rows_per_batch:
-    valid = None if real is None else real * (n // x.shape[0])
-    rows, layout = _rows_at(module, x, _sample_rows(key, n, rows_per_batch, valid))
-    count = jnp.asarray(rows_per_batch, dtype)
-    if valid is not None:
-      count = jnp.minimum(count, valid.astype(dtype))
-    return _gram(rows, dtype), count, layout
-  if isinstance(module, nn.Conv) and int(module.feature_group_count) == 1:
+    index = _sample_rows(key, n, rows_per_batch, None if real is None else real_rows)
+    rows = _rows_at(module, x, index, layout)
+    return _gram(rows, dtype), jnp.minimum(count, rows_per_batch), layout
+  if isinstance(module, nn.Conv) and layout.groups == 1:
     # Gram of the offset-major patches, then its d × d rows/columns reordered to
     # the channel-major layout (cheaper than reordering the n × d patches).
-    _, layout = _rows_shape(module, x)
     order = _channel_major_order(x.shape[-1], layout.dim // x.shape[-1])
     gram = _gram(_offset_major_patches(module, x), dtype)
-    return gram[order][:, order], _real_rows(n, x, real, dtype), layout
-  rows, layout = layer_rows(module, x)
-  return _gram(rows, dtype), _real_rows(n, x, real, dtype), layout
-
-
-def _real_rows(n: int, x: jax.Array, real: jax.Array | None, dtype) -> jax.Array:
-  """Rows that count out of ``n`` when only the first ``real`` of the ``x.shape[0]``
-  samples are real (every sample has the same number of rows)."""
-  if real is None:
-    return jnp.asarray(n, dtype)
-  return (real * (n // x.shape[0])).astype(dtype)
+    return gram[order][:, order], count, layout
+  return _gram(layer_rows(module, x)[0], dtype), count, layout
 
 
 _SHIFT_MIN_CHANNELS = 4
