@@ -1,8 +1,10 @@
-"""Fixed-shape batches: every batch padded to one shape, so one compilation serves all."""
+"""Batches of arrays: plain consecutive batches, and fixed-shape (padded) batches so that
+one compilation serves all."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,3 +46,11 @@ def padded_batches(*arrays: np.ndarray, batch_size: int) -> Iterator[tuple[tuple
         b = np.concatenate([b, np.repeat(a[:1], bs - real, axis=0)])
       out.append(b)
     yield tuple(out), real
+
+
+def batched(x: Any, batch_size: int) -> list[Any]:
+  """Splits an array along its first axis into consecutive batches (the last may be short)."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  n = len(x)
+  return [x[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from sap_jax import robust
 from sap_jax.batching import padded_batches
-from sap_jax.hashable import hashable
+from sap_jax.hashable import EvalApply, ModuleApply, hashable
 
 Array = jax.Array
 Variables = dict[str, Any]
@@ -202,28 +202,6 @@ class TrainState(train_state.TrainState):
   num_classes: int = struct.field(pytree_node=False, default=0)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Apply:
-  """``model.apply`` with value equality (bound methods compare by identity).
-
-  Equal modules give equal (and equally hashed) objects, so train states and
-  apply functions of equal models hit the same jit cache entries.
-  """
-  model: nn.Module
-
-  def __call__(self, variables: Variables, *args, **kwargs):
-    return self.model.apply(variables, *args, **kwargs)
-
-
-@dataclasses.dataclass(frozen=True)
-class _EvalApply:
-  """``apply_fn(variables, x)`` in eval mode, with value equality."""
-  model: nn.Module
-
-  def __call__(self, variables: Variables, x: Array) -> Array:
-    return self.model.apply(variables, x, train=False)
-
-
 def eval_apply_fn(model: nn.Module) -> ApplyFn:
   """The eval-mode forward ``apply_fn(variables, x) -> logits`` of a model.
 
@@ -231,7 +209,7 @@ def eval_apply_fn(model: nn.Module) -> ApplyFn:
   (and equally hashed) for equal modules, so jitted consumers such as
   :func:`evaluate` compile once per model, not once per call.
   """
-  return _EvalApply(model)
+  return EvalApply(model)
 
 
 def variables_of(state: TrainState) -> Variables:
@@ -368,7 +346,7 @@ def create_train_state(model: nn.Module, sample_x: Any, config: TrainConfig,
                      "logits of shape (batch, num_classes).")
   tx = make_optimizer(config, steps_per_epoch)
   state = TrainState.create(
-      apply_fn=_Apply(model),
+      apply_fn=ModuleApply(model),
       params=variables["params"],
       tx=tx,
       batch_stats=variables.get("batch_stats", {}),

@@ -9,18 +9,16 @@ is the default, class-balanced selection an option.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sap_jax.batching import padded_batches
 from sap_jax.hashable import hashable
-
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
+from sap_jax.losses import model_cross_entropy
+from sap_jax.types import ApplyFn
 
 
 def _check_xy(x: Any, y: Any) -> None:
@@ -30,13 +28,8 @@ def _check_xy(x: Any, y: Any) -> None:
     raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
 
 
-def _cross_entropy(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: jax.Array):
-  logits = apply_fn(variables, x).astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-
-
 # Module-level: one compilation per (model, batch shape), reused by later calls.
-_losses_jit = jax.jit(_cross_entropy, static_argnums=0)
+_losses_jit = jax.jit(model_cross_entropy, static_argnums=0)
 
 
 def per_example_loss(
@@ -71,7 +64,7 @@ def per_example_loss(
 
 def _curvature(apply_fn, variables, x, y, key, h, num_probes):
   def grad_x(xx):
-    return jax.grad(lambda z: jnp.sum(_cross_entropy(apply_fn, variables, z, y)))(xx)
+    return jax.grad(lambda z: jnp.sum(model_cross_entropy(apply_fn, variables, z, y)))(xx)
 
   g0 = grad_x(x)
 
@@ -156,6 +149,30 @@ def trust_scores(
   raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
 
 
+def rank_by_score(scores: Any, *, descending: bool = False) -> np.ndarray:
+  """Indices that order ``scores`` (ascending, or descending), ties broken by index.
+
+  The one ranking used by `select_trusted` and by the baselines' lowest-/highest-
+  loss sets.
+
+  Args:
+    scores: float[N] per-sample scores (e.g. losses).
+    descending: highest score first.
+
+  Returns:
+    int64[N] indices.
+
+  Raises:
+    ValueError: scores not 1-D, or holding NaN/Inf.
+  """
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 1:
+    raise ValueError(f"scores must be 1-D (one per sample), got shape {scores.shape}.")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores contain NaN or Inf; the model's losses are not finite.")
+  return np.lexsort((np.arange(len(scores)), -scores if descending else scores)).astype(np.int64)
+
+
 def select_trusted(
     scores: Any,
     labels: Any,
@@ -189,9 +206,7 @@ def select_trusted(
         f"Cannot select n={n} trusted samples from {len(scores)}: choose "
         f"1 ≤ n ≤ {len(scores)} (e.g. --n-trusted {min(1000, len(scores))})."
     )
-  if not np.all(np.isfinite(scores)):
-    raise ValueError("scores contain NaN or Inf; the model's losses are not finite.")
-  order = np.lexsort((np.arange(len(scores)), scores))  # by score, then index
+  order = rank_by_score(scores)
   if not class_balanced:
     return order[:n].astype(np.int64)
   classes = np.unique(labels)
