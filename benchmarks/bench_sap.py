@@ -32,7 +32,6 @@ Goals (reported as measured ratios, never asserted): see `_goals`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -352,42 +351,21 @@ def random_variables(model, x1, seed: int) -> dict:
   return jax.tree_util.tree_map(jax.numpy.asarray, jax.tree_util.tree_map_with_path(fill, dict(shapes)))
 
 
-def warm_eigh(cr, stats, consume: bool = False) -> float:
-  """Compiles the per-layer eigh programs ahead of time; returns the seconds spent."""
+def warm_correction(variables, stats, alpha) -> float:
+  """Compiles `decompose` and `apply_alpha` for these statistics' shapes (one run on
+  warm-up statistics); returns the seconds spent."""
   import jax
+  import sap_jax as sj
 
   t = time.perf_counter()
-  fn = cr._eigh_consume_jit if consume else cr._eigh_jit
-  for shape, dtype in {(tuple(s.gram.shape), s.gram.dtype) for s in stats.values()}:
-    fn.lower(jax.ShapeDtypeStruct(shape, dtype)).compile()
+  jax.block_until_ready(sj.apply_alpha(variables, sj.decompose(variables, dict(stats)), alpha))
   return time.perf_counter() - t
 
 
-def warm_project(cr, proj, variables, stats, alpha) -> None:
-  """Compiles `correct`'s projection program ahead of time (shapes only)."""
-  import jax
-
-  layer_bases = {
-      p: proj.Basis(jax.ShapeDtypeStruct(s.gram.shape[:-1], s.gram.dtype),
-                    jax.ShapeDtypeStruct(s.gram.shape, s.gram.dtype))
-      for p, s in stats.items()
-  }
-  layouts = tuple((p, s.layout) for p, s in stats.items())
-  cr._project_jit.lower(proj.kernels_of(variables, layer_bases), layer_bases, alpha,
-                        layouts=layouts).compile()
-
-
-def project(cr, proj, variables, layer_bases, layouts, alpha):
-  """The projection step exactly as `sap_jax.correct` runs it."""
-  kernels = cr._project_jit(proj.kernels_of(variables, layer_bases), layer_bases, alpha,
-                            layouts=tuple(layouts.items()))
-  return proj.with_kernels(variables, kernels)
-
-
 def batches_of(x, b):
-  from sap_jax import stats as st
+  import sap_jax as sj
 
-  return st.batched(x, b)
+  return sj.batched(x, b)
 
 
 def cost_summary(apply_fn, variables, batches, rows_per_batch=None) -> dict:
@@ -466,8 +444,6 @@ def bench_model(name: str, args, meter) -> dict:
   import jax.numpy as jnp
   import numpy as np
   import sap_jax as sj
-  cr = importlib.import_module("sap_jax.correct")  # `sap_jax.correct` is also a function
-  from sap_jax import projection as proj
   from sap_jax import stats as st
 
   dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
@@ -497,26 +473,24 @@ def bench_model(name: str, args, meter) -> dict:
   x_trust = np.asarray(s["x_train"])[idx]
   batches = batches_of(x_trust, b)
 
-  # 3-5. the correction: statistics → eigendecompositions → projected params.
-  st.activation_stats(apply_fn, v, batches[:1], dtype=dtype)  # warm-up: compiles the step
+  # 3-5. the correction: statistics → decompose (eigh, Vᵀ K) → apply α (K̂ = V (λ ⊙ Vᵀ K)).
+  warm = st.activation_stats(apply_fn, v, batches[:1], dtype=dtype)  # warm-up: compiles the step
+  alpha = args.alphas[len(args.alphas) // 2]
+  dec_compile = warm_correction(v, warm, alpha)  # compiles decompose and apply_alpha
+  del warm
   costs = cost_summary(apply_fn, v, batches)
   with RSSSampler() as mem:
     stats, wall, comp = timed(meter, st.activation_stats, apply_fn, v, batches, dtype=dtype)
     out["stats"] = phase(wall, comp)
-    layouts = {p: q.layout for p, q in stats.items()}
-    # eigh: compile ahead of time, then run (LAPACK syevd, one per layer).
-    eig_compile = warm_eigh(cr, stats)
-    bases_, wall, comp = timed(meter, cr._bases, stats)
-    out["eigh"] = phase(wall, comp, aot_compile_s=round(eig_compile, 4))
-    alpha = args.alphas[len(args.alphas) // 2]
-    # projection: the compiled K̂ = V (λ ⊙ Vᵀ K) that `correct` runs; warm-up first.
-    project(cr, proj, v, bases_, layouts, alpha)
-    new, wall, comp = timed(meter, project, cr, proj, v, bases_, layouts, alpha)
-    out["project"] = phase(wall, comp, alpha=alpha)
-  corr = out["stats"]["time_s"] + out["eigh"]["time_s"] + out["project"]["time_s"]
+    dec, wall, comp = timed(meter, sj.decompose, v, stats)
+    out["decompose"] = phase(wall, comp, warm_up_compile_s=round(dec_compile, 4),
+                             note="one eigh per layer (LAPACK syevd) and Vᵀ K")
+    new, wall, comp = timed(meter, sj.apply_alpha, v, dec, alpha)
+    out["apply_alpha"] = phase(wall, comp, alpha=alpha)
+  corr = out["stats"]["time_s"] + out["decompose"]["time_s"] + out["apply_alpha"]["time_s"]
   out["correction"] = dict(time_s=round(corr, 4), forward_passes=round(corr / unit["time_s"], 2),
                            memory=mem.report(),
-                           note="stats + eigh + project, as sap_jax.correct runs them")
+                           note="activation_stats + decompose + apply_alpha")
   # FLOPs of the statistics.
   gf_nom = costs["nominal_flops"] / out["stats"]["time_s"] / 1e9
   gf_exe = costs["executed_flops"] / out["stats"]["time_s"] / 1e9
@@ -539,8 +513,8 @@ def bench_model(name: str, args, meter) -> dict:
               for k, e in costs["layers"].items()},
   )
   log(f"[{name}] correction {corr:.2f}s = {corr / unit['time_s']:.2f} forwards "
-      f"(stats {out['stats']['time_s']:.2f}, eigh {out['eigh']['time_s']:.2f}, "
-      f"project {out['project']['time_s']:.2f}); stats {gf_nom:.1f} nominal GFLOP/s vs matmul {mm['gflops']}")
+      f"(stats {out['stats']['time_s']:.2f}, decompose {out['decompose']['time_s']:.2f}, "
+      f"apply α {out['apply_alpha']['time_s']:.2f}); stats {gf_nom:.1f} nominal GFLOP/s vs matmul {mm['gflops']}")
   del new
 
   # 6. α sweep of K values on the validation set vs eigh + K evaluations.
@@ -557,14 +531,14 @@ def bench_model(name: str, args, meter) -> dict:
   sj.sweep_alpha(apply_fn, v, stats, args.alphas[:1], s["x_val"], s["y_val"], batch_size=vb)  # warm-up
   sweep, wall, comp = timed(meter, sj.sweep_alpha, apply_fn, v, stats, args.alphas, s["x_val"], s["y_val"],
                             batch_size=vb)
-  ideal = out["eigh"]["time_s"] + k * one_eval
+  ideal = out["decompose"]["time_s"] + k * one_eval
   sw = max(wall - comp, 0.0)
   out["sweep"] = phase(wall, comp, k=k, one_evaluation_s=round(one_eval, 4),
-                       eigh_plus_k_evaluations_s=round(ideal, 4),
+                       decompose_plus_k_evaluations_s=round(ideal, 4),
                        ratio=round(sw / ideal, 3),
                        note="sweep_alpha also evaluates the unchanged model once (K+1 evaluations)")
-  log(f"[{name}] sweep K={k}: {sw:.2f}s vs eigh + K evals {ideal:.2f}s")
-  del stats, bases_
+  log(f"[{name}] sweep K={k}: {sw:.2f}s vs decompose + K evals {ideal:.2f}s")
+  del stats, dec
 
   # Row budget like the published code (≤ row_budget random rows per layer).
   if not args.no_budget and name in (("cnn",) if args.quick else ("resnet18", "vit", "cnn")):
@@ -573,13 +547,13 @@ def bench_model(name: str, args, meter) -> dict:
     bcost = cost_summary(apply_fn, v, batches, rows_per_batch=rpb)
     with RSSSampler() as bmem:
       bstats, w1, c1 = timed(meter, st.activation_stats, apply_fn, v, batches, rows_per_batch=rpb, dtype=dtype)
-      bb, w2, c2 = timed(meter, cr._bases, bstats, consume=True)  # as `correct` does
-      new, w3, c3 = timed(meter, project, cr, proj, v, bb, layouts, alpha)
+      bb, w2, c2 = timed(meter, sj.decompose, v, bstats, consume=True)  # as `correct` does
+      new, w3, c3 = timed(meter, sj.apply_alpha, v, bb, alpha)
     t_stats, t_eig, t_proj = w1 - c1, w2 - c2, w3 - c3
     tot = t_stats + t_eig + t_proj
     out["correction_row_budget"] = dict(
         row_budget_per_layer=args.row_budget, rows_per_batch=rpb,
-        stats_s=round(t_stats, 4), eigh_s=round(t_eig, 4), project_s=round(t_proj, 4),
+        stats_s=round(t_stats, 4), decompose_s=round(t_eig, 4), apply_alpha_s=round(t_proj, 4),
         time_s=round(tot, 4), forward_passes=round(tot / unit["time_s"], 2),
         nominal_flops=bcost["nominal_flops"], executed_flops=bcost["executed_flops"],
         memory=bmem.report())
@@ -671,12 +645,11 @@ def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
 
 
 def child_correction(args) -> dict:
-  """Runs in a child: the correction at args.n_trusted (stats → eigh → projection,
+  """Runs in a child: the correction at args.n_trusted (stats → decompose → apply α,
   exactly as `sap_jax.correct` runs them), with its RSS peak."""
   import jax.numpy as jnp
   import numpy as np
-  cr = importlib.import_module("sap_jax.correct")  # `sap_jax.correct` is also a function
-  from sap_jax import projection as proj
+  import sap_jax as sj
   from sap_jax import stats as st
 
   meter = CompileMeter()
@@ -688,21 +661,19 @@ def child_correction(args) -> dict:
   batches = batches_of(x, args.batch_size)
   warm = st.activation_stats(apply_fn, v, batches[:1], dtype=dtype)  # warm-up (compile)
   alpha = args.alphas[len(args.alphas) // 2]
-  # Compile eigh and the projection ahead of time too, so that the sampled peak
+  # Compile decompose and apply_alpha ahead of time too, so that the sampled peak
   # below is the correction's, not the compiler's.
-  warm_eigh(cr, warm, consume=True)
-  warm_project(cr, proj, v, warm, alpha)
+  warm_correction(v, warm, alpha)
   del warm
   with RSSSampler() as mem:
     stats, w1, c1 = timed(meter, st.activation_stats, apply_fn, v, batches, dtype=dtype)
-    layouts = {p: q.layout for p, q in stats.items()}
-    bases_, w2, c2 = timed(meter, cr._bases, stats, consume=True)  # as `correct` does
+    dec, w2, c2 = timed(meter, sj.decompose, v, stats, consume=True)  # as `correct` does
     del stats
-    new, w3, c3 = timed(meter, project, cr, proj, v, bases_, layouts, alpha)
+    new, w3, c3 = timed(meter, sj.apply_alpha, v, dec, alpha)
   t1, t2, t3 = w1 - c1, w2 - c2, w3 - c3
   total = t1 + t2 + t3
   return dict(n_trusted=args.n_trusted, time_s=round(total, 4),
-              stats_s=round(t1, 4), eigh_s=round(t2, 4), project_s=round(t3, 4),
+              stats_s=round(t1, 4), decompose_s=round(t2, 4), apply_alpha_s=round(t3, 4),
               compile_s=round(c1 + c2 + c3, 4),
               process_peak_rss_mb=vm_hwm_mb(),
               **mem.report())
@@ -742,7 +713,7 @@ def bench_scaling(args, main_unit: dict | None) -> dict:
                            "--n-trusted", str(n)] + common_child_flags(args))
     if main_unit:
       res["forward_passes_est"] = round(res["time_s"] / (main_unit["time_s"] * n / args.n_trusted), 2)
-    log(f"[scaling]   {res['time_s']:.2f}s (stats {res['stats_s']:.2f}, eigh {res['eigh_s']:.2f}), "
+    log(f"[scaling]   {res['time_s']:.2f}s (stats {res['stats_s']:.2f}, decompose {res['decompose_s']:.2f}), "
         f"peak {res['peak_rss_mb']} MB ({res['peak_above_baseline_mb']} MB above baseline)")
     points.append(res)
   out = dict(model=args.scaling_model, points=points,
@@ -904,7 +875,7 @@ def _goals(result: dict) -> dict:
   for name, r in m.items():
     if "sweep" in r:
       add(f"{name}_sweep_over_eigh_plus_k_evals", r["sweep"]["ratio"], "~1 (not K corrections)",
-          r["sweep"]["ratio"] <= 1.5, "sweep_alpha time / (eigh + K × one validation evaluation)")
+          r["sweep"]["ratio"] <= 1.5, "sweep_alpha time / (decompose + K × one validation evaluation)")
   d = result.get("digits")
   if d:
     add("digits_sap_over_training_steady", d["ratio_steady"], "<= 0.02", d["ratio_steady"] <= 0.02,

@@ -27,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sap_jax import jsonio
+
 __all__ = [
     "Config",
     "MethodSpec",
@@ -206,17 +208,7 @@ CELL_FIELDS = ("method", "variant", "setup", "noise", "model", "dataset")
 
 def to_dict(config: Config) -> dict[str, Any]:
   """The config as JSON-ready nested dicts and lists."""
-  return json.loads(json.dumps(dataclasses.asdict(config), default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-  if isinstance(obj, (set, frozenset)):
-    return sorted(obj)
-  if isinstance(obj, Path):
-    return str(obj)
-  if hasattr(obj, "item"):  # numpy scalars
-    return obj.item()
-  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+  return jsonio.to_jsonable(config)
 
 
 # ---------------------------------------------------------------------------

@@ -5,124 +5,77 @@ validation split, as an honest method must. Where the clean labels are known
 (synthetic noise), the published code's protocol, α chosen on the CLEAN
 validation labels, is recorded beside it, clearly named ("oracle"), together
 with the accuracy at every α and each layer's normalised spectrum.
+
+Nothing here recomputes statistics or eigendecompositions: the method's own
+`sap_jax.SAPResult` carries its decomposition, and `sap_jax.score_alphas` scores the
+extra splits on exactly the models the method's sweep scored.
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["alpha_curves", "sap_extras"]
+__all__ = ["sap_extras"]
 
 
-@functools.lru_cache(maxsize=1)
-def _project_fn():
-  """A jitted ``(variables, stats, α) → projected variables`` (compiled once per model)."""
-  import jax
-
-  import sap_jax as sj
-
-  return jax.jit(lambda v, s, a: sj.project_params(v, sj.projections(s, a)))
-
-
-def alpha_curves(apply_fn, variables, stats, alphas: Sequence[float],
-                 splits: Mapping[str, tuple[Any, Any]]) -> dict[str, dict[str, Any]]:
-  """Accuracy at every α on several labelled splits, and the α each split picks.
-
-  The same rule as ``sap_jax.sweep_alpha`` (the first best α in grid order; the
-  unchanged model, ``alpha None``, when no α beats it), computed with one
-  jitted projection and ``sap_jax.train.evaluate`` on several splits at once
-  (``sweep_alpha`` scores one split).
+def sap_extras(result, apply_fn, variables, splits, *, oracle: bool, alpha_curve: bool,
+               spectra: bool, batch_size: int = 512) -> dict[str, Any]:
+  """The oracle α, the α curve and the spectra of one SAP cell.
 
   Args:
-    apply_fn, variables, stats: the model and its trusted-set statistics.
-    alphas: the α grid.
-    splits: name → (x, y), e.g. ``{"val_clean": (x_val, y_val_clean)}``.
-
-  Returns:
-    name → ``{"accuracies": [...], "baseline": float, "best_alpha": α or None,
-    "best_accuracy": float}``.
-  """
-  from sap_jax import train
-
-  project = _project_fn()
-  acc = {name: [] for name in splits}
-  base = {name: train.evaluate(apply_fn, variables, x, y)["accuracy"]
-          for name, (x, y) in splits.items()}
-  for a in alphas:
-    projected = project(variables, stats, float(a))
-    for name, (x, y) in splits.items():
-      acc[name].append(train.evaluate(apply_fn, projected, x, y)["accuracy"])
-  out = {}
-  for name in splits:
-    arr = np.asarray(acc[name], np.float64)
-    best = int(np.argmax(arr))
-    keep = not arr[best] > base[name]
-    out[name] = {"accuracies": arr.tolist(), "baseline": float(base[name]),
-                 "best_alpha": None if keep else float(alphas[best]),
-                 "best_accuracy": float(base[name] if keep else arr[best])}
-  return out
-
-
-def sap_extras(method, result, apply_fn, variables, splits, seed: int, *, oracle: bool,
-               alpha_curve: bool, spectra: bool) -> dict[str, Any]:
-  """What the honest SAP record lacks: the oracle α, the α curve, the spectra.
-
-  The statistics of the method's own trusted set are recomputed (same layers,
-  batches and seed as ``run_sap``); then every α is scored on the CLEAN
-  validation labels (oracle choice, the published code's protocol; the
-  unchanged model is kept when no α beats it, as for the honest choice), on
-  the test set (the curve) and on the noisy validation split (a check: it
-  must reproduce the method's own sweep, ``alpha_curve.check_max_abs_diff``).
+    result: the SAP method's `CorrectionResult`; ``result.details["sap_result"]`` is
+      its `sap_jax.SAPResult`.
+    apply_fn, variables: the vanilla model.
+    splits: the cell's `NoisySplits` (clean validation labels, test set).
+    oracle: record the α chosen on the CLEAN validation labels (the unchanged model is
+      kept when no α beats it, as for the honest choice) and its test accuracy.
+    alpha_curve: record the accuracy at every α on the test set and both validation
+      labellings; ``check_max_abs_diff`` compares the noisy-validation curve with the
+      method's own sweep (0 by construction: the same models, the same evaluation).
+    spectra: record each layer's normalised spectrum (top 256, mean over groups).
+    batch_size: evaluation batch size (the method's sweep uses max(its batch, 512)).
   """
   import sap_jax as sj
+  from sap_jax.layers import path_name
 
-  hp = method.hparams
-  trusted = np.asarray(result.details["trusted_indices"])
+  sap = result.details["sap_result"]
   out: dict[str, Any] = {"alpha": result.chosen.get("alpha")}
   if not (oracle or alpha_curve or spectra):
     return out
   start = time.perf_counter()
-  stats = sj.activation_stats(apply_fn, variables,
-                              sj.batched(np.asarray(splits.x_train)[trusted], hp["batch_size"]),
-                              rows_per_batch=hp["rows_per_batch"], seed=seed)
-  stats = sj.select_layers(stats, exclude=tuple(hp["exclude"]), layer_range=hp["layer_range"])
-  alphas = [float(a) for a in hp["alphas"]]
-  have_clean = bool(splits.noise_mask.any())
+  alphas = [float(a) for a in sap.sweep.alphas]
   named = {"test": (splits.x_test, splits.y_test), "val_noisy": (splits.x_val, splits.y_val)}
-  if oracle and have_clean:
+  if oracle and bool(splits.noise_mask.any()):
     named["val_clean"] = (splits.x_val, splits.y_val_clean)
   if oracle or alpha_curve:
-    curves = alpha_curves(apply_fn, variables, stats, alphas, named)
+    curves = sj.score_alphas(apply_fn, variables, sap.decomposition, alphas, named,
+                             batch_size=batch_size)
     if "val_clean" in curves:
       clean = curves["val_clean"]
-      out["alpha_oracle"] = clean["best_alpha"]
-      out["val_accuracy_clean_oracle_alpha"] = clean["best_accuracy"]
+      alpha_oracle, acc_oracle = sj.choose_alpha(alphas, clean.accuracies, clean.baseline)
       test = curves["test"]
+      out["alpha_oracle"] = alpha_oracle
+      out["val_accuracy_clean_oracle_alpha"] = acc_oracle
       out["test_accuracy_oracle_alpha"] = (
-          test["baseline"] if clean["best_alpha"] is None
-          else test["accuracies"][alphas.index(clean["best_alpha"])])
+          test.baseline if alpha_oracle is None
+          else float(test.accuracies[alphas.index(alpha_oracle)]))
     if alpha_curve:
-      method_sweep = {float(s["alpha"]): float(s["val_accuracy"])
-                      for s in result.details["settings"]}
-      diff = max(abs(method_sweep[a] - v)
-                 for a, v in zip(alphas, curves["val_noisy"]["accuracies"]))
+      diff = float(np.max(np.abs(curves["val_noisy"].accuracies - sap.sweep.accuracies)))
       out["alpha_curve"] = {
           "alphas": alphas,
-          **{name: c["accuracies"] for name, c in curves.items()},
-          "baseline": {name: c["baseline"] for name, c in curves.items()},
-          "check_max_abs_diff": float(diff),
+          **{name: c.accuracies.tolist() for name, c in curves.items()},
+          "baseline": {name: float(c.baseline) for name, c in curves.items()},
+          "check_max_abs_diff": diff,
       }
   if spectra:
     out["spectra"] = {}
-    for path, s in stats.items():
-      spectrum = np.asarray(sj.eigh_basis(s.gram).spectrum, np.float64)
+    for path, spectrum in sap.decomposition.spectra.items():
+      spectrum = np.asarray(spectrum, np.float64)
       spectrum = spectrum.reshape(-1, spectrum.shape[-1]).mean(0)
       spectrum = np.sort(spectrum)[::-1][:256]
-      out["spectra"]["/".join(path)] = [float(f"{v:.4g}") for v in spectrum]
+      out["spectra"][path_name(path)] = [float(f"{v:.4g}") for v in spectrum]
   out["extras_time_s"] = time.perf_counter() - start
   return out

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.metadata
 import json
 import os
+import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +43,8 @@ import numpy as np
 
 from experiments import config as cfg
 from experiments import grid, oracle
+from sap_jax.jsonio import write_json_atomic
+from sap_jax.metrics import split_metrics
 
 __all__ = [
     "RECORD_VERSION",
@@ -49,7 +53,6 @@ __all__ = [
     "check_workdir",
     "default_checkpoint_dir",
     "default_workdir",
-    "evaluate_all",
     "load_records",
     "load_vanilla",
     "main",
@@ -67,8 +70,9 @@ SCRATCH_DIR = RESULTS_DIR / "_work"  # gitignored: checkpoints never get committ
 # Index sets of the methods' details whose label-noise rate is recorded.
 _INDEX_SETS = {"trusted_indices": "trusted", "retain_indices": "retain",
                "forget_indices": "forget"}
+# Method details left out of records: big arrays, and objects such as SAP's whole result.
 _DROP_DETAILS = {"pred_probs", "folds", "flagged", "flagged_per_setting", "history",
-                 *_INDEX_SETS}
+                 "sap_result", *_INDEX_SETS}
 
 
 class IncompatibleWorkdir(RuntimeError):
@@ -89,37 +93,8 @@ def default_checkpoint_dir(workdir: Path | None) -> Path:
 
 
 # ---------------------------------------------------------------------------
-# Small file helpers.
+# Method details in records.
 # ---------------------------------------------------------------------------
-
-
-def _json_default(obj: Any) -> Any:
-  if isinstance(obj, np.generic):
-    return obj.item()
-  if isinstance(obj, np.ndarray) or type(obj).__name__ == "ArrayImpl":
-    return np.asarray(obj).tolist()
-  if isinstance(obj, (set, frozenset, tuple)):
-    return list(obj)
-  if isinstance(obj, Path):
-    return str(obj)
-  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-    return dataclasses.asdict(obj)
-  return repr(obj)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-  """Writes JSON to a temporary sibling, then renames it into place."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1, sort_keys=True, default=_json_default, allow_nan=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _small(obj: Any, limit: int = 64) -> Any:
@@ -210,28 +185,6 @@ class Vanilla:
   trained_now: bool
 
 
-def evaluate_all(apply_fn, variables, splits) -> dict[str, float | None]:
-  """Clean test, noisy/clean validation accuracy and the fit of corrupted labels.
-
-  ``fit_noisy`` is the fraction of training samples with a corrupted label
-  that the model predicts AS that wrong label (memorisation); None without
-  label noise.
-  """
-  from sap_jax import train
-
-  ev = lambda x, y: train.evaluate(apply_fn, variables, x, y)["accuracy"]  # noqa: E731
-  fit = None
-  if splits.noise_mask.any():
-    fit = train.fit_fraction(apply_fn, variables, splits.x_train, splits.y_train,
-                             splits.noise_mask)
-  return {
-      "test_accuracy": ev(splits.x_test, splits.y_test),
-      "val_accuracy_noisy": ev(splits.x_val, splits.y_val),
-      "val_accuracy_clean": ev(splits.x_val, splits.y_val_clean),
-      "fit_noisy": fit,
-  }
-
-
 def load_vanilla(spec, key: str, checkpoint_dir: Path, *, train_progress: bool = False,
                  echo: Callable[[str], None] = print) -> Vanilla:
   """Loads ``<checkpoint_dir>/<key>``, or trains the model and saves it there."""
@@ -257,7 +210,7 @@ def load_vanilla(spec, key: str, checkpoint_dir: Path, *, train_progress: bool =
                                x_val=splits.x_val, y_val=splits.y_val,
                                progress=train_progress)
     variables, train_time, trained_now = result.variables, result.train_time_s, True
-  metrics = evaluate_all(apply_fn, variables, splits)
+  metrics = split_metrics(apply_fn, variables, splits)
   if trained_now:
     try:
       checkpoint.save_checkpoint(
@@ -276,6 +229,49 @@ def load_vanilla(spec, key: str, checkpoint_dir: Path, *, train_progress: bool =
 # ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+  """What a record's numbers depend on beyond the code: package versions, the CPU and
+  its XLA flags, the cores in use and the git commit (training on noisy labels turns
+  float-level differences between machines into points of accuracy)."""
+  import platform
+
+  import jax
+
+  def version(name: str) -> str | None:
+    try:
+      return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      return None
+
+  cpu, simd = None, None
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      info = f.read().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), None)
+    flags = next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), [])
+    simd = sorted(f for f in flags if f.startswith(("avx", "fma", "sse4")))
+  except OSError:
+    pass
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                            capture_output=True, text=True, timeout=10).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    commit = None
+  return {
+      "python": platform.python_version(),
+      "packages": {n: version(n) for n in ("jax", "jaxlib", "flax", "optax", "numpy",
+                                           "scikit-learn", "cleanlab", "mnist1d")},
+      "platform": jax.default_backend(),
+      "cpu": cpu,
+      "cpu_simd": simd,
+      "cpu_count": os.cpu_count(),
+      "cores_in_use": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "git_commit": commit,
+  }
+
+
 def run_cell(config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *,
              checkpoint_dir: Path | None = None) -> dict[str, Any]:
   """Runs one method on one vanilla model and returns the cell record."""
@@ -286,7 +282,7 @@ def run_cell(config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *,
   task = baselines.CorrectionTask.from_splits(vanilla.model, vanilla.variables, splits,
                                               vanilla.spec.train, seed=cell.seed)
   result = method.run(task)
-  metrics = evaluate_all(vanilla.apply_fn, result.variables, splits)
+  metrics = split_metrics(vanilla.apply_fn, result.variables, splits)
   record: dict[str, Any] = {
       "record_version": RECORD_VERSION,
       "config_name": config.name,
@@ -315,6 +311,7 @@ def run_cell(config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *,
       "train_config": vanilla.spec.train.to_dict(),
       "details": _small({k: v for k, v in result.details.items() if k not in _DROP_DETAILS}),
       "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "environment": environment(),
   }
   for key, name in _INDEX_SETS.items():
     if key in result.details:
@@ -322,10 +319,10 @@ def run_cell(config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *,
       record[f"{name}_size"] = int(idx.size)
       record[f"{name}_noise_rate"] = float(splits.noise_mask[idx].mean()) if idx.size else None
   if cell.method.name == "sap":
-    record.update(oracle.sap_extras(method, result, vanilla.apply_fn, vanilla.variables,
-                                    splits, cell.seed, oracle=config.oracle,
-                                    alpha_curve=config.alpha_curve,
-                                    spectra=config.record_spectra))
+    record.update(oracle.sap_extras(result, vanilla.apply_fn, vanilla.variables, splits,
+                                    oracle=config.oracle, alpha_curve=config.alpha_curve,
+                                    spectra=config.record_spectra,
+                                    batch_size=max(int(method.hparams["batch_size"]), 512)))
   if checkpoint_dir is not None and cell.method.display in config.save_variables:
     checkpoint.save_checkpoint(
         Path(checkpoint_dir) / "corrected" / cell.key, result.variables,

@@ -54,3 +54,39 @@ def batched(x: Any, batch_size: int) -> list[Any]:
     raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
   n = len(x)
   return [x[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def epoch_batches(
+  rng: np.random.Generator, n: int, batch_size: int, *, drop_last: bool = False
+) -> np.ndarray:
+  """The index batches of one training epoch, in a fresh random order.
+
+  The one epoch shuffle of the package: each call draws ``rng.permutation(n)`` (one
+  draw per epoch, so a generator seeded once gives every epoch its own order) and cuts
+  it into batches of ``bs = min(batch_size, n)`` indices, all of one shape (one
+  compilation per step function).
+
+  Args:
+    rng: the run's data-order generator, advanced by one permutation.
+    n: the number of samples.
+    batch_size: indices per batch, ≥ 1.
+    drop_last: keep only the ``⌊n / bs⌋`` full batches (`sap_jax.train.train_model`;
+      every sample is still visited over epochs). Otherwise ``⌈n / bs⌉`` batches, the
+      last filled up from the start of the permutation, so every sample is visited
+      each epoch (the baselines' continued training).
+
+  Returns:
+    int array ``(num_batches, bs)``; no rows for ``n = 0``.
+
+  Raises:
+    ValueError: batch_size < 1.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  bs = max(1, min(batch_size, n))
+  perm = rng.permutation(n)
+  if drop_last:
+    num = n // bs
+    return perm[: num * bs].reshape(num, bs)
+  num = -(-n // bs)
+  return np.resize(perm, num * bs).reshape(num, bs)

@@ -17,7 +17,6 @@ place, so an interrupted save never leaves a half-written checkpoint at
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -30,6 +29,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sap_jax import jsonio
+
 __all__ = ["FORMAT", "METADATA_FILE", "VARIABLES_DIR", "load_checkpoint",
            "save_checkpoint"]
 
@@ -37,21 +38,6 @@ FORMAT = "sap_jax.checkpoint"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
-
-
-def _json_default(obj: Any) -> Any:
-  """Converts the non-JSON types metadata commonly holds."""
-  if isinstance(obj, np.generic):
-    return obj.item()
-  if isinstance(obj, (np.ndarray, jax.Array)):
-    return np.asarray(obj).tolist()
-  if isinstance(obj, Path):
-    return str(obj)
-  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-    return dataclasses.asdict(obj)
-  if isinstance(obj, (set, frozenset)):
-    return sorted(obj)
-  raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 def _path_str(path: tuple) -> str:
@@ -118,10 +104,10 @@ def save_checkpoint(path: str | os.PathLike, variables: Any,
     raise ValueError(f"variables must hold only numpy/jax arrays, found "
                      f"{sorted(set(bad))}; convert them with np.asarray.")
   try:
-    text = json.dumps(
+    text = jsonio.dumps(
         {"format": FORMAT, "version": FORMAT_VERSION, "metadata": metadata,
          "arrays": _array_specs(variables)},
-        indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+        indent=2, sort_keys=True)
   except (TypeError, ValueError) as e:
     raise ValueError(f"metadata is not JSON serialisable ({e}); pass plain "
                      "numbers, strings, lists and dicts.") from e

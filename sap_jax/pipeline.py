@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from sap_jax import projection as proj
-from sap_jax import stats as st
 from sap_jax import trusted as tr
-from sap_jax.correct import DEFAULT_ALPHAS, SweepResult, _sweep, _with_alpha, select_layers
-
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
+from sap_jax.batching import batched
+from sap_jax.layers import select_layers
+from sap_jax.spectrum import stats_summary
+from sap_jax.stats import activation_stats
+from sap_jax.sweep import DEFAULT_ALPHAS, Decomposition, SweepResult, apply_alpha, decompose, sweep_alpha
+from sap_jax.types import ApplyFn
 
 
 class SAPResult(NamedTuple):
@@ -23,10 +25,13 @@ class SAPResult(NamedTuple):
   Attributes:
     variables: corrected variables (the original ones when no α won).
     alpha: the chosen α, or None when the original model was kept.
-    sweep: validation accuracy per α and of the original model.
+    sweep: accuracy per α and of the original model on the noisy validation split
+      (``sweep.splits["val"]``) and on every ``eval_splits`` entry.
     trusted_indices: indices into the training set of the trusted samples.
     layers: per-layer summary of the statistics (kind, d, rows, effective rank).
     timings: seconds per phase ("scores", "stats", "sweep", "project", "total").
+    decomposition: the per-layer bases the sweep used (`sap_jax.apply_alpha` turns it
+      into the model at any other α, with no new statistics or eigendecompositions).
   """
 
   variables: dict[str, Any]
@@ -35,6 +40,7 @@ class SAPResult(NamedTuple):
   trusted_indices: np.ndarray
   layers: dict[str, dict[str, Any]]
   timings: dict[str, float]
+  decomposition: Decomposition
 
 
 def _block(tree):
@@ -58,6 +64,7 @@ def run_sap(
     batch_size: int = 256,
     rows_per_batch: int | None = None,
     seed: int = 0,
+    eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> SAPResult:
   """Runs SAP end to end without knowing which labels are wrong.
 
@@ -82,6 +89,9 @@ def run_sap(
     batch_size: samples per forward pass.
     rows_per_batch: optional row budget per layer and batch.
     seed: seed for curvature probes and row subsampling.
+    eval_splits: further name → ``(x, y)`` splits scored at every α in the same pass
+      (e.g. clean validation labels for the oracle α, the test set for the α curve);
+      they never influence the choice. Read them from ``result.sweep.splits``.
 
   Returns:
     A `SAPResult`.
@@ -96,28 +106,38 @@ def run_sap(
   scores = tr.trust_scores(apply_fn, variables, x_train, y_train, score=score, batch_size=batch_size, seed=seed)
   trusted = tr.select_trusted(scores, y_train, n_trusted, class_balanced=class_balanced)
   t1 = time.perf_counter()
-  stats = st.activation_stats(
+  stats = activation_stats(
       apply_fn,
       variables,
-      st.batched(np.asarray(x_train)[trusted], batch_size),
+      batched(np.asarray(x_train)[trusted], batch_size),
       rows_per_batch=rows_per_batch,
       seed=seed,
   )
   stats = _block(select_layers(stats, exclude=exclude, layer_range=layer_range))
   t2 = time.perf_counter()
-  sweep, prepared = _sweep(apply_fn, variables, stats, alphas, x_val, y_val, batch_size=max(batch_size, 512))
+  decomposition = decompose(variables, stats)
+  sweep = sweep_alpha(
+      apply_fn,
+      variables,
+      decomposition,
+      alphas,
+      x_val,
+      y_val,
+      batch_size=max(batch_size, 512),
+      eval_splits=eval_splits,
+  )
   t3 = time.perf_counter()
   if sweep.best_alpha is None:
     corrected = dict(variables)
   else:  # the very model the sweep scored: same bases, same compiled projection
-    corrected = _block(_with_alpha(variables, prepared, sweep.best_alpha))
+    corrected = _block(apply_alpha(variables, decomposition, sweep.best_alpha))
   t4 = time.perf_counter()
   return SAPResult(
       variables=corrected,
       alpha=sweep.best_alpha,
       sweep=sweep,
       trusted_indices=trusted,
-      layers=st.stats_summary(stats, {p: b.spectrum for p, b in prepared.bases.items()}),
+      layers=stats_summary(stats, decomposition.spectra),
       timings={
           "scores": t1 - t0,
           "stats": t2 - t1,
@@ -125,4 +145,5 @@ def run_sap(
           "project": t4 - t3,
           "total": t4 - t0,
       },
+      decomposition=decomposition,
   )

@@ -25,10 +25,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from sap_jax.stats import CONV, LayerStats, Layout, Path
+from sap_jax.kernels import check_kernel, flat_kernel, kernel_at, require_params, unflat_kernel, with_kernels
+from sap_jax.stats import LayerStats, Layout
+from sap_jax.types import Path
 
 
 class Basis(NamedTuple):
@@ -178,75 +179,22 @@ def projections(
   )
 
 
-def _get_path(tree: Mapping[str, Any], path: Path) -> Any:
-  node = tree
-  for name in path:
-    if not isinstance(node, Mapping) or name not in node:
-      raise KeyError("/".join(path))
-    node = node[name]
-  return node
-
-
-def _set_path(tree: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]:
-  """Returns a copy of ``tree`` with ``tree[path]`` replaced (copy on the path only)."""
-  new = dict(tree)
-  if len(path) == 1:
-    new[path[0]] = value
-  else:
-    new[path[0]] = _set_path(tree[path[0]], path[1:], value)
-  return new
-
-
-def _check_kernel(kernel: jax.Array, layout: Layout) -> None:
-  if tuple(kernel.shape) != layout.kernel_shape:
-    raise ValueError(
-        f"Kernel shape {tuple(kernel.shape)} does not match the statistics' layer "
-        f"shape {layout.kernel_shape}: the statistics come from a different model. "
-        "Recompute activation_stats with these variables."
-    )
-
-
-def _conv_perm(layout: Layout) -> tuple[int, ...]:
-  n_in = layout.num_in_axes  # spatial axes + C_in/G
-  # (k_1, …, k_n, c, O) → (c, k_1, …, k_n, O): the patch feature order.
-  return (n_in - 1,) + tuple(range(n_in - 1)) + (n_in,)
-
-
-def _flat_kernel(kernel: jax.Array, layout: Layout) -> jax.Array:
-  """The kernel as (G, d, O/G) in the row feature order of its statistics."""
-  d, groups = layout.dim, layout.groups
-  if layout.kind != CONV:
-    return kernel.reshape(1, d, -1)
-  flat = jnp.transpose(kernel, _conv_perm(layout)).reshape(d, groups, -1)  # O = G · O_g
-  return jnp.swapaxes(flat, 0, 1)
-
-
-def _unflat_kernel(flat: jax.Array, layout: Layout) -> jax.Array:
-  """Inverse of `_flat_kernel`."""
-  shape = layout.kernel_shape
-  if layout.kind != CONV:
-    return flat.reshape(shape)
-  perm = _conv_perm(layout)
-  new = jnp.swapaxes(flat, 0, 1).reshape(tuple(shape[i] for i in perm))
-  return jnp.transpose(new, tuple(int(i) for i in np.argsort(perm)))
-
-
 def project_kernel(kernel: jax.Array, projection: Projection) -> jax.Array:
   """The kernel that sees projected inputs: K̂ = P K in the layer's own layout."""
   layout, p = projection.layout, projection.matrix
-  _check_kernel(kernel, layout)
+  check_kernel(kernel, layout)
   d, groups = layout.dim, layout.groups
   want = (d, d) if groups == 1 else (groups, d, d)
   if tuple(p.shape) != want:
     raise ValueError(f"Projection has shape {tuple(p.shape)}, expected {want}.")
   hp = jax.lax.Precision.HIGHEST
   p = p.astype(kernel.dtype).reshape(groups, d, d)
-  new = jnp.matmul(p, _flat_kernel(kernel, layout), precision=hp)
-  return _unflat_kernel(new, layout)
+  new = jnp.matmul(p, flat_kernel(kernel, layout), precision=hp)
+  return unflat_kernel(new, layout)
 
 
 def rotated_kernels(
-    variables: Mapping[str, Any],
+    kernels: Mapping[Path, jax.Array],
     layer_bases: Mapping[Path, Basis],
     layouts: Mapping[Path, Layout],
 ) -> dict[Path, jax.Array]:
@@ -254,12 +202,11 @@ def rotated_kernels(
   hp = jax.lax.Precision.HIGHEST
   out = {}
   for path, b in layer_bases.items():
-    kernel = _kernel_at(variables, path)
-    _check_kernel(kernel, layouts[path])
-    d, groups = layouts[path].dim, layouts[path].groups
-    v = b.vectors.astype(kernel.dtype).reshape(groups, d, d)
+    kernel, layout = kernels[path], layouts[path]
+    check_kernel(kernel, layout)
+    v = b.vectors.astype(kernel.dtype).reshape(layout.groups, layout.dim, layout.dim)
     # Vᵀ K as a contraction over V's first axis (no transposed copy of V).
-    out[path] = jnp.einsum("gij,gio->gjo", v, _flat_kernel(kernel, layouts[path]), precision=hp)
+    out[path] = jnp.einsum("gij,gio->gjo", v, flat_kernel(kernel, layout), precision=hp)
   return out
 
 
@@ -274,84 +221,27 @@ def projected_kernels(
 
   Args:
     kernels: path → the layer's kernel.
-    layer_bases, layouts, alpha, rotated: as in `project_params_from_bases`.
+    layer_bases: path → `Basis`.
+    layouts: path → `Layout` of each layer.
+    alpha: scalar α or dict path → α; traceable (vmap, grad over α).
+    rotated: optional precomputed `rotated_kernels` (shared by every α of a sweep:
+      each α then costs one (d × d)·(d × O) product per layer instead of two).
   """
   hp = jax.lax.Precision.HIGHEST
   out = {}
   for path, b in layer_bases.items():
     layout, kernel = layouts[path], kernels[path]
-    _check_kernel(kernel, layout)
+    check_kernel(kernel, layout)
     d, groups = layout.dim, layout.groups
     v = b.vectors.astype(kernel.dtype).reshape(groups, d, d)
     w = (
         rotated[path]
         if rotated is not None
-        else jnp.einsum("gij,gio->gjo", v, _flat_kernel(kernel, layout), precision=hp)
+        else jnp.einsum("gij,gio->gjo", v, flat_kernel(kernel, layout), precision=hp)
     )
     lam = importance(b.spectrum, _alpha_for(alpha, path)).astype(kernel.dtype).reshape(groups, d, 1)
-    out[path] = _unflat_kernel(jnp.matmul(v, lam * w, precision=hp), layout)
+    out[path] = unflat_kernel(jnp.matmul(v, lam * w, precision=hp), layout)
   return out
-
-
-def kernels_of(variables: Mapping[str, Any], paths) -> dict[Path, jax.Array]:
-  """path → ``variables['params'][path]['kernel']`` for the given layer paths."""
-  _require_params(variables)
-  return {path: _kernel_at(variables, path) for path in paths}
-
-
-def with_kernels(variables: Mapping[str, Any], kernels: Mapping[Path, jax.Array]) -> dict[str, Any]:
-  """Copy of ``variables`` with the given kernels replaced (copy on the paths only)."""
-  _require_params(variables)
-  params = variables["params"]
-  for path, k in kernels.items():
-    params = _set_path(params, path, {**_get_path(params, path), "kernel": k})
-  return {**variables, "params": params}
-
-
-def project_params_from_bases(
-    variables: Mapping[str, Any],
-    layer_bases: Mapping[Path, Basis],
-    layouts: Mapping[Path, Layout],
-    alpha: Any,
-    rotated: Mapping[Path, jax.Array] | None = None,
-) -> dict[str, Any]:
-  """``project_params(variables, projections_from_bases(layer_bases, layouts, alpha))``
-  without forming P: K̂ = V (λ(α) ⊙ (Vᵀ K)).
-
-  P = V diag(λ) Vᵀ costs d³ multiply-adds per layer and α, P·K another d²·O; this
-  costs 2·d²·O (d²·O given ``rotated`` = `rotated_kernels`, shared by every α of a
-  sweep). For ResNet18's 4608-wide convs (O = 512) that is 5-10× less work.
-
-  Args:
-    variables: model variables with a ``params`` collection (not modified).
-    layer_bases: path → `Basis` (e.g. from `bases`).
-    layouts: path → `Layout` of each layer.
-    alpha: scalar α or dict path → α; traceable (vmap over α).
-    rotated: optional precomputed `rotated_kernels`.
-
-  Returns:
-    New variables, every covered kernel replaced, everything else shared.
-  """
-  kernels = kernels_of(variables, layer_bases)
-  return with_kernels(variables, projected_kernels(kernels, layer_bases, layouts, alpha, rotated))
-
-
-def _require_params(variables: Mapping[str, Any]) -> None:
-  if "params" not in variables:
-    raise ValueError(
-        "variables has no 'params' collection; pass the full Flax variables dict "
-        "({'params': ..., 'batch_stats': ...})."
-    )
-
-
-def _kernel_at(variables: Mapping[str, Any], path: Path) -> jax.Array:
-  try:
-    return _get_path(variables["params"], path)["kernel"]
-  except KeyError:
-    raise ValueError(
-        f"Layer {'/'.join(path)!r} of the projections has no kernel in "
-        "variables['params']: the statistics come from a different model."
-    ) from None
 
 
 def project_params(
@@ -368,10 +258,8 @@ def project_params(
     BatchNorm parameters and statistics and every other leaf unchanged (the very
     same arrays).
   """
-  _require_params(variables)
-  params = variables["params"]
-  for path, proj in layer_projections.items():
-    kernel = _kernel_at(variables, path)
-    layer = _get_path(params, path)
-    params = _set_path(params, path, {**layer, "kernel": project_kernel(kernel, proj)})
-  return {**variables, "params": params}
+  require_params(variables)
+  return with_kernels(
+      variables,
+      {path: project_kernel(kernel_at(variables, path), p) for path, p in layer_projections.items()},
+  )

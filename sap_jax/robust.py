@@ -20,33 +20,36 @@ Targets are either integer labels ``(B,)`` or class distributions ``(B, K)``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
 
+from sap_jax import losses as _losses
+
 Array = jax.Array
 LossFn = Callable[[Array, Array], Array]
 
 __all__ = [
-    "MentorMixState",
-    "batch_percentile",
-    "clip_logits",
-    "cross_entropy",
-    "make_loss_fn",
-    "mentormix_init",
-    "mentormix_loss",
-    "mentormix_mix",
-    "mentornet_weights",
-    "mix",
-    "mixup",
-    "mixup_params",
-    "normalize_by_global_norm",
-    "sam",
-    "sample_beta",
-    "smooth_targets",
+  "MentorMixState",
+  "batch_percentile",
+  "clip_logits",
+  "cross_entropy",
+  "make_loss_fn",
+  "mentormix_init",
+  "mentormix_loss",
+  "mentormix_mix",
+  "mentornet_weights",
+  "mix",
+  "mixup",
+  "mixup_params",
+  "normalize_by_global_norm",
+  "sam",
+  "sample_beta",
+  "smooth_targets",
 ]
 
 
@@ -63,7 +66,10 @@ def _as_distribution(targets: Array, num_classes: int) -> Array:
 
 
 def cross_entropy(logits: Array, targets: Array) -> Array:
-  """Per-sample cross-entropy ``-Σ_k t_k log softmax(z)_k``.
+  """Per-sample cross-entropy ``-Σ_k t_k log softmax(z)_k``, computed in float32.
+
+  Integer labels go through :func:`sap_jax.losses.cross_entropy`, the package's one
+  per-example cross-entropy; soft targets through the same sum written out.
 
   Args:
     logits: ``(B, K)`` unnormalised scores.
@@ -71,11 +77,11 @@ def cross_entropy(logits: Array, targets: Array) -> Array:
       targets may have negative entries (generalised label smoothing).
 
   Returns:
-    ``(B,)`` losses.
+    ``(B,)`` float32 losses.
   """
   if targets.ndim == 1:
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  log_p = jax.nn.log_softmax(logits, axis=-1)
+    return _losses.cross_entropy(logits, targets)
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.sum(targets * log_p, axis=-1)
 
 
@@ -126,31 +132,30 @@ def smooth_targets(targets: Array, num_classes: int, rate: float) -> Array:
   return (1.0 - rate) * dist + rate / num_classes
 
 
-def make_loss_fn(config: Any) -> LossFn:
-  """Builds the per-sample training loss from a config.
+def make_loss_fn(*, label_smoothing: float = 0.0, logit_clip: float | None = None) -> LossFn:
+  """Builds the per-sample training loss.
 
-  Composes, in this order, logit clipping (``config.logit_clip``, τ or None)
-  and generalised label smoothing (``config.label_smoothing``, r) around the
+  Composes, in this order, logit clipping and generalised label smoothing around the
   cross-entropy. With the defaults it is plain cross-entropy.
 
   Args:
-    config: any object with attributes ``label_smoothing`` (float) and
-      ``logit_clip`` (float or None), e.g. :class:`sap_jax.train.TrainConfig`.
+    label_smoothing: the smoothing rate r in (-1, 1); 0 disables it.
+    logit_clip: the norm bound τ > 0 of :func:`clip_logits`; None disables it.
 
   Returns:
     ``loss_fn(logits, targets) -> (B,)`` where ``targets`` are integer labels
     ``(B,)`` or class distributions ``(B, K)``.
   """
-  rate = float(getattr(config, "label_smoothing", 0.0))
-  tau = getattr(config, "logit_clip", None)
+  rate = float(label_smoothing)
+  tau = logit_clip
   if not -1.0 < rate < 1.0:
     raise ValueError(
-        f"label_smoothing={rate} is outside (-1, 1); pass a rate r with "
-        "-1 < r < 1 (0 disables it).")
+      f"label_smoothing={rate} is outside (-1, 1); pass a rate r with -1 < r < 1 (0 disables it)."
+    )
   if tau is not None and not tau > 0:
     raise ValueError(
-        f"logit_clip={tau} must be a positive norm bound; pass tau > 0 or None "
-        "to disable it.")
+      f"logit_clip={tau} must be a positive norm bound; pass tau > 0 or None to disable it."
+    )
 
   def loss_fn(logits: Array, targets: Array) -> Array:
     if tau is not None:
@@ -167,8 +172,7 @@ def make_loss_fn(config: Any) -> LossFn:
 # --------------------------------------------------------------------------
 
 
-def sample_beta(rng: Array, alpha: float,
-                shape: tuple[int, ...] = ()) -> Array:
+def sample_beta(rng: Array, alpha: float, shape: tuple[int, ...] = ()) -> Array:
   """Samples Beta(α, α) as ``G₁ / (G₁ + G₂)`` with ``Gᵢ ~ Gamma(α)``.
 
   Computed in log space, ``sigmoid(log G₁ − log G₂)``, so small α does not
@@ -184,13 +188,11 @@ def sample_beta(rng: Array, alpha: float,
   Returns:
     float32 samples in [0, 1].
   """
-  log_g = jax.random.loggamma(rng, jnp.full(tuple(shape) + (2,), alpha,
-                                            jnp.float32))
+  log_g = jax.random.loggamma(rng, jnp.full(tuple(shape) + (2,), alpha, jnp.float32))
   return jax.nn.sigmoid(log_g[..., 0] - log_g[..., 1])
 
 
-def mixup_params(rng: Array, batch_size: int,
-                 alpha: float) -> tuple[Array, Array]:
+def mixup_params(rng: Array, batch_size: int, alpha: float) -> tuple[Array, Array]:
   """Samples MixUp's coefficient and partner permutation.
 
   Args:
@@ -229,8 +231,7 @@ def mix(x: Array, y: Array, lam: Array, perm: Array) -> tuple[Array, Array]:
   return x_mixed, y_mixed
 
 
-def mixup(rng: Array, x: Array, y_onehot: Array,
-          alpha: float) -> tuple[Array, Array]:
+def mixup(rng: Array, x: Array, y_onehot: Array, alpha: float) -> tuple[Array, Array]:
   """MixUp (Zhang et al. 2018) on one batch.
 
   One λ ~ Beta(α, α) per batch and a random permutation as partners, like
@@ -257,8 +258,7 @@ def mixup(rng: Array, x: Array, y_onehot: Array,
 # --------------------------------------------------------------------------
 
 
-def normalize_by_global_norm(
-    eps: float = 1e-12) -> optax.GradientTransformation:
+def normalize_by_global_norm(eps: float = 1e-12) -> optax.GradientTransformation:
   """Scales updates to unit global L2 norm: ``g / (‖g‖₂ + eps)``.
 
   Like ``optax.contrib.normalize`` but with the ``eps`` of the reference SAM
@@ -278,8 +278,9 @@ def normalize_by_global_norm(
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def sam(base_optimizer: optax.GradientTransformation, rho: float,
-        eps: float = 1e-12) -> optax.GradientTransformationExtraArgs:
+def sam(
+  base_optimizer: optax.GradientTransformation, rho: float, eps: float = 1e-12
+) -> optax.GradientTransformationExtraArgs:
   """Sharpness-aware minimisation around ``base_optimizer``.
 
   One step, as in Foret et al. (2021) and the davda54/sam code used by the
@@ -307,11 +308,11 @@ def sam(base_optimizer: optax.GradientTransformation, rho: float,
     An ``optax.GradientTransformationExtraArgs``.
   """
   if not rho > 0:
-    raise ValueError(f"SAM needs rho > 0, got {rho}; use the base optimizer "
-                     "directly to disable SAM.")
+    raise ValueError(
+      f"SAM needs rho > 0, got {rho}; use the base optimizer directly to disable SAM."
+    )
   adv = optax.chain(normalize_by_global_norm(eps), optax.sgd(rho))
-  return optax.contrib.sam(base_optimizer, adv, sync_period=2,
-                           opaque_mode=True)
+  return optax.contrib.sam(base_optimizer, adv, sync_period=2, opaque_mode=True)
 
 
 # --------------------------------------------------------------------------
@@ -326,6 +327,7 @@ class MentorMixState(NamedTuple):
     loss_p: threshold for the first weighting (on the unmixed batch).
     loss_p_mix: threshold for the second weighting (on the mixed batch).
   """
+
   loss_p: Array
   loss_p_mix: Array
 
@@ -369,8 +371,9 @@ def mentornet_weights(losses: Array, threshold: Array) -> Array:
   return (losses < threshold).astype(jnp.float32)
 
 
-def mentormix_mix(rng: Array, x: Array, labels: Array, weights: Array,
-                  alpha: float) -> tuple[Array, Array, Array]:
+def mentormix_mix(
+  rng: Array, x: Array, labels: Array, weights: Array, alpha: float
+) -> tuple[Array, Array, Array]:
   """MentorMix's weighted MixUp.
 
   For each sample i:
@@ -409,17 +412,17 @@ def mentormix_mix(rng: Array, x: Array, labels: Array, weights: Array,
 
 
 def mentormix_loss(
-    forward: Callable[[Array], tuple[Array, Any]],
-    loss_fn: LossFn,
-    x: Array,
-    labels: Array,
-    rng: Array,
-    state: MentorMixState,
-    *,
-    gamma_p: float = 0.85,
-    alpha: float = 0.2,
-    ema: float = 0.05,
-    burn_in: Array | bool = False,
+  forward: Callable[[Array], tuple[Array, Any]],
+  loss_fn: LossFn,
+  x: Array,
+  labels: Array,
+  rng: Array,
+  state: MentorMixState,
+  *,
+  gamma_p: float = 0.85,
+  alpha: float = 0.2,
+  ema: float = 0.05,
+  burn_in: Array | bool = False,
 ) -> tuple[Array, tuple[MentorMixState, Array, Any]]:
   """MentorMix loss with the threshold MentorNet (no learned MentorNet).
 
@@ -464,20 +467,24 @@ def mentormix_loss(
   clean_logits = jax.lax.stop_gradient(clean_logits)
   losses = loss_fn(clean_logits, labels)
   loss_p = ema * state.loss_p + (1.0 - ema) * batch_percentile(losses, gamma_p)
-  v = jnp.where(burn_in,
-                jax.random.bernoulli(k_v, 0.5, (b,)).astype(jnp.float32),
-                mentornet_weights(losses, loss_p))
+  v = jnp.where(
+    burn_in,
+    jax.random.bernoulli(k_v, 0.5, (b,)).astype(jnp.float32),
+    mentornet_weights(losses, loss_p),
+  )
 
   x_mixed, partner_labels, lam = mentormix_mix(k_mix, x, labels, v, alpha)
   mixed_logits, aux = forward(x_mixed)
-  mixed_losses = (lam * loss_fn(mixed_logits, labels)
-                  + (1.0 - lam) * loss_fn(mixed_logits, partner_labels))
+  mixed_losses = lam * loss_fn(mixed_logits, labels) + (1.0 - lam) * loss_fn(
+    mixed_logits, partner_labels
+  )
   detached = jax.lax.stop_gradient(mixed_losses)
-  loss_p_mix = (ema * state.loss_p_mix
-                + (1.0 - ema) * batch_percentile(detached, gamma_p))
-  v_mix = jnp.where(burn_in,
-                    jax.random.bernoulli(k_vmix, 0.5, (b,)).astype(jnp.float32),
-                    mentornet_weights(detached, loss_p_mix))
+  loss_p_mix = ema * state.loss_p_mix + (1.0 - ema) * batch_percentile(detached, gamma_p)
+  v_mix = jnp.where(
+    burn_in,
+    jax.random.bernoulli(k_vmix, 0.5, (b,)).astype(jnp.float32),
+    mentornet_weights(detached, loss_p_mix),
+  )
   loss = jnp.mean(mixed_losses * v_mix)
   chex.assert_shape(loss, ())
   return loss, (MentorMixState(loss_p, loss_p_mix), clean_logits, aux)

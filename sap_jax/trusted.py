@@ -79,6 +79,9 @@ def _curvature(apply_fn, variables, x, y, key, h, num_probes):
 
 _curvature_jit = jax.jit(_curvature, static_argnums=(0, 6))
 
+JITTED = {"trusted.losses": _losses_jit, "trusted.curvature": _curvature_jit}
+"""The module-level compiled programs (see `sap_jax.compile_cache`)."""
+
 
 def input_curvature(
     apply_fn: ApplyFn,

@@ -123,6 +123,19 @@ def test_bad_metadata_is_rejected_before_writing(tmp_path):
   assert not (tmp_path / "ckpt").exists() and os.listdir(tmp_path) == []
 
 
+def test_metadata_types_are_converted_by_the_shared_encoder(tmp_path):
+  metadata = {"root": Path("/data/cifar"), "classes": {3, 1, 2},
+              "train": train.TrainConfig(epochs=2), "mask": np.array([True, False]),
+              "acc": jnp.float32(0.5), "nan": float("nan")}
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), metadata)
+  _, meta = checkpoint.load_checkpoint(path)
+  assert meta["root"] == "/data/cifar" and meta["classes"] == [1, 2, 3]
+  assert meta["train"] == train.TrainConfig(epochs=2).to_dict()
+  assert meta["mask"] == [True, False] and meta["acc"] == 0.5 and meta["nan"] != meta["nan"]
+  text = (path / checkpoint.METADATA_FILE).read_text()
+  assert text.startswith('{\n  "arrays": {') and '"nan": NaN' in text  # indent 2, sorted keys
+
+
 def test_missing_path(tmp_path):
   missing = tmp_path / "nope"
   with pytest.raises(FileNotFoundError, match=str(missing)):

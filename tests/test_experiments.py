@@ -194,6 +194,19 @@ def test_incompatible_workdir_is_refused(tiny_run, tmp_path, capsys):
   assert "holds records of config 'tiny'" in capsys.readouterr().err
 
 
+def test_records_are_written_in_the_committed_format(tiny_run):
+  """Indent 1, sorted keys, a final newline: the committed records re-encode byte for byte."""
+  from sap_jax import jsonio
+
+  _, workdir, _, _, _ = tiny_run
+  committed = sorted(run.RESULTS_DIR.glob("*/cells/*.json"))[:50]
+  for path in [*sorted((workdir / "cells").glob("*.json")), *committed]:
+    text = path.read_text(encoding="utf-8")
+    assert jsonio.dumps(json.loads(text), indent=1, sort_keys=True) + "\n" == text, path
+  meta = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  assert meta["config"] == cfg.to_dict(_tiny_config())
+
+
 # ---------------------------------------------------------------------------
 # Tables.
 # ---------------------------------------------------------------------------

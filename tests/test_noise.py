@@ -367,3 +367,28 @@ def test_documented_errors(call, match):
 def test_known_class_map_error_lists_datasets():
   with pytest.raises(ValueError, match="maps exist for: .*cifar10.*digits.*mnist1d"):
     nz.known_class_map("imagenet")
+
+
+# ---------------------------------------------------------------------------- modules
+
+
+def test_class_maps_are_importable_from_noise():
+  from sap_jax import noise_maps
+
+  for name in noise_maps.__all__:
+    assert getattr(nz, name) is getattr(noise_maps, name), name
+  assert set(nz.__all__) >= {"CIFAR10_ASYMMETRIC_MAP", "known_class_map", "NoiseSpec"}
+
+
+def test_superclass_relation():
+  from sap_jax import noise_maps
+
+  fine = np.array([0, 1, 2, 3, 0, 3])
+  coarse = np.array([5, 5, 7, 7, 5, 7])
+  relation = noise_maps.fine_to_coarse(fine, coarse)
+  assert relation == {0: 5, 1: 5, 2: 7, 3: 7}
+  assert noise_maps.superclass_members(relation) == {5: [0, 1], 7: [2, 3]}
+  with pytest.raises(ValueError, match="more than one coarse"):
+    noise_maps.fine_to_coarse(np.array([0, 0]), np.array([1, 2]))
+  with pytest.raises(ValueError, match="single fine class"):
+    noise_maps.superclass_members({0: 1, 1: 2, 2: 2})

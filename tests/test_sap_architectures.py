@@ -9,6 +9,7 @@ MLP blocks, the patch embedding, downsample convs and the classifier included.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,7 +78,7 @@ def test_sap_covers_every_layer_and_matches_projected_inputs(name):
   corrected = sj.project_params(variables, projs)
   got = np.asarray(apply_fn(corrected, x))
   reference = projected_input_interceptor({p: q.matrix for p, q in projs.items()}, patch_fn=sj.conv_patches)
-  with sj.stats.nn.intercept_methods(reference):
+  with nn.intercept_methods(reference):
     want = np.asarray(apply_fn(variables, x))
   original = np.asarray(apply_fn(variables, x))
   assert np.abs(got - original).max() > 1e-3

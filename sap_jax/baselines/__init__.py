@@ -29,42 +29,42 @@ cleaning   confident learning (cleanlab) + retrain        1
 from collections.abc import Callable
 
 from sap_jax.baselines.base import (
-    BUDGET_RULE,
-    CorrectionResult,
-    CorrectionTask,
-    Method,
-    Outcome,
-    clip_budget,
-    expand_grid,
-    make_method,
-    vanilla,
+  BUDGET_RULE,
+  CorrectionResult,
+  CorrectionTask,
+  Method,
+  Outcome,
+  clip_budget,
+  expand_grid,
+  make_method,
+  vanilla,
 )
 from sap_jax.baselines.cleaning import confident_learning, cross_val_probs, find_label_issues
 from sap_jax.baselines.finetune import DEFAULT_GRID as FINETUNE_GRID
-from sap_jax.baselines.finetune import finetune, finetune_variables
+from sap_jax.baselines.finetune import finetune, finetune_step, finetune_variables
 from sap_jax.baselines.retrain import retrain
 from sap_jax.baselines.sap import sap_method
 from sap_jax.baselines.scrub import DEFAULT_GRID as SCRUB_GRID
 from sap_jax.baselines.scrub import PAPER_SCALE_GRID as SCRUB_PAPER_SCALE_GRID
 from sap_jax.baselines.scrub import (
-    scrub,
-    scrub_kl,
-    scrub_max_step,
-    scrub_min_objective,
-    scrub_min_step,
-    scrub_variables,
+  scrub,
+  scrub_kl,
+  scrub_max_step,
+  scrub_min_objective,
+  scrub_min_step,
+  scrub_variables,
 )
 from sap_jax.baselines.ssd import DEFAULT_GRID as SSD_GRID
 from sap_jax.baselines.ssd import fisher_diagonal, ssd, ssd_dampen, ssd_dampen_params
 
 _FACTORIES: dict[str, Callable[..., Method]] = {
-    "vanilla": vanilla,
-    "sap": sap_method,
-    "retrain": retrain,
-    "finetune": finetune,
-    "ssd": ssd,
-    "scrub": scrub,
-    "cleaning": confident_learning,
+  "vanilla": vanilla,
+  "sap": sap_method,
+  "retrain": retrain,
+  "finetune": finetune,
+  "ssd": ssd,
+  "scrub": scrub,
+  "cleaning": confident_learning,
 }
 
 
@@ -87,42 +87,42 @@ def get_method(name: str, **kwargs) -> Method:
     ValueError: unknown name (the message lists the known ones).
   """
   if name not in _FACTORIES:
-    raise ValueError(f"unknown method {name!r}; known methods: "
-                     f"{', '.join(known_methods())}.")
+    raise ValueError(f"unknown method {name!r}; known methods: {', '.join(known_methods())}.")
   return _FACTORIES[name](**kwargs)
 
 
 __all__ = [
-    "BUDGET_RULE",
-    "FINETUNE_GRID",
-    "SCRUB_GRID",
-    "SCRUB_PAPER_SCALE_GRID",
-    "SSD_GRID",
-    "CorrectionResult",
-    "CorrectionTask",
-    "Method",
-    "Outcome",
-    "clip_budget",
-    "confident_learning",
-    "cross_val_probs",
-    "expand_grid",
-    "find_label_issues",
-    "finetune",
-    "finetune_variables",
-    "fisher_diagonal",
-    "get_method",
-    "known_methods",
-    "make_method",
-    "retrain",
-    "sap_method",
-    "scrub",
-    "scrub_kl",
-    "scrub_max_step",
-    "scrub_min_objective",
-    "scrub_min_step",
-    "scrub_variables",
-    "ssd",
-    "ssd_dampen",
-    "ssd_dampen_params",
-    "vanilla",
+  "BUDGET_RULE",
+  "FINETUNE_GRID",
+  "SCRUB_GRID",
+  "SCRUB_PAPER_SCALE_GRID",
+  "SSD_GRID",
+  "CorrectionResult",
+  "CorrectionTask",
+  "Method",
+  "Outcome",
+  "clip_budget",
+  "confident_learning",
+  "cross_val_probs",
+  "expand_grid",
+  "find_label_issues",
+  "finetune",
+  "finetune_step",
+  "finetune_variables",
+  "fisher_diagonal",
+  "get_method",
+  "known_methods",
+  "make_method",
+  "retrain",
+  "sap_method",
+  "scrub",
+  "scrub_kl",
+  "scrub_max_step",
+  "scrub_min_objective",
+  "scrub_min_step",
+  "scrub_variables",
+  "ssd",
+  "ssd_dampen",
+  "ssd_dampen_params",
+  "vanilla",
 ]

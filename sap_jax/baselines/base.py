@@ -25,15 +25,14 @@ Protocol shared by all methods:
 * ``wall_time_s`` covers everything the method does after it is handed the task
   (loss ranking, statistics, every setting of the search, compilation included).
 
-This module also holds the small pure helpers the baselines share: the SGD update
-of ``torch.optim.SGD`` (the optimiser of the SCRUB and SAP code), a train-mode
-forward that carries BatchNorm statistics, grids, and loss ranking.
+This module also holds the small helpers the baselines share: grids, loss ranking,
+the random streams of a method's continued training and the variables it returns. The
+training itself (optimizer, train-mode forward, data order) is `sap_jax.train`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import numbers
 import time
@@ -42,36 +41,30 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from sap_jax import train as tr
-
-Array = jax.Array
-Variables = dict[str, Any]
+from sap_jax.trusted import per_example_loss, rank_by_score
+from sap_jax.types import ApplyFn, Variables
 
 __all__ = [
-    "BUDGET_RULE",
-    "CorrectionResult",
-    "CorrectionTask",
-    "Method",
-    "Outcome",
-    "clip_budget",
-    "epoch_batches",
-    "expand_grid",
-    "forward_train",
-    "highest_loss",
-    "lowest_loss",
-    "make_method",
-    "search",
-    "sgd_init",
-    "sgd_update",
-    "train_losses",
-    "val_accuracy",
-    "vanilla",
-    "variables_like",
+  "BUDGET_RULE",
+  "CorrectionResult",
+  "CorrectionTask",
+  "Method",
+  "Outcome",
+  "clip_budget",
+  "expand_grid",
+  "highest_loss",
+  "lowest_loss",
+  "make_method",
+  "method_rngs",
+  "search",
+  "train_losses",
+  "val_accuracy",
+  "vanilla",
+  "variables_like",
 ]
 
 BUDGET_RULE = "min(requested, N // 2)"
@@ -86,8 +79,10 @@ BUDGET_RULE = "min(requested, N // 2)"
 def _labels(y: Any, what: str) -> np.ndarray:
   y = np.asarray(y)
   if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"{what} must be a 1-D integer array, got shape {y.shape} "
-                     f"dtype {y.dtype}; pass class indices.")
+    raise ValueError(
+      f"{what} must be a 1-D integer array, got shape {y.shape} "
+      f"dtype {y.dtype}; pass class indices."
+    )
   return y.astype(np.int32, copy=False)
 
 
@@ -127,25 +122,30 @@ class CorrectionTask:
     set_("y_val", _labels(self.y_val, "y_val"))
     n, v = len(self.x_train), len(self.x_val)
     if n < 2 or len(self.y_train) != n:
-      raise ValueError(f"x_train has {n} samples and y_train {len(self.y_train)} "
-                       "labels; pass at least 2 samples with one label each.")
+      raise ValueError(
+        f"x_train has {n} samples and y_train {len(self.y_train)} "
+        "labels; pass at least 2 samples with one label each."
+      )
     if v < 1 or len(self.y_val) != v:
-      raise ValueError(f"x_val has {v} samples and y_val {len(self.y_val)} "
-                       "labels; pass a non-empty noisy validation split.")
+      raise ValueError(
+        f"x_val has {v} samples and y_val {len(self.y_val)} "
+        "labels; pass a non-empty noisy validation split."
+      )
     if self.y_train_clean is not None:
       clean = _labels(self.y_train_clean, "y_train_clean")
       if clean.shape != (n,):
         raise ValueError(f"y_train_clean has shape {clean.shape}, expected ({n},).")
       set_("y_train_clean", clean)
     if not isinstance(self.train_config, tr.TrainConfig):
-      raise ValueError("train_config must be a sap_jax.train.TrainConfig, got "
-                       f"{type(self.train_config).__name__}.")
-    if (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
-        or self.seed < 0):
+      raise ValueError(
+        f"train_config must be a sap_jax.train.TrainConfig, got {type(self.train_config).__name__}."
+      )
+    if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
       raise ValueError(f"seed must be a non-negative int, got {self.seed!r}.")
     if "params" not in self.variables:
-      raise ValueError("variables must be a dict with a 'params' collection, got "
-                       f"keys {sorted(self.variables)}.")
+      raise ValueError(
+        f"variables must be a dict with a 'params' collection, got keys {sorted(self.variables)}."
+      )
 
   @property
   def n_train(self) -> int:
@@ -153,19 +153,32 @@ class CorrectionTask:
     return len(self.x_train)
 
   @property
-  def apply_fn(self) -> tr.ApplyFn:
+  def apply_fn(self) -> ApplyFn:
     """Eval-mode forward ``apply_fn(variables, x) -> logits`` (hashable)."""
     return tr.eval_apply_fn(self.model)
 
   @classmethod
-  def from_splits(cls, model: nn.Module, variables: Variables, splits: Any,
-                  train_config: tr.TrainConfig, *, seed: int = 0
-                  ) -> CorrectionTask:
+  def from_splits(
+    cls,
+    model: nn.Module,
+    variables: Variables,
+    splits: Any,
+    train_config: tr.TrainConfig,
+    *,
+    seed: int = 0,
+  ) -> CorrectionTask:
     """The task for a model trained on ``splits`` (a ``NoisySplits``)."""
-    return cls(model=model, variables=variables, x_train=splits.x_train,
-               y_train=splits.y_train, x_val=splits.x_val, y_val=splits.y_val,
-               train_config=train_config, y_train_clean=splits.y_train_clean,
-               seed=seed)
+    return cls(
+      model=model,
+      variables=variables,
+      x_train=splits.x_train,
+      y_train=splits.y_train,
+      x_val=splits.x_val,
+      y_val=splits.y_val,
+      train_config=train_config,
+      y_train_clean=splits.y_train_clean,
+      seed=seed,
+    )
 
 
 class CorrectionResult(NamedTuple):
@@ -209,8 +222,9 @@ class Method(NamedTuple):
   hparams: Mapping[str, Any]
 
 
-def make_method(name: str, body: Callable[[CorrectionTask], Outcome],
-                hparams: Mapping[str, Any]) -> Method:
+def make_method(
+  name: str, body: Callable[[CorrectionTask], Outcome], hparams: Mapping[str, Any]
+) -> Method:
   """Wraps ``body`` into a :class:`Method` that times it.
 
   Args:
@@ -225,16 +239,19 @@ def make_method(name: str, body: Callable[[CorrectionTask], Outcome],
 
   def run(task: CorrectionTask) -> CorrectionResult:
     if not isinstance(task, CorrectionTask):
-      raise TypeError(f"{name}.run takes a CorrectionTask, got "
-                      f"{type(task).__name__}.")
+      raise TypeError(f"{name}.run takes a CorrectionTask, got {type(task).__name__}.")
     start = time.perf_counter()
     out = body(task)
     variables = jax.block_until_ready(out.variables)
     wall = time.perf_counter() - start
-    return CorrectionResult(variables=variables, method=name,
-                            wall_time_s=max(wall, 1e-9),
-                            num_settings=int(out.num_settings),
-                            chosen=dict(out.chosen), details=dict(out.details))
+    return CorrectionResult(
+      variables=variables,
+      method=name,
+      wall_time_s=max(wall, 1e-9),
+      num_settings=int(out.num_settings),
+      chosen=dict(out.chosen),
+      details=dict(out.details),
+    )
 
   return Method(name=name, run=run, hparams=dict(hparams))
 
@@ -280,8 +297,9 @@ def clip_budget(requested: int, n_train: int) -> int:
   return int(min(requested, n_train // 2))
 
 
-def expand_grid(defaults: Mapping[str, Any],
-                grid: Mapping[str, Sequence[Any]] | None) -> list[dict[str, Any]]:
+def expand_grid(
+  defaults: Mapping[str, Any], grid: Mapping[str, Sequence[Any]] | None
+) -> list[dict[str, Any]]:
   """The settings of a grid search: the product of ``grid``'s value lists.
 
   Args:
@@ -296,15 +314,14 @@ def expand_grid(defaults: Mapping[str, Any],
     return [dict(defaults)]
   unknown = sorted(set(grid) - set(defaults))
   if unknown:
-    raise ValueError(f"grid has unknown hyperparameters {unknown}; searchable: "
-                     f"{sorted(defaults)}.")
+    raise ValueError(f"grid has unknown hyperparameters {unknown}; searchable: {sorted(defaults)}.")
   for key, values in grid.items():
     if isinstance(values, (str, bytes)) or len(values) == 0:
-      raise ValueError(f"grid[{key!r}] must be a non-empty sequence of values, "
-                       f"got {values!r}.")
+      raise ValueError(f"grid[{key!r}] must be a non-empty sequence of values, got {values!r}.")
   keys = list(grid)
-  return [{**defaults, **dict(zip(keys, combo))}
-          for combo in itertools.product(*(grid[k] for k in keys))]
+  return [
+    {**defaults, **dict(zip(keys, combo))} for combo in itertools.product(*(grid[k] for k in keys))
+  ]
 
 
 def val_accuracy(task: CorrectionTask, variables: Variables) -> float:
@@ -312,56 +329,36 @@ def val_accuracy(task: CorrectionTask, variables: Variables) -> float:
   return tr.evaluate(task.apply_fn, variables, task.x_val, task.y_val)["accuracy"]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _batch_losses(apply_fn, variables, x, y):
-  logits = apply_fn(variables, x).astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-
-
 def train_losses(task: CorrectionTask, batch_size: int = 512) -> np.ndarray:
   """Cross-entropy of every training sample on its noisy label, float32[N].
 
-  The ranking of :func:`sap_jax.trusted.per_example_loss` (eval mode), with a
-  module-level jit so repeated runs on one model compile once.
+  :func:`sap_jax.trusted.per_example_loss` (eval mode) of the task's model, the ranking
+  SAP's trusted set uses too.
   """
-  x, y = task.x_train, task.y_train
-  n = len(x)
-  bs = min(batch_size, n)
-  out = []
-  for start in range(0, n, bs):
-    xb, yb = x[start:start + bs], y[start:start + bs]
-    real = len(xb)
-    if real < bs:
-      xb = np.concatenate([xb, np.repeat(xb[:1], bs - real, 0)])
-      yb = np.concatenate([yb, np.repeat(yb[:1], bs - real, 0)])
-    out.append(np.asarray(_batch_losses(task.apply_fn, task.variables, xb, yb))[:real])
-  return np.concatenate(out).astype(np.float32)
-
-
-def _finite(losses: Any) -> np.ndarray:
-  losses = np.asarray(losses, np.float64)
-  if losses.ndim != 1 or not np.all(np.isfinite(losses)):
-    raise ValueError("losses must be a 1-D finite array; the model's outputs "
-                     "are not finite.")
-  return losses
+  return per_example_loss(
+    task.apply_fn, task.variables, task.x_train, task.y_train, batch_size=batch_size
+  )
 
 
 def lowest_loss(losses: Any, n: int) -> np.ndarray:
   """Indices of the ``n`` lowest losses, ascending (ties: lower index first)."""
-  losses = _finite(losses)
-  return np.lexsort((np.arange(len(losses)), losses))[:n].astype(np.int64)
+  return rank_by_score(losses)[:n]
 
 
 def highest_loss(losses: Any, n: int) -> np.ndarray:
   """Indices of the ``n`` highest losses, descending (ties: lower index first)."""
-  losses = _finite(losses)
-  return np.lexsort((np.arange(len(losses)), -losses))[:n].astype(np.int64)
+  return rank_by_score(losses, descending=True)[:n]
 
 
-def search(task: CorrectionTask, settings: Sequence[Mapping[str, Any]],
-           fit: Callable[..., Variables], *, progress: bool = False,
-           desc: str = "search", keep_original: bool = False,
-           ) -> tuple[Variables, dict[str, Any], list[dict]]:
+def search(
+  task: CorrectionTask,
+  settings: Sequence[Mapping[str, Any]],
+  fit: Callable[..., Variables],
+  *,
+  progress: bool = False,
+  desc: str = "search",
+  keep_original: bool = False,
+) -> tuple[Variables, dict[str, Any], list[dict]]:
   """Runs ``fit(**setting)`` for every setting and keeps the best on noisy val.
 
   Only the best variables are kept in memory. With ``keep_original`` the
@@ -395,57 +392,19 @@ def search(task: CorrectionTask, settings: Sequence[Mapping[str, Any]],
 
 
 # --------------------------------------------------------------------------
-# Training helpers shared by Finetune and SCRUB.
+# Helpers of Finetune's and SCRUB's continued training.
 # --------------------------------------------------------------------------
 
 
-def forward_train(model: nn.Module, params: Any, batch_stats: Any, x: Array,
-                  rng: Array) -> tuple[Array, Any]:
-  """Train-mode logits and the updated BatchNorm statistics (``{}`` if none)."""
-  rngs = {"dropout": rng}
-  if batch_stats:
-    logits, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                  x, train=True, mutable=["batch_stats"], rngs=rngs)
-    return logits, updates["batch_stats"]
-  return model.apply({"params": params}, x, train=True, rngs=rngs), batch_stats
-
-
-def sgd_init(params: Any) -> Any:
-  """Zero momentum buffers for :func:`sgd_update`."""
-  return jax.tree_util.tree_map(jnp.zeros_like, params)
-
-
-def sgd_update(params: Any, grads: Any, buf: Any, lr: Array, momentum: Array,
-               weight_decay: Array) -> tuple[Any, Any]:
-  """One ``torch.optim.SGD`` step (dampening 0, no Nesterov), pure.
-
-  ``d = g + wd·θ``, ``b ← μ·b + d``, ``θ ← θ − lr·b``; the hyperparameters are
-  traced values, so one compilation serves a whole grid.
+def method_rngs(seed: int) -> tuple[np.random.Generator, jax.Array]:
+  """The random streams of a method's continued training, from ``task.seed``.
 
   Returns:
-    ``(new_params, new_buf)``.
+    ``(data_order, key)``: the generator of the epochs' data order
+    (:func:`sap_jax.batching.epoch_batches`) and the key whose ``fold_in(key, t)``
+    is step ``t``'s dropout key.
   """
-  d = jax.tree_util.tree_map(lambda g, p: g + weight_decay * p, grads, params)
-  buf = jax.tree_util.tree_map(lambda b, di: (momentum * b + di).astype(b.dtype),
-                               buf, d)
-  params = jax.tree_util.tree_map(lambda p, b: (p - lr * b).astype(p.dtype),
-                                  params, buf)
-  return params, buf
-
-
-def epoch_batches(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarray:
-  """Index batches of one epoch: ``ceil(n / bs)`` batches of ``bs = min(bs, n)``.
-
-  A fresh permutation, the last batch filled up from its start, so every sample
-  is visited and every batch has one shape (one compilation).
-
-  Returns:
-    int array ``(num_batches, bs)``.
-  """
-  bs = max(1, min(batch_size, n))
-  nb = -(-n // bs)
-  perm = rng.permutation(n)
-  return np.resize(perm, nb * bs).reshape(nb, bs)
+  return np.random.default_rng(seed), jax.random.key(seed)
 
 
 def variables_like(template: Variables, params: Any, batch_stats: Any) -> Variables:

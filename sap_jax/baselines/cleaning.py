@@ -37,19 +37,20 @@ import numpy as np
 
 from sap_jax import train as tr
 from sap_jax.baselines import base
+from sap_jax.types import Variables
 
 __all__ = [
-    "confident_learning",
-    "cross_val_probs",
-    "find_label_issues",
+  "confident_learning",
+  "cross_val_probs",
+  "find_label_issues",
 ]
 
 FitFn = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
 
 
-def find_label_issues(labels: Any, pred_probs: Any, *,
-                      filter_by: str = "prune_by_noise_rate",
-                      frac_noise: float = 1.0) -> np.ndarray:
+def find_label_issues(
+  labels: Any, pred_probs: Any, *, filter_by: str = "prune_by_noise_rate", frac_noise: float = 1.0
+) -> np.ndarray:
   """Boolean mask of the samples confident learning flags as mislabelled.
 
   A thin wrapper of ``cleanlab.filter.find_label_issues`` (single process: no
@@ -68,20 +69,19 @@ def find_label_issues(labels: Any, pred_probs: Any, *,
   try:
     from cleanlab.filter import find_label_issues as _cl_find
   except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("confident learning needs the cleanlab package: "
-                      "pip install cleanlab") from e
+    raise ImportError("confident learning needs the cleanlab package: pip install cleanlab") from e
   labels = np.asarray(labels)
   probs = np.asarray(pred_probs, np.float64)
   if probs.ndim != 2 or len(probs) != len(labels):
-    raise ValueError(f"pred_probs must be (N, K) with N = {len(labels)}, got "
-                     f"shape {probs.shape}.")
-  return np.asarray(_cl_find(labels, probs, filter_by=filter_by,
-                             frac_noise=frac_noise, n_jobs=1), bool)
+    raise ValueError(f"pred_probs must be (N, K) with N = {len(labels)}, got shape {probs.shape}.")
+  return np.asarray(
+    _cl_find(labels, probs, filter_by=filter_by, frac_noise=frac_noise, n_jobs=1), bool
+  )
 
 
-def cross_val_probs(fit: FitFn, x: Any, y: Any, *, num_classes: int,
-                    k_folds: int = 5, seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def cross_val_probs(
+  fit: FitFn, x: Any, y: Any, *, num_classes: int, k_folds: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """Out-of-sample predicted probabilities by stratified K-fold training.
 
   Args:
@@ -109,8 +109,9 @@ def cross_val_probs(fit: FitFn, x: Any, y: Any, *, num_classes: int,
     predict = fit(x[train_idx], y[train_idx])
     p = np.asarray(predict(x[held_idx]), np.float32)
     if p.shape != (len(held_idx), num_classes):
-      raise ValueError(f"predict_proba returned shape {p.shape}, expected "
-                       f"({len(held_idx)}, {num_classes}).")
+      raise ValueError(
+        f"predict_proba returned shape {p.shape}, expected ({len(held_idx)}, {num_classes})."
+      )
     probs[held_idx] = p
     fold[held_idx] = f
   return probs, fold
@@ -122,19 +123,21 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=1, keepdims=True)
 
 
-def _train(task: base.CorrectionTask, x: np.ndarray, y: np.ndarray,
-           progress: bool) -> base.Variables:
+def _train(task: base.CorrectionTask, x: np.ndarray, y: np.ndarray, progress: bool) -> Variables:
   config = task.train_config
   val = {}
   if config.early_stopping_patience is not None:
     val = dict(x_val=task.x_val, y_val=task.y_val)
-  return tr.train_model(task.model, x, y, config, progress=progress,
-                        **val).variables
+  return tr.train_model(task.model, x, y, config, progress=progress, **val).variables
 
 
-def confident_learning(k_folds: int = 5, *, filter_by: str = "prune_by_noise_rate",
-                       frac_noise: Sequence[float] = (1.0,),
-                       progress: bool = False) -> base.Method:
+def confident_learning(
+  k_folds: int = 5,
+  *,
+  filter_by: str = "prune_by_noise_rate",
+  frac_noise: Sequence[float] = (1.0,),
+  progress: bool = False,
+) -> base.Method:
   """Confident learning (cleanlab) then retraining on the kept samples.
 
   Args:
@@ -156,24 +159,23 @@ def confident_learning(k_folds: int = 5, *, filter_by: str = "prune_by_noise_rat
   hparams = dict(k_folds=k_folds, filter_by=filter_by, frac_noise=fracs)
 
   def body(task: base.CorrectionTask) -> base.Outcome:
-    num_classes = int(tr.predict_logits(task.apply_fn, task.variables,
-                                        task.x_val[:1]).shape[-1])
+    num_classes = int(tr.predict_logits(task.apply_fn, task.variables, task.x_val[:1]).shape[-1])
 
     def fit(x, y):
       variables = _train(task, x, y, progress)
       return lambda xs: _softmax(tr.predict_logits(task.apply_fn, variables, xs))
 
-    probs, folds = cross_val_probs(fit, task.x_train, task.y_train,
-                                   num_classes=num_classes, k_folds=k_folds,
-                                   seed=task.seed)
+    probs, folds = cross_val_probs(
+      fit, task.x_train, task.y_train, num_classes=num_classes, k_folds=k_folds, seed=task.seed
+    )
     flagged = {}
 
     def refit(frac_noise):
-      mask = find_label_issues(task.y_train, probs, filter_by=filter_by,
-                               frac_noise=frac_noise)
+      mask = find_label_issues(task.y_train, probs, filter_by=filter_by, frac_noise=frac_noise)
       if mask.all():
-        raise ValueError("confident learning flagged every training sample; "
-                         "check the predicted probabilities.")
+        raise ValueError(
+          "confident learning flagged every training sample; check the predicted probabilities."
+        )
       flagged[frac_noise] = np.flatnonzero(mask)
       keep = ~mask
       return _train(task, task.x_train[keep], task.y_train[keep], progress)
@@ -182,12 +184,20 @@ def confident_learning(k_folds: int = 5, *, filter_by: str = "prune_by_noise_rat
     best, setting, records = base.search(task, settings, refit)
     for r in records:
       r["num_flagged"] = int(len(flagged[r["frac_noise"]]))
-    chosen = {**setting, "k_folds": k_folds, "filter_by": filter_by,
-              "num_removed": int(len(flagged[setting["frac_noise"]]))}
-    details = {"settings": records, "pred_probs": probs, "folds": folds,
-               "flagged": flagged[setting["frac_noise"]],
-               "flagged_per_setting": flagged,
-               "vanilla_val_accuracy": base.val_accuracy(task, task.variables)}
+    chosen = {
+      **setting,
+      "k_folds": k_folds,
+      "filter_by": filter_by,
+      "num_removed": int(len(flagged[setting["frac_noise"]])),
+    }
+    details = {
+      "settings": records,
+      "pred_probs": probs,
+      "folds": folds,
+      "flagged": flagged[setting["frac_noise"]],
+      "flagged_per_setting": flagged,
+      "vanilla_val_accuracy": base.val_accuracy(task, task.variables),
+    }
     return base.Outcome(best, len(settings), chosen, details)
 
   return base.make_method("cleaning", body, hparams)

@@ -10,7 +10,6 @@ on the noisy validation split.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,9 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from sap_jax import train as tr
 from sap_jax.baselines import base
+from sap_jax.batching import epoch_batches
+from sap_jax.losses import cross_entropy
+from sap_jax.types import Variables
 
 __all__ = ["DEFAULT_GRID", "finetune", "finetune_step", "finetune_variables"]
 
@@ -28,31 +30,50 @@ DEFAULT_GRID: Mapping[str, Sequence[Any]] = {"lr": (1e-3, 1e-2, 5e-2)}
 """Default search: three learning rates (3 settings)."""
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def finetune_step(model: nn.Module, params: Any, batch_stats: Any, buf: Any,
-                  x: jax.Array, y: jax.Array, rng: jax.Array, lr: jax.Array,
-                  momentum: jax.Array, weight_decay: jax.Array):
+@jax.jit
+def finetune_step(
+  state: tr.TrainState, x: jax.Array, y: jax.Array, rng: jax.Array
+) -> tuple[tr.TrainState, jax.Array]:
   """One SGD step on ``mean CE(f(x), y)`` (train mode; BatchNorm stats updated).
 
+  ``state`` comes from :func:`sap_jax.train.state_from_variables`, whose optimizer holds
+  its hyperparameters in the state: one compilation serves a whole grid.
+
+  Args:
+    state: the model being trained and its optimizer.
+    x: ``(B, ...)`` inputs.
+    y: ``(B,)`` labels.
+    rng: the step's dropout key.
+
   Returns:
-    ``(params, batch_stats, buf, loss)``.
+    ``(state, loss)`` with the loss before the step.
   """
 
-  def objective(p):
-    logits, new_stats = base.forward_train(model, p, batch_stats, x, rng)
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), y)
-    return jnp.mean(loss), new_stats
+  def objective(params):
+    logits, new_stats = tr.train_forward(state, params, x, rng)
+    return jnp.mean(cross_entropy(logits, y)), new_stats
 
-  (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  params, buf = base.sgd_update(params, grads, buf, lr, momentum, weight_decay)
-  return params, new_stats, buf, loss
+  (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads, batch_stats=new_stats), loss
 
 
-def finetune_variables(model: nn.Module, variables: base.Variables, x: Any, y: Any,
-                       *, lr: float, epochs: int, batch_size: int = 128,
-                       momentum: float = 0.9, weight_decay: float = 5e-4,
-                       seed: int = 0) -> base.Variables:
+JITTED = {"finetune.step": finetune_step}
+"""The module's compiled programs (see `sap_jax.compile_cache`)."""
+
+
+def finetune_variables(
+  model: nn.Module,
+  variables: Variables,
+  x: Any,
+  y: Any,
+  *,
+  lr: float,
+  epochs: int,
+  batch_size: int = 128,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  seed: int = 0,
+) -> Variables:
   """Continues training ``variables`` on ``(x, y)``.
 
   Args:
@@ -61,11 +82,12 @@ def finetune_variables(model: nn.Module, variables: base.Variables, x: Any, y: A
     x: inputs to train on (the retain set).
     y: their labels.
     lr: learning rate (constant).
-    epochs: passes over ``x``; each is ``ceil(n / batch_size)`` steps.
+    epochs: passes over ``x``; each is ``ceil(n / batch_size)`` steps
+      (:func:`sap_jax.batching.epoch_batches`).
     batch_size: samples per step (clipped to ``len(x)``).
     momentum: SGD momentum (fresh buffers).
     weight_decay: L2 coefficient, as ``torch.optim.SGD``.
-    seed: data order and dropout.
+    seed: data order and dropout (:func:`~sap_jax.baselines.base.method_rngs`).
 
   Returns:
     The trained variables.
@@ -73,31 +95,34 @@ def finetune_variables(model: nn.Module, variables: base.Variables, x: Any, y: A
   if epochs < 0:
     raise ValueError(f"epochs must be >= 0, got {epochs}.")
   x, y = np.asarray(x), np.asarray(y, np.int32)
-  params = variables["params"]
-  stats = variables.get("batch_stats", {})
-  buf = base.sgd_init(params)
-  order = np.random.default_rng(seed)
-  key = jax.random.key(seed)
-  hp = tuple(jnp.float32(v) for v in (lr, momentum, weight_decay))
+  state = tr.state_from_variables(
+    model, variables, learning_rate=lr, momentum=momentum, weight_decay=weight_decay
+  )
+  order, key = base.method_rngs(seed)
   step = 0
   for _ in range(epochs):
-    for idx in base.epoch_batches(order, len(x), batch_size):
-      params, stats, buf, loss = finetune_step(
-          model, params, stats, buf, x[idx], y[idx], jax.random.fold_in(key, step),
-          *hp)
+    for idx in epoch_batches(order, len(x), batch_size):
+      state, loss = finetune_step(state, x[idx], y[idx], jax.random.fold_in(key, step))
       step += 1
   if step and not np.isfinite(float(loss)):
-    raise FloatingPointError(f"Finetune loss became {float(loss)} at lr={lr}; "
-                             "lower the learning rate.")
-  return base.variables_like(variables, params, stats)
+    raise FloatingPointError(
+      f"Finetune loss became {float(loss)} at lr={lr}; lower the learning rate."
+    )
+  return base.variables_like(variables, state.params, state.batch_stats)
 
 
-def finetune(n_retain: int = 5000, *, lr: float = 1e-2, epochs: int = 10,
-             batch_size: int = 128, momentum: float = 0.9,
-             weight_decay: float = 5e-4,
-             grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
-             progress: bool = False,
-    keep_original: bool = True) -> base.Method:
+def finetune(
+  n_retain: int = 5000,
+  *,
+  lr: float = 1e-2,
+  epochs: int = 10,
+  batch_size: int = 128,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
+  progress: bool = False,
+  keep_original: bool = True,
+) -> base.Method:
   """Finetune on the ``n_retain`` lowest-loss training samples.
 
   Args:
@@ -118,8 +143,15 @@ def finetune(n_retain: int = 5000, *, lr: float = 1e-2, epochs: int = 10,
     The method ``"finetune"``; ``details["retain_indices"]`` are the samples
     trained on.
   """
-  hparams = dict(n_retain=n_retain, lr=lr, epochs=epochs, batch_size=batch_size,
-                 momentum=momentum, weight_decay=weight_decay, grid=grid)
+  hparams = dict(
+    n_retain=n_retain,
+    lr=lr,
+    epochs=epochs,
+    batch_size=batch_size,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    grid=grid,
+  )
   settings_defaults = {"lr": lr, "epochs": epochs}
   base.expand_grid(settings_defaults, grid)  # validate early
 
@@ -130,17 +162,29 @@ def finetune(n_retain: int = 5000, *, lr: float = 1e-2, epochs: int = 10,
     settings = base.expand_grid(settings_defaults, grid)
 
     def fit(lr, epochs):
-      return finetune_variables(task.model, task.variables, x_r, y_r, lr=lr,
-                                epochs=epochs, batch_size=batch_size,
-                                momentum=momentum, weight_decay=weight_decay,
-                                seed=task.seed)
+      return finetune_variables(
+        task.model,
+        task.variables,
+        x_r,
+        y_r,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        seed=task.seed,
+      )
 
-    best, setting, records = base.search(task, settings, fit, progress=progress, keep_original=keep_original,
-                                         desc="finetune")
+    best, setting, records = base.search(
+      task, settings, fit, progress=progress, keep_original=keep_original, desc="finetune"
+    )
     chosen = {**setting, "n_retain": n, "n_retain_requested": n_retain}
-    details = {"settings": records, "retain_indices": retain,
-               "budget_rule": base.BUDGET_RULE,
-               "vanilla_val_accuracy": base.val_accuracy(task, task.variables)}
+    details = {
+      "settings": records,
+      "retain_indices": retain,
+      "budget_rule": base.BUDGET_RULE,
+      "vanilla_val_accuracy": base.val_accuracy(task, task.variables),
+    }
     return base.Outcome(best, len(settings), chosen, details)
 
   return base.make_method("finetune", body, hparams)

@@ -29,16 +29,18 @@ def retrain(*, progress: bool = False) -> base.Method:
 
   def body(task: base.CorrectionTask) -> base.Outcome:
     if task.y_train_clean is None:
-      raise ValueError("retrain needs the clean training labels: build the task "
-                       "with y_train_clean= (e.g. CorrectionTask.from_splits).")
+      raise ValueError(
+        "retrain needs the clean training labels: build the task "
+        "with y_train_clean= (e.g. CorrectionTask.from_splits)."
+      )
     config = task.train_config
     val = {}
     if config.early_stopping_patience is not None:
       val = dict(x_val=task.x_val, y_val=task.y_val)
-    result = tr.train_model(task.model, task.x_train, task.y_train_clean, config,
-                            progress=progress, **val)
+    result = tr.train_model(
+      task.model, task.x_train, task.y_train_clean, config, progress=progress, **val
+    )
     details = {"train_time_s": result.train_time_s, "history": result.history}
-    return base.Outcome(result.variables, 1, {"train_config": config.to_dict()},
-                        details)
+    return base.Outcome(result.variables, 1, {"train_config": config.to_dict()}, details)
 
   return base.make_method("retrain", body, {})

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sap_jax.baselines import base
-from sap_jax.correct import DEFAULT_ALPHAS
 from sap_jax.pipeline import run_sap
+from sap_jax.sweep import DEFAULT_ALPHAS
 
 __all__ = ["sap_method"]
 
@@ -38,7 +38,8 @@ def sap_method(n_trusted: int = 1000, *,
 
   Returns:
     The method ``"sap"``; ``chosen["alpha"]`` is None when the unchanged model
-    was kept.
+    was kept; ``details["sap_result"]`` is the whole `sap_jax.SAPResult` (its
+    sweep and decomposition, for records that score more splits).
   """
   alphas = tuple(float(a) for a in alphas)
   hparams = dict(n_trusted=n_trusted, alphas=alphas, score=score,
@@ -59,7 +60,8 @@ def sap_method(n_trusted: int = 1000, *,
     details = {"settings": records,
                "vanilla_val_accuracy": r.sweep.baseline_accuracy,
                "trusted_indices": r.trusted_indices, "layers": r.layers,
-               "timings": r.timings, "budget_rule": base.BUDGET_RULE}
+               "timings": r.timings, "budget_rule": base.BUDGET_RULE,
+               "sap_result": r}
     return base.Outcome(r.variables, len(alphas), chosen, details)
 
   return base.make_method("sap", body, hparams)

@@ -37,7 +37,6 @@ decay and BatchNorm/dropout train-mode differences, as in the published code.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,43 +44,44 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sap_jax import train as tr
 from sap_jax.baselines import base
+from sap_jax.batching import epoch_batches
+from sap_jax.losses import cross_entropy
+from sap_jax.types import Variables
 
 __all__ = [
-    "DEFAULT_GRID",
-    "PAPER_SCALE_GRID",
-    "scrub",
-    "scrub_kl",
-    "scrub_max_step",
-    "scrub_min_objective",
-    "scrub_min_step",
-    "scrub_variables",
+  "DEFAULT_GRID",
+  "PAPER_SCALE_GRID",
+  "scrub",
+  "scrub_kl",
+  "scrub_max_step",
+  "scrub_min_objective",
+  "scrub_min_step",
+  "scrub_variables",
 ]
 
 DEFAULT_GRID: Mapping[str, Sequence[Any]] = {
-    "lr": (5e-4, 5e-3),
-    "alpha": (1e-3, 0.1),
-    "msteps": (1, 2),
+  "lr": (5e-4, 5e-3),
+  "alpha": (1e-3, 0.1),
+  "msteps": (1, 2),
 }
 """Default search: 2 × 2 × 2 = 8 settings."""
 
 PAPER_SCALE_GRID: Mapping[str, Sequence[Any]] = {
-    "lr": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
-    "alpha": (1e-3, 1e-2, 0.1, 0.5, 1.0),
-    "gamma": (0.5, 0.99, 1.0),
-    "msteps": (1, 2, 3),
-    "epochs": (3, 5, 10),
+  "lr": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
+  "alpha": (1e-3, 1e-2, 0.1, 0.5, 1.0),
+  "gamma": (0.5, 0.99, 1.0),
+  "msteps": (1, 2, 3),
+  "epochs": (3, 5, 10),
 }
 """A grid of the size the SAP paper reports for SCRUB (5·5·3·3·3 = 675
 settings). The paper does not publish its grid; these values span the SCRUB
 code's configurations."""
 
 
-def scrub_kl(student_logits: jax.Array, teacher_logits: jax.Array,
-             temperature: Any) -> jax.Array:
+def scrub_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: Any) -> jax.Array:
   """``T² · mean_batch KL(softmax(t/T) ‖ softmax(s/T))`` (SCRUB's ``DistillKL``)."""
   t = jnp.asarray(temperature, jnp.float32)
   log_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
@@ -90,67 +90,110 @@ def scrub_kl(student_logits: jax.Array, teacher_logits: jax.Array,
   return t * t * jnp.mean(kl)
 
 
-def scrub_min_objective(student_logits: jax.Array, teacher_logits: jax.Array,
-                        y: jax.Array, *, alpha: Any, gamma: Any,
-                        temperature: Any) -> jax.Array:
+def scrub_min_objective(
+  student_logits: jax.Array,
+  teacher_logits: jax.Array,
+  y: jax.Array,
+  *,
+  alpha: Any,
+  gamma: Any,
+  temperature: Any,
+) -> jax.Array:
   """The min-step objective ``γ·mean CE(s, y) + α·scrub_kl(s, t, T)``."""
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      student_logits.astype(jnp.float32), y)
-  return gamma * jnp.mean(ce) + alpha * scrub_kl(student_logits, teacher_logits,
-                                                 temperature)
+  ce = cross_entropy(student_logits, y)
+  return gamma * jnp.mean(ce) + alpha * scrub_kl(student_logits, teacher_logits, temperature)
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def scrub_max_step(model: nn.Module, params: Any, batch_stats: Any, buf: Any,
-                   x: jax.Array, teacher_logits: jax.Array, rng: jax.Array,
-                   lr: Any, momentum: Any, weight_decay: Any, temperature: Any):
+@jax.jit
+def scrub_max_step(
+  state: tr.TrainState, x: jax.Array, teacher_logits: jax.Array, rng: jax.Array, temperature: Any
+) -> tuple[tr.TrainState, jax.Array]:
   """One max-step: SGD on ``−scrub_kl(student(x), teacher_logits)``.
 
+  Args:
+    state: the student and its optimizer (:func:`sap_jax.train.state_from_variables`;
+      the hyperparameters live in the optimizer state: one compilation per grid).
+    x: ``(B, ...)`` forget-set inputs.
+    teacher_logits: ``(B, K)`` the teacher's eval-mode logits on ``x``.
+    rng: the step's dropout key.
+    temperature: T.
+
   Returns:
-    ``(params, batch_stats, buf, kl)`` with the KL before the step.
+    ``(state, kl)`` with the KL before the step.
   """
 
-  def objective(p):
-    logits, stats = base.forward_train(model, p, batch_stats, x, rng)
+  def objective(params):
+    logits, stats = tr.train_forward(state, params, x, rng)
     kl = scrub_kl(logits, teacher_logits, temperature)
     return -kl, (kl, stats)
 
-  (_, (kl, stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  params, buf = base.sgd_update(params, grads, buf, lr, momentum, weight_decay)
-  return params, stats, buf, kl
+  (_, (kl, stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads, batch_stats=stats), kl
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def scrub_min_step(model: nn.Module, params: Any, batch_stats: Any, buf: Any,
-                   x: jax.Array, y: jax.Array, teacher_logits: jax.Array,
-                   rng: jax.Array, lr: Any, momentum: Any, weight_decay: Any,
-                   temperature: Any, alpha: Any, gamma: Any):
+@jax.jit
+def scrub_min_step(
+  state: tr.TrainState,
+  x: jax.Array,
+  y: jax.Array,
+  teacher_logits: jax.Array,
+  rng: jax.Array,
+  temperature: Any,
+  alpha: Any,
+  gamma: Any,
+) -> tuple[tr.TrainState, jax.Array]:
   """One min-step: SGD on :func:`scrub_min_objective`.
 
+  Args:
+    state: the student and its optimizer, as for :func:`scrub_max_step`.
+    x: ``(B, ...)`` retain-set inputs.
+    y: ``(B,)`` their labels.
+    teacher_logits: ``(B, K)`` the teacher's eval-mode logits on ``x``.
+    rng: the step's dropout key.
+    temperature: T.
+    alpha: weight of the KL term.
+    gamma: weight of the cross-entropy.
+
   Returns:
-    ``(params, batch_stats, buf, objective)`` with the objective before the step.
+    ``(state, objective)`` with the objective before the step.
   """
 
-  def objective(p):
-    logits, stats = base.forward_train(model, p, batch_stats, x, rng)
-    loss = scrub_min_objective(logits, teacher_logits, y, alpha=alpha,
-                               gamma=gamma, temperature=temperature)
+  def objective(params):
+    logits, stats = tr.train_forward(state, params, x, rng)
+    loss = scrub_min_objective(
+      logits, teacher_logits, y, alpha=alpha, gamma=gamma, temperature=temperature
+    )
     return loss, stats
 
-  (loss, stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  params, buf = base.sgd_update(params, grads, buf, lr, momentum, weight_decay)
-  return params, stats, buf, loss
+  (loss, stats), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  return state.apply_gradients(grads=grads, batch_stats=stats), loss
 
 
-def scrub_variables(model: nn.Module, variables: base.Variables, x_forget: Any,
-                    x_retain: Any, y_retain: Any, *, lr: float = 5e-4,
-                    alpha: float = 1e-3, gamma: float = 0.99,
-                    temperature: float = 4.0, msteps: int = 2, epochs: int = 3,
-                    batch_size: int = 128, forget_batch_size: int = 32,
-                    momentum: float = 0.9, weight_decay: float = 5e-4,
-                    teacher_logits_forget: Any = None,
-                    teacher_logits_retain: Any = None,
-                    seed: int = 0) -> base.Variables:
+JITTED = {"scrub.max_step": scrub_max_step, "scrub.min_step": scrub_min_step}
+"""The module's compiled programs (see `sap_jax.compile_cache`)."""
+
+
+def scrub_variables(
+  model: nn.Module,
+  variables: Variables,
+  x_forget: Any,
+  x_retain: Any,
+  y_retain: Any,
+  *,
+  lr: float = 5e-4,
+  alpha: float = 1e-3,
+  gamma: float = 0.99,
+  temperature: float = 4.0,
+  msteps: int = 2,
+  epochs: int = 3,
+  batch_size: int = 128,
+  forget_batch_size: int = 32,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  teacher_logits_forget: Any = None,
+  teacher_logits_retain: Any = None,
+  seed: int = 0,
+) -> Variables:
   """Runs SCRUB from ``variables`` (teacher and initial student).
 
   Args:
@@ -183,44 +226,67 @@ def scrub_variables(model: nn.Module, variables: base.Variables, x_forget: Any,
   apply_fn = tr.eval_apply_fn(model)
   x_f, x_r = np.asarray(x_forget), np.asarray(x_retain)
   y_r = np.asarray(y_retain, np.int32)
-  t_f = (tr.predict_logits(apply_fn, variables, x_f)
-         if teacher_logits_forget is None else np.asarray(teacher_logits_forget))
-  t_r = (tr.predict_logits(apply_fn, variables, x_r)
-         if teacher_logits_retain is None else np.asarray(teacher_logits_retain))
-  params = variables["params"]
-  stats = variables.get("batch_stats", {})
-  buf = base.sgd_init(params)
+  t_f = (
+    tr.predict_logits(apply_fn, variables, x_f)
+    if teacher_logits_forget is None
+    else np.asarray(teacher_logits_forget)
+  )
+  t_r = (
+    tr.predict_logits(apply_fn, variables, x_r)
+    if teacher_logits_retain is None
+    else np.asarray(teacher_logits_retain)
+  )
+  state = tr.state_from_variables(
+    model, variables, learning_rate=lr, momentum=momentum, weight_decay=weight_decay
+  )
   f32 = jnp.float32
-  opt = (f32(lr), f32(momentum), f32(weight_decay), f32(temperature))
-  order = np.random.default_rng(seed)
-  key = jax.random.key(seed)
+  temperature, alpha, gamma = f32(temperature), f32(alpha), f32(gamma)
+  order, key = base.method_rngs(seed)
   step = 0
   for epoch in range(epochs):
     if epoch < msteps and len(x_f):
-      for idx in base.epoch_batches(order, len(x_f), forget_batch_size):
-        params, stats, buf, _ = scrub_max_step(
-            model, params, stats, buf, x_f[idx], t_f[idx],
-            jax.random.fold_in(key, step), *opt)
+      for idx in epoch_batches(order, len(x_f), forget_batch_size):
+        state, _ = scrub_max_step(
+          state, x_f[idx], t_f[idx], jax.random.fold_in(key, step), temperature
+        )
         step += 1
-    for idx in base.epoch_batches(order, len(x_r), batch_size):
-      params, stats, buf, loss = scrub_min_step(
-          model, params, stats, buf, x_r[idx], y_r[idx], t_r[idx],
-          jax.random.fold_in(key, step), *opt, f32(alpha), f32(gamma))
+    for idx in epoch_batches(order, len(x_r), batch_size):
+      state, loss = scrub_min_step(
+        state,
+        x_r[idx],
+        y_r[idx],
+        t_r[idx],
+        jax.random.fold_in(key, step),
+        temperature,
+        alpha,
+        gamma,
+      )
       step += 1
   if epochs and not np.isfinite(float(loss)):
-    raise FloatingPointError(f"SCRUB objective became {float(loss)} at lr={lr}; "
-                             "lower the learning rate.")
-  return base.variables_like(variables, params, stats)
+    raise FloatingPointError(
+      f"SCRUB objective became {float(loss)} at lr={lr}; lower the learning rate."
+    )
+  return base.variables_like(variables, state.params, state.batch_stats)
 
 
-def scrub(n_retain: int = 1000, n_forget: int = 200, *, alpha: float = 1e-3,
-          gamma: float = 0.99, temperature: float = 4.0, msteps: int = 2,
-          epochs: int = 3, lr: float = 5e-4, batch_size: int = 128,
-          forget_batch_size: int = 32, momentum: float = 0.9,
-          weight_decay: float = 5e-4,
-          grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
-          progress: bool = False,
-    keep_original: bool = True) -> base.Method:
+def scrub(
+  n_retain: int = 1000,
+  n_forget: int = 200,
+  *,
+  alpha: float = 1e-3,
+  gamma: float = 0.99,
+  temperature: float = 4.0,
+  msteps: int = 2,
+  epochs: int = 3,
+  lr: float = 5e-4,
+  batch_size: int = 128,
+  forget_batch_size: int = 32,
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
+  grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
+  progress: bool = False,
+  keep_original: bool = True,
+) -> base.Method:
   """SCRUB with the lowest-loss samples as retain and the highest as forget set.
 
   Args:
@@ -247,12 +313,29 @@ def scrub(n_retain: int = 1000, n_forget: int = 200, *, alpha: float = 1e-3,
   Returns:
     The method ``"scrub"``.
   """
-  hparams = dict(n_retain=n_retain, n_forget=n_forget, alpha=alpha, gamma=gamma,
-                 temperature=temperature, msteps=msteps, epochs=epochs, lr=lr,
-                 batch_size=batch_size, forget_batch_size=forget_batch_size,
-                 momentum=momentum, weight_decay=weight_decay, grid=grid)
-  defaults = {"lr": lr, "alpha": alpha, "gamma": gamma,
-              "temperature": temperature, "msteps": msteps, "epochs": epochs}
+  hparams = dict(
+    n_retain=n_retain,
+    n_forget=n_forget,
+    alpha=alpha,
+    gamma=gamma,
+    temperature=temperature,
+    msteps=msteps,
+    epochs=epochs,
+    lr=lr,
+    batch_size=batch_size,
+    forget_batch_size=forget_batch_size,
+    momentum=momentum,
+    weight_decay=weight_decay,
+    grid=grid,
+  )
+  defaults = {
+    "lr": lr,
+    "alpha": alpha,
+    "gamma": gamma,
+    "temperature": temperature,
+    "msteps": msteps,
+    "epochs": epochs,
+  }
   base.expand_grid(defaults, grid)
 
   def body(task: base.CorrectionTask) -> base.Outcome:
@@ -268,18 +351,38 @@ def scrub(n_retain: int = 1000, n_forget: int = 200, *, alpha: float = 1e-3,
 
     def fit(**setting):
       return scrub_variables(
-          task.model, task.variables, x_f, x_r, y_r, batch_size=batch_size,
-          forget_batch_size=forget_batch_size, momentum=momentum,
-          weight_decay=weight_decay, teacher_logits_forget=t_f,
-          teacher_logits_retain=t_r, seed=task.seed, **setting)
+        task.model,
+        task.variables,
+        x_f,
+        x_r,
+        y_r,
+        batch_size=batch_size,
+        forget_batch_size=forget_batch_size,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        teacher_logits_forget=t_f,
+        teacher_logits_retain=t_r,
+        seed=task.seed,
+        **setting,
+      )
 
-    best, setting, records = base.search(task, settings, fit, progress=progress, keep_original=keep_original,
-                                         desc="scrub")
-    chosen = {**setting, "n_retain": n_r, "n_retain_requested": n_retain,
-              "n_forget": n_f, "n_forget_requested": n_forget}
-    details = {"settings": records, "retain_indices": retain,
-               "forget_indices": forget, "budget_rule": base.BUDGET_RULE,
-               "vanilla_val_accuracy": base.val_accuracy(task, task.variables)}
+    best, setting, records = base.search(
+      task, settings, fit, progress=progress, keep_original=keep_original, desc="scrub"
+    )
+    chosen = {
+      **setting,
+      "n_retain": n_r,
+      "n_retain_requested": n_retain,
+      "n_forget": n_f,
+      "n_forget_requested": n_forget,
+    }
+    details = {
+      "settings": records,
+      "retain_indices": retain,
+      "forget_indices": forget,
+      "budget_rule": base.BUDGET_RULE,
+      "vanilla_val_accuracy": base.val_accuracy(task, task.variables),
+    }
     return base.Outcome(best, len(settings), chosen, details)
 
   return base.make_method("scrub", body, hparams)

@@ -37,22 +37,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sap_jax.baselines import base
+from sap_jax.batching import batched, padded_batches
+from sap_jax.losses import model_cross_entropy
+from sap_jax.types import ApplyFn, Variables
 
 __all__ = [
-    "DEFAULT_GRID",
-    "fisher_diagonal",
-    "ssd",
-    "ssd_dampen",
-    "ssd_dampen_params",
-    "ssd_fraction_selected",
+  "DEFAULT_GRID",
+  "fisher_diagonal",
+  "ssd",
+  "ssd_dampen",
+  "ssd_dampen_params",
+  "ssd_fraction_selected",
 ]
 
 DEFAULT_GRID: Mapping[str, Sequence[Any]] = {
-    "alpha": (10.0, 5.0, 3.0, 2.0, 1.0),
-    "lambda_": (1.0, 0.1),
+  "alpha": (10.0, 5.0, 3.0, 2.0, 1.0),
+  "lambda_": (1.0, 0.1),
 }
 """Default search: α × λ = 5 × 2 = 10 settings (one Fisher pass serves all).
 
@@ -65,10 +67,7 @@ small data only α close to 1 is.
 
 
 def _per_example_loss(apply_fn, variables, params, x, y):
-  v = dict(variables)
-  v["params"] = params
-  logits = apply_fn(v, x).astype(jnp.float32)
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  return model_cross_entropy(apply_fn, {**variables, "params": params}, x, y)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -76,26 +75,35 @@ def _sq_grad_sum_per_example(apply_fn, variables, x, y, mask):
   """Σ_s mask_s · (∂ℓ_s/∂θ)² over a batch (per-sample gradients, vmapped)."""
 
   def one(xs, ys):
-    return jax.grad(lambda p: _per_example_loss(apply_fn, variables, p, xs[None],
-                                                ys[None])[0])(variables["params"])
+    return jax.grad(lambda p: _per_example_loss(apply_fn, variables, p, xs[None], ys[None])[0])(
+      variables["params"]
+    )
 
   grads = jax.vmap(one)(x, y)
   w = mask.astype(jnp.float32)
   return jax.tree_util.tree_map(
-      lambda g: jnp.tensordot(w, jnp.square(g.astype(jnp.float32)), axes=1), grads)
+    lambda g: jnp.tensordot(w, jnp.square(g.astype(jnp.float32)), axes=1), grads
+  )
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _sq_batch_grad(apply_fn, variables, x, y):
   """(∂ mean_s ℓ_s / ∂θ)², the squared mini-batch gradient."""
-  grads = jax.grad(lambda p: jnp.mean(
-      _per_example_loss(apply_fn, variables, p, x, y)))(variables["params"])
+  grads = jax.grad(lambda p: jnp.mean(_per_example_loss(apply_fn, variables, p, x, y)))(
+    variables["params"]
+  )
   return jax.tree_util.tree_map(lambda g: jnp.square(g.astype(jnp.float32)), grads)
 
 
-def fisher_diagonal(apply_fn: base.tr.ApplyFn, variables: base.Variables, x: Any,
-                    y: Any, *, batch_size: int = 32,
-                    per_example: bool = True) -> Any:
+def fisher_diagonal(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  x: Any,
+  y: Any,
+  *,
+  batch_size: int = 32,
+  per_example: bool = True,
+) -> Any:
   """Diagonal empirical Fisher of the cross-entropy on ``(x, y)``.
 
   ``per_example=True``: ``[I]_i = (1/n) Σ_s (∂ℓ(x_s, y_s)/∂θ_i)²`` (batches of
@@ -119,30 +127,31 @@ def fisher_diagonal(apply_fn: base.tr.ApplyFn, variables: base.Variables, x: Any
   x, y = np.asarray(x), np.asarray(y, np.int32)
   n = len(x)
   if n == 0 or len(y) != n:
-    raise ValueError(f"fisher_diagonal needs matching non-empty x/y, got {n} "
-                     f"inputs and {len(y)} labels.")
+    raise ValueError(
+      f"fisher_diagonal needs matching non-empty x/y, got {n} inputs and {len(y)} labels."
+    )
   bs = max(1, min(batch_size, n))
-  total, count = None, 0
-  for start in range(0, n, bs):
-    xb, yb = x[start:start + bs], y[start:start + bs]
-    real = len(xb)
-    if per_example:
-      if real < bs:
-        xb = np.concatenate([xb, np.repeat(xb[:1], bs - real, 0)])
-        yb = np.concatenate([yb, np.repeat(yb[:1], bs - real, 0)])
-      part = _sq_grad_sum_per_example(apply_fn, variables, xb, yb,
-                                      np.arange(bs) < real)
-      count += real
-    else:
-      part = _sq_batch_grad(apply_fn, variables, xb, yb)
-      count += 1
-    total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+  if per_example:
+    parts = (
+      _sq_grad_sum_per_example(apply_fn, variables, xb, yb, np.arange(bs) < real)
+      for (xb, yb), real in padded_batches(x, y, batch_size=bs)
+    )
+    count = n
+  else:
+    parts = (
+      _sq_batch_grad(apply_fn, variables, xb, yb) for xb, yb in zip(batched(x, bs), batched(y, bs))
+    )
+    count = -(-n // bs)
+  total = next(parts)
+  for part in parts:  # one batch's squared gradients in memory at a time
+    total = jax.tree_util.tree_map(jnp.add, total, part)
   return jax.tree_util.tree_map(lambda t: t / count, total)
 
 
 @jax.jit
-def ssd_dampen_params(params: Any, importance_d: Any, importance_f: Any,
-                      alpha: Any, lambda_: Any) -> Any:
+def ssd_dampen_params(
+  params: Any, importance_d: Any, importance_f: Any, alpha: Any, lambda_: Any
+) -> Any:
   """SSD on a parameter tree.
 
   ``θ_i ← θ_i · min(λ·[I_D]_i / [I_Df]_i, 1)`` where ``[I_Df]_i > α·[I_D]_i``,
@@ -168,25 +177,44 @@ def ssd_dampen_params(params: Any, importance_d: Any, importance_f: Any,
   return jax.tree_util.tree_map(damp, params, importance_d, importance_f)
 
 
-def ssd_dampen(variables: base.Variables, importance_d: Any, importance_f: Any,
-               alpha: float = 10.0, lambda_: float = 1.0) -> base.Variables:
+JITTED = {
+  "ssd.sq_grad_sum_per_example": _sq_grad_sum_per_example,
+  "ssd.sq_batch_grad": _sq_batch_grad,
+  "ssd.dampen_params": ssd_dampen_params,
+}
+"""The module's compiled programs (see `sap_jax.compile_cache`)."""
+
+
+def ssd_dampen(
+  variables: Variables,
+  importance_d: Any,
+  importance_f: Any,
+  alpha: float = 10.0,
+  lambda_: float = 1.0,
+) -> Variables:
   """SSD on model variables: ``params`` dampened, other collections as given.
 
   See :func:`ssd_dampen_params`.
   """
   out = dict(variables)
-  out["params"] = ssd_dampen_params(variables["params"], importance_d,
-                                    importance_f, jnp.float32(alpha),
-                                    jnp.float32(lambda_))
+  out["params"] = ssd_dampen_params(
+    variables["params"], importance_d, importance_f, jnp.float32(alpha), jnp.float32(lambda_)
+  )
   return out
 
 
-def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
-        n_retain: int | None = None,
-        grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
-        per_example: bool = True, batch_size: int = 32,
-        progress: bool = False,
-    keep_original: bool = True) -> base.Method:
+def ssd(
+  n_forget: int = 1000,
+  *,
+  alpha: float = 10.0,
+  lambda_: float = 1.0,
+  n_retain: int | None = None,
+  grid: Mapping[str, Sequence[Any]] | None = DEFAULT_GRID,
+  per_example: bool = True,
+  batch_size: int = 32,
+  progress: bool = False,
+  keep_original: bool = True,
+) -> base.Method:
   """Selective Synaptic Dampening with the highest-loss samples as forget set.
 
   Args:
@@ -208,9 +236,15 @@ def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
   Returns:
     The method ``"ssd"``.
   """
-  hparams = dict(n_forget=n_forget, alpha=alpha, lambda_=lambda_,
-                 n_retain=n_retain, grid=grid, per_example=per_example,
-                 batch_size=batch_size)
+  hparams = dict(
+    n_forget=n_forget,
+    alpha=alpha,
+    lambda_=lambda_,
+    n_retain=n_retain,
+    grid=grid,
+    per_example=per_example,
+    batch_size=batch_size,
+  )
   defaults = {"alpha": alpha, "lambda_": lambda_}
   base.expand_grid(defaults, grid)
 
@@ -222,8 +256,9 @@ def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
       ref = np.arange(task.n_train)
     else:
       ref = base.lowest_loss(losses, base.clip_budget(n_retain, task.n_train))
-    fisher = functools.partial(fisher_diagonal, task.apply_fn, task.variables,
-                               batch_size=batch_size, per_example=per_example)
+    fisher = functools.partial(
+      fisher_diagonal, task.apply_fn, task.variables, batch_size=batch_size, per_example=per_example
+    )
     imp_d = fisher(task.x_train[ref], task.y_train[ref])
     imp_f = fisher(task.x_train[forget], task.y_train[forget])
     settings = base.expand_grid(defaults, grid)
@@ -231,23 +266,25 @@ def ssd(n_forget: int = 1000, *, alpha: float = 10.0, lambda_: float = 1.0,
     def fit(alpha, lambda_):
       return ssd_dampen(task.variables, imp_d, imp_f, alpha, lambda_)
 
-    best, setting, records = base.search(task, settings, fit, progress=progress, keep_original=keep_original,
-                                         desc="ssd")
+    best, setting, records = base.search(
+      task, settings, fit, progress=progress, keep_original=keep_original, desc="ssd"
+    )
     for r in records:
       sel = ssd_fraction_selected(imp_d, imp_f, r["alpha"])
       r["fraction_selected"] = sel
-    chosen = {**setting, "n_forget": n_f, "n_forget_requested": n_forget,
-              "n_reference": len(ref)}
-    details = {"settings": records, "forget_indices": forget,
-               "budget_rule": base.BUDGET_RULE,
-               "vanilla_val_accuracy": base.val_accuracy(task, task.variables)}
+    chosen = {**setting, "n_forget": n_f, "n_forget_requested": n_forget, "n_reference": len(ref)}
+    details = {
+      "settings": records,
+      "forget_indices": forget,
+      "budget_rule": base.BUDGET_RULE,
+      "vanilla_val_accuracy": base.val_accuracy(task, task.variables),
+    }
     return base.Outcome(best, len(settings), chosen, details)
 
   return base.make_method("ssd", body, hparams)
 
 
-def ssd_fraction_selected(importance_d: Any, importance_f: Any,
-                          alpha: float) -> float:
+def ssd_fraction_selected(importance_d: Any, importance_f: Any, alpha: float) -> float:
   """Fraction of parameter entries with ``[I_Df] > α·[I_D]``."""
   leaves_d = jax.tree_util.tree_leaves(importance_d)
   leaves_f = jax.tree_util.tree_leaves(importance_f)
