@@ -363,7 +363,8 @@ class RunSummary:
 def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
              checkpoint_dir: Path | str | None = None, max_cells: int | None = None,
              progress: bool = True, train_progress: bool = False, fail_fast: bool = False,
-             echo: Callable[[str], None] | None = None) -> RunSummary:
+             echo: Callable[[str], None] | None = None,
+             shard: tuple[int, int] | None = None) -> RunSummary:
   """Runs every unfinished cell of ``config``.
 
   Args:
@@ -376,6 +377,9 @@ def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
     fail_fast: re-raise a failing cell's error instead of logging it and going on
       (a failed cell writes no record, so the next run retries it).
     echo: where the one-line-per-cell log goes (default: tqdm.write).
+    shard: ``(i, n)``: run only the cells of every n-th vanilla model, starting at the
+      i-th (0-based, grid order), so that n runners on one workdir share the grid
+      without training a vanilla model twice; None runs every cell.
 
   Returns:
     A :class:`RunSummary`.
@@ -388,6 +392,13 @@ def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
   cells = grid.expand(config)
   check_workdir(config, workdir)
   todo = [c for c in cells if not record_path(workdir, c.key).is_file()]
+  if shard is not None:
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+      raise ValueError(f"shard {index}/{count}: need 0 ≤ i < n, e.g. --shard 0/2 and --shard 1/2.")
+    order = {key: k for k, key in enumerate(dict.fromkeys(c.vanilla_key for c in cells))}
+    cells = [c for c in cells if order[c.vanilla_key] % count == index]
+    todo = [c for c in todo if order[c.vanilla_key] % count == index]
   done_before = len(cells) - len(todo)
   if max_cells is not None:
     todo = todo[:max(0, int(max_cells))]
@@ -494,7 +505,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--train-progress", action="store_true", help="show a bar over training epochs")
   p.add_argument("--no-progress", action="store_true", help="no bar over cells")
   p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
+  p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                 help="run only the cells of every N-th vanilla model from the I-th (0-based), "
+                      "to share one workdir between N runners")
   return p
+
+
+def _shard(text: str) -> tuple[int, int]:
+  try:
+    i, n = (int(v) for v in text.split("/"))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected I/N such as 0/2, got {text!r}") from None
+  if not (n >= 1 and 0 <= i < n):
+    raise argparse.ArgumentTypeError(f"need 0 ≤ I < N, got {text!r}")
+  return i, n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -515,7 +539,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
       summary = run_grid(config, workdir, checkpoint_dir=args.checkpoint_dir,
                          max_cells=args.max_cells, progress=not args.no_progress,
-                         train_progress=args.train_progress, fail_fast=args.fail_fast)
+                         train_progress=args.train_progress, fail_fast=args.fail_fast,
+                         shard=args.shard)
       print(f"{config.name}: ran {summary.ran} cell(s) ({summary.trained} vanilla model(s) "
             f"trained) in {summary.wall_time_s:.0f} s; {summary.already_done} were done before, "
             f"{summary.remaining} remain, {len(summary.failed)} failed.")

@@ -169,6 +169,20 @@ def test_rerun_skips_finished_cells_and_reuses_checkpoints(tiny_run):
   assert counter["train"] == before
 
 
+def test_shards_split_the_grid_by_vanilla_model(tiny_run):
+  config, workdir, ckpt, counter, _ = tiny_run
+  before = counter["train"]
+  kw = dict(checkpoint_dir=ckpt, progress=False, fail_fast=True, echo=lambda s: None)
+  first = run.run_grid(config, workdir, shard=(0, 2), **kw)  # the grid's one vanilla model
+  second = run.run_grid(config, workdir, shard=(1, 2), **kw)
+  assert (first.total, first.already_done, first.ran) == (2, 2, 0)
+  assert (second.total, second.already_done, second.ran) == (0, 0, 0)
+  assert counter["train"] == before
+  with pytest.raises(ValueError, match="shard 2/2"):
+    run.run_grid(config, workdir, shard=(2, 2), **kw)
+  assert run.build_parser().parse_args(["table1", "--shard", "1/3"]).shard == (1, 3)
+
+
 def test_max_cells_and_cli_only_table(tiny_run, tmp_path):
   config, workdir, ckpt, _, _ = tiny_run
   partial = run.run_grid(config, tmp_path / "w", checkpoint_dir=ckpt, progress=False,
