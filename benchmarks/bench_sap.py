@@ -47,32 +47,32 @@ import time
 # ---------------------------------------------------------------------------
 
 FULL = dict(
-    models="resnet18,vgg11,vit,cnn",
-    n_trusted=1000,
-    batch_size=125,
-    n_train=1000,
-    n_val=250,
-    alphas="1e4,3e4,1e5,3e5,1e6",
-    scaling="250,500,1000,2000",
-    row_budget=50_000,
-    svd_rows=5_000,
-    svd_max_dim=576,
-    digits_epochs=80,
-    width_scale=1.0,
+  models="resnet18,vgg11,vit,cnn",
+  n_trusted=1000,
+  batch_size=125,
+  n_train=1000,
+  n_val=250,
+  alphas="1e4,3e4,1e5,3e5,1e6",
+  scaling="250,500,1000,2000",
+  row_budget=50_000,
+  svd_rows=5_000,
+  svd_max_dim=576,
+  digits_epochs=80,
+  width_scale=1.0,
 )
 QUICK = dict(
-    models="resnet18,cnn",  # add vgg11,vit with --models (≈ +25 s)
-    n_trusted=50,
-    batch_size=25,
-    n_train=100,
-    n_val=50,
-    alphas="1e4,1e5",
-    scaling="25,50",
-    row_budget=2_000,
-    svd_rows=400,
-    svd_max_dim=200,
-    digits_epochs=2,
-    width_scale=0.125,
+  models="resnet18,cnn",  # add vgg11,vit with --models (≈ +25 s)
+  n_trusted=50,
+  batch_size=25,
+  n_train=100,
+  n_val=50,
+  alphas="1e4,1e5",
+  scaling="25,50",
+  row_budget=2_000,
+  svd_rows=400,
+  svd_max_dim=200,
+  digits_epochs=2,
+  width_scale=0.125,
 )
 
 
@@ -87,23 +87,37 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--n-val", type=int, help="validation-set size of the α sweep")
   p.add_argument("--alphas", help="α grid of the sweep (K values, comma list)")
   p.add_argument("--scaling", help="N_trust values of the scaling runs ('' to skip)")
-  p.add_argument("--scaling-model", help="model of the scaling runs (default resnet18; --quick: cnn)")
+  p.add_argument(
+    "--scaling-model", help="model of the scaling runs (default resnet18; --quick: cnn)"
+  )
   p.add_argument("--row-budget", type=int, help="row budget per layer (published code: 50,000)")
   p.add_argument("--svd-rows", type=int, help="rows per layer for the svd-vs-eigh comparison")
   p.add_argument("--svd-max-dim", type=int, help="svd comparison on layers with d ≤ this")
   p.add_argument("--digits-epochs", type=int, help="vanilla training epochs on digits")
   p.add_argument("--width-scale", type=float, help="channel width multiplier of the models")
-  p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                 help="statistics accumulation dtype (float64 enables jax x64)")
-  p.add_argument("--device", default=None,
-                 help="JAX platform (cpu, gpu, tpu); default: JAX's choice")
-  p.add_argument("--blas-threads", type=int, default=1,
-                 help="OpenBLAS/MKL/OMP threads for LAPACK (eigh, svd); 0 = leave the "
-                      "environment alone. Default 1: multi-threaded OpenBLAS syevd is "
-                      "3-60x slower on a loaded 2-core machine (measured)")
-  p.add_argument("--compile-cache", default=None,
-                 help="JAX persistent compilation cache dir shared with the child processes "
-                      "(default: a fresh temporary dir per run; 'off' to disable)")
+  p.add_argument(
+    "--dtype",
+    choices=("float32", "float64"),
+    default="float32",
+    help="statistics accumulation dtype (float64 enables jax x64)",
+  )
+  p.add_argument(
+    "--device", default=None, help="JAX platform (cpu, gpu, tpu); default: JAX's choice"
+  )
+  p.add_argument(
+    "--blas-threads",
+    type=int,
+    default=1,
+    help="OpenBLAS/MKL/OMP threads for LAPACK (eigh, svd); 0 = leave the "
+    "environment alone. Default 1: multi-threaded OpenBLAS syevd is "
+    "3-60x slower on a loaded 2-core machine (measured)",
+  )
+  p.add_argument(
+    "--compile-cache",
+    default=None,
+    help="JAX persistent compilation cache dir shared with the child processes "
+    "(default: a fresh temporary dir per run; 'off' to disable)",
+  )
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no-digits", action="store_true", help="skip the digits training comparison")
   p.add_argument("--no-svd", action="store_true")
@@ -157,9 +171,9 @@ class CompileMeter:
     from jax._src import dispatch
 
     self.events = {
-        dispatch.JAXPR_TRACE_EVENT: "trace",
-        dispatch.JAXPR_TO_MLIR_MODULE_EVENT: "lower",
-        dispatch.BACKEND_COMPILE_EVENT: "compile",
+      dispatch.JAXPR_TRACE_EVENT: "trace",
+      dispatch.JAXPR_TO_MLIR_MODULE_EVENT: "lower",
+      dispatch.BACKEND_COMPILE_EVENT: "compile",
     }
     self.total = 0.0
     self.lock = threading.Lock()
@@ -225,9 +239,9 @@ class RSSSampler:
   def report(self) -> dict:
     mb = 1 << 20
     return dict(
-        baseline_rss_mb=round(self.baseline / mb, 1),
-        peak_rss_mb=round(self.peak / mb, 1),
-        peak_above_baseline_mb=round((self.peak - self.baseline) / mb, 1),
+      baseline_rss_mb=round(self.baseline / mb, 1),
+      peak_rss_mb=round(self.peak / mb, 1),
+      peak_above_baseline_mb=round((self.peak - self.baseline) / mb, 1),
     )
 
 
@@ -256,8 +270,12 @@ def timed(meter: CompileMeter, fn, *a, **kw):
 
 def phase(wall: float, compile_s: float, **extra) -> dict:
   """A phase's figures: steady-state seconds = wall − compile time in the call."""
-  return dict(time_s=round(max(wall - compile_s, 0.0), 4), wall_s=round(wall, 4),
-              compile_in_call_s=round(compile_s, 4), **extra)
+  return dict(
+    time_s=round(max(wall - compile_s, 0.0), 4),
+    wall_s=round(wall, 4),
+    compile_in_call_s=round(compile_s, 4),
+    **extra,
+  )
 
 
 def device_info(args) -> dict:
@@ -265,19 +283,19 @@ def device_info(args) -> dict:
 
   dev = jax.devices()[0]
   info = dict(
-      platform=dev.platform,
-      device_kind=dev.device_kind,
-      num_devices=jax.device_count(),
-      jax=jax.__version__,
-      python=platform.python_version(),
-      cpu_count=os.cpu_count(),
-      cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
-      loadavg_start=list(os.getloadavg()),
+    platform=dev.platform,
+    device_kind=dev.device_kind,
+    num_devices=jax.device_count(),
+    jax=jax.__version__,
+    python=platform.python_version(),
+    cpu_count=os.cpu_count(),
+    cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+    loadavg_start=list(os.getloadavg()),
   )
   try:
     with open("/proc/cpuinfo") as f:
-      names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+      names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
     info["cpu_model"] = names[0] if names else None
   except OSError:
     pass
@@ -295,14 +313,23 @@ def build_model(name: str, args):
 
   s = args.width_scale
   if name == "resnet18":
-    return models.get("resnet18", 10, stem="cifar", width=max(4, int(64 * s))), (32, 32, 3), 10, "ResNet18-CIFAR"
+    return (
+      models.get("resnet18", 10, stem="cifar", width=max(4, int(64 * s))),
+      (32, 32, 3),
+      10,
+      "ResNet18-CIFAR",
+    )
   if name == "vgg11":
     return models.get("vgg11", 10, width_multiplier=s), (32, 32, 3), 10, "VGG11-BN"
   if name == "vit":
     if args.quick:
       return models.get("vit_tiny", 10), (32, 32, 3), 10, "ViT-tiny (patch 4, 64 wide, 2 layers)"
-    return (models.get("vit", 10, patch_size=4, hidden_size=192, num_layers=6, num_heads=3, mlp_dim=384),
-            (32, 32, 3), 10, "ViT (patch 4, 192 wide, 6 layers, mlp 384)")
+    return (
+      models.get("vit", 10, patch_size=4, hidden_size=192, num_layers=6, num_heads=3, mlp_dim=384),
+      (32, 32, 3),
+      10,
+      "ViT (patch 4, 192 wide, 6 layers, mlp 384)",
+    )
   if name == "cnn":
     return models.get("cnn", 10, width=32), (8, 8, 1), 10, "digits CNN (width 32)"
   raise ValueError(f"unknown model {name!r}; choose resnet18, vgg11, vit, cnn")
@@ -311,6 +338,7 @@ def build_model(name: str, args):
 def random_setup(name: str, args, n_trusted: int, seed: int):
   """Model, random weights, random inputs/labels (timing only)."""
   import numpy as np
+
   from sap_jax.train import eval_apply_fn
 
   model, shape, k, label = build_model(name, args)
@@ -321,8 +349,17 @@ def random_setup(name: str, args, n_trusted: int, seed: int):
   x_val = rng.standard_normal((args.n_val,) + shape, dtype=np.float32)
   y_val = rng.integers(0, k, args.n_val).astype(np.int32)
   variables = random_variables(model, x_train[:1], seed)
-  return dict(model=model, label=label, apply_fn=eval_apply_fn(model), variables=variables,
-              x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, num_classes=k)
+  return dict(
+    model=model,
+    label=label,
+    apply_fn=eval_apply_fn(model),
+    variables=variables,
+    x_train=x_train,
+    y_train=y_train,
+    x_val=x_val,
+    y_val=y_val,
+    num_classes=k,
+  )
 
 
 def random_variables(model, x1, seed: int) -> dict:
@@ -348,13 +385,16 @@ def random_variables(model, x1, seed: int) -> dict:
       return np.zeros(shape, dtype)
     return (0.02 * rng.standard_normal(shape)).astype(dtype)
 
-  return jax.tree_util.tree_map(jax.numpy.asarray, jax.tree_util.tree_map_with_path(fill, dict(shapes)))
+  return jax.tree_util.tree_map(
+    jax.numpy.asarray, jax.tree_util.tree_map_with_path(fill, dict(shapes))
+  )
 
 
 def warm_correction(variables, stats, alpha) -> float:
   """Compiles `decompose` and `apply_alpha` for these statistics' shapes (one run on
   warm-up statistics); returns the seconds spent."""
   import jax
+
   import sap_jax as sj
 
   t = time.perf_counter()
@@ -379,9 +419,20 @@ def cost_summary(apply_fn, variables, batches, rows_per_batch=None) -> dict:
   for shape, count in shapes.items():
     import numpy as np
 
-    for c in st.gram_costs(apply_fn, variables, np.zeros(shape, np.float32), rows_per_batch=rows_per_batch):
-      e = per_layer.setdefault(c["path"], dict(dim=c["dim"], groups=c["groups"], rows=0,
-                                              nominal_macs=0, executed_macs=0, method=c["method"]))
+    for c in st.gram_costs(
+      apply_fn, variables, np.zeros(shape, np.float32), rows_per_batch=rows_per_batch
+    ):
+      e = per_layer.setdefault(
+        c["path"],
+        dict(
+          dim=c["dim"],
+          groups=c["groups"],
+          rows=0,
+          nominal_macs=0,
+          executed_macs=0,
+          method=c["method"],
+        ),
+      )
       e["rows"] += c["rows"] * count
       e["nominal_macs"] += c["nominal_macs"] * count
       e["executed_macs"] += c["executed_macs"] * count
@@ -389,10 +440,10 @@ def cost_summary(apply_fn, variables, batches, rows_per_batch=None) -> dict:
   executed = sum(e["executed_macs"] for e in per_layer.values())
   largest = max(per_layer.items(), key=lambda kv: kv[1]["nominal_macs"])
   return dict(
-      nominal_flops=2 * nominal,
-      executed_flops=2 * executed,
-      layers=per_layer,
-      largest_layer=largest[0],
+    nominal_flops=2 * nominal,
+    executed_flops=2 * executed,
+    layers=per_layer,
+    largest_layer=largest[0],
   )
 
 
@@ -411,7 +462,9 @@ def matmul_rate(rows: int, d: int, reps: int = 3) -> dict:
     jax.block_until_ready(f(a))
     best = min(best, time.perf_counter() - t)
   flops = 2 * rows * d * d
-  return dict(shape=[rows, d], flops=flops, time_s=round(best, 4), gflops=round(flops / best / 1e9, 2))
+  return dict(
+    shape=[rows, d], flops=flops, time_s=round(best, 4), gflops=round(flops / best / 1e9, 2)
+  )
 
 
 def forward_unit(meter, apply_fn, variables, batches, reps: int = 2) -> dict:
@@ -430,8 +483,12 @@ def forward_unit(meter, apply_fn, variables, batches, reps: int = 2) -> dict:
       out = fwd(variables, b)
     jax.block_until_ready(out)
     times.append(time.perf_counter() - t)
-  return dict(time_s=round(min(times), 4), runs_s=[round(t, 4) for t in times], compile_s=round(comp, 4),
-              note=f"min of {reps} runs")
+  return dict(
+    time_s=round(min(times), 4),
+    runs_s=[round(t, 4) for t in times],
+    compile_s=round(comp, 4),
+    note=f"min of {reps} runs",
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -443,6 +500,7 @@ def bench_model(name: str, args, meter) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   import sap_jax as sj
   from sap_jax import stats as st
 
@@ -450,9 +508,15 @@ def bench_model(name: str, args, meter) -> dict:
   n_trust, b = args.n_trusted, args.batch_size
   s = random_setup(name, args, n_trust, args.seed)
   apply_fn, v = s["apply_fn"], s["variables"]
-  out: dict = dict(model=s["label"], n_trusted=n_trust, batch_size=b, n_train=len(s["x_train"]),
-                   n_val=len(s["x_val"]), weights="random (timing only)",
-                   params=int(sum(a.size for a in jax.tree_util.tree_leaves(v["params"]))))
+  out: dict = dict(
+    model=s["label"],
+    n_trusted=n_trust,
+    batch_size=b,
+    n_train=len(s["x_train"]),
+    n_val=len(s["x_val"]),
+    weights="random (timing only)",
+    params=int(sum(a.size for a in jax.tree_util.tree_leaves(v["params"]))),
+  )
   log(f"[{name}] {s['label']}: {out['params']:,} params")
 
   # Unit: a plain forward over N_trust inputs (the first N_trust training inputs).
@@ -463,7 +527,9 @@ def bench_model(name: str, args, meter) -> dict:
 
   # 1. per-example losses over the training set (warm-up compiles the batch shape).
   sj.per_example_loss(apply_fn, v, s["x_train"][:b], s["y_train"][:b], batch_size=b)
-  scores, wall, comp = timed(meter, sj.per_example_loss, apply_fn, v, s["x_train"], s["y_train"], batch_size=b)
+  scores, wall, comp = timed(
+    meter, sj.per_example_loss, apply_fn, v, s["x_train"], s["y_train"], batch_size=b
+  )
   out["losses"] = phase(wall, comp, samples=len(s["x_train"]))
 
   # 2. trusted selection.
@@ -483,14 +549,21 @@ def bench_model(name: str, args, meter) -> dict:
     stats, wall, comp = timed(meter, st.activation_stats, apply_fn, v, batches, dtype=dtype)
     out["stats"] = phase(wall, comp)
     dec, wall, comp = timed(meter, sj.decompose, v, stats)
-    out["decompose"] = phase(wall, comp, warm_up_compile_s=round(dec_compile, 4),
-                             note="one eigh per layer (LAPACK syevd) and Vᵀ K")
+    out["decompose"] = phase(
+      wall,
+      comp,
+      warm_up_compile_s=round(dec_compile, 4),
+      note="one eigh per layer (LAPACK syevd) and Vᵀ K",
+    )
     new, wall, comp = timed(meter, sj.apply_alpha, v, dec, alpha)
     out["apply_alpha"] = phase(wall, comp, alpha=alpha)
   corr = out["stats"]["time_s"] + out["decompose"]["time_s"] + out["apply_alpha"]["time_s"]
-  out["correction"] = dict(time_s=round(corr, 4), forward_passes=round(corr / unit["time_s"], 2),
-                           memory=mem.report(),
-                           note="activation_stats + decompose + apply_alpha")
+  out["correction"] = dict(
+    time_s=round(corr, 4),
+    forward_passes=round(corr / unit["time_s"], 2),
+    memory=mem.report(),
+    note="activation_stats + decompose + apply_alpha",
+  )
   # FLOPs of the statistics.
   gf_nom = costs["nominal_flops"] / out["stats"]["time_s"] / 1e9
   gf_exe = costs["executed_flops"] / out["stats"]["time_s"] / 1e9
@@ -498,45 +571,63 @@ def bench_model(name: str, args, meter) -> dict:
   rows_b = max(1, big["rows"] // len(batches))
   mm = matmul_rate(min(rows_b, 1 << 17), big["dim"])
   out["stats_flops"] = dict(
-      convention="2 flops per multiply-add; nominal = 2·Σ groups·rows·d² over layers "
-                 "(all rows/patches); executed = what the implementation multiplies",
-      nominal_flops=costs["nominal_flops"],
-      executed_flops=costs["executed_flops"],
-      nominal_gflops_per_s=round(gf_nom, 2),
-      executed_gflops_per_s=round(gf_exe, 2),
-      matmul=mm,
-      nominal_vs_matmul=round(gf_nom / mm["gflops"], 3),
-      executed_vs_matmul=round(gf_exe / mm["gflops"], 3),
-      largest_layer=costs["largest_layer"],
-      layers={k: dict(dim=e["dim"], groups=e["groups"], rows=e["rows"], method=e["method"],
-                      nominal_flops=2 * e["nominal_macs"], executed_flops=2 * e["executed_macs"])
-              for k, e in costs["layers"].items()},
+    convention="2 flops per multiply-add; nominal = 2·Σ groups·rows·d² over layers "
+    "(all rows/patches); executed = what the implementation multiplies",
+    nominal_flops=costs["nominal_flops"],
+    executed_flops=costs["executed_flops"],
+    nominal_gflops_per_s=round(gf_nom, 2),
+    executed_gflops_per_s=round(gf_exe, 2),
+    matmul=mm,
+    nominal_vs_matmul=round(gf_nom / mm["gflops"], 3),
+    executed_vs_matmul=round(gf_exe / mm["gflops"], 3),
+    largest_layer=costs["largest_layer"],
+    layers={
+      k: dict(
+        dim=e["dim"],
+        groups=e["groups"],
+        rows=e["rows"],
+        method=e["method"],
+        nominal_flops=2 * e["nominal_macs"],
+        executed_flops=2 * e["executed_macs"],
+      )
+      for k, e in costs["layers"].items()
+    },
   )
-  log(f"[{name}] correction {corr:.2f}s = {corr / unit['time_s']:.2f} forwards "
-      f"(stats {out['stats']['time_s']:.2f}, decompose {out['decompose']['time_s']:.2f}, "
-      f"apply α {out['apply_alpha']['time_s']:.2f}); stats {gf_nom:.1f} nominal GFLOP/s vs matmul {mm['gflops']}")
+  log(
+    f"[{name}] correction {corr:.2f}s = {corr / unit['time_s']:.2f} forwards "
+    f"(stats {out['stats']['time_s']:.2f}, decompose {out['decompose']['time_s']:.2f}, "
+    f"apply α {out['apply_alpha']['time_s']:.2f}); stats {gf_nom:.1f} nominal GFLOP/s vs matmul {mm['gflops']}"
+  )
   del new
 
   # 6. α sweep of K values on the validation set vs eigh + K evaluations.
   k = len(args.alphas)
   count = jax.jit(lambda v, x, y: jnp.sum(jnp.argmax(apply_fn(v, x), -1) == y))
   vb = b
-  xs = [np.asarray(s["x_val"][i:i + vb]) for i in range(0, len(s["x_val"]), vb)]
-  ys = [np.asarray(s["y_val"][i:i + vb]) for i in range(0, len(s["y_val"]), vb)]
+  xs = [np.asarray(s["x_val"][i : i + vb]) for i in range(0, len(s["x_val"]), vb)]
+  ys = [np.asarray(s["y_val"][i : i + vb]) for i in range(0, len(s["y_val"]), vb)]
   for xb, yb in zip(xs[:1] + xs[-1:], ys[:1] + ys[-1:]):
     jax.block_until_ready(count(v, xb, yb))
   t = time.perf_counter()
   jax.block_until_ready([count(v, xb, yb) for xb, yb in zip(xs, ys)])
   one_eval = time.perf_counter() - t
-  sj.sweep_alpha(apply_fn, v, stats, args.alphas[:1], s["x_val"], s["y_val"], batch_size=vb)  # warm-up
-  sweep, wall, comp = timed(meter, sj.sweep_alpha, apply_fn, v, stats, args.alphas, s["x_val"], s["y_val"],
-                            batch_size=vb)
+  sj.sweep_alpha(
+    apply_fn, v, stats, args.alphas[:1], s["x_val"], s["y_val"], batch_size=vb
+  )  # warm-up
+  sweep, wall, comp = timed(
+    meter, sj.sweep_alpha, apply_fn, v, stats, args.alphas, s["x_val"], s["y_val"], batch_size=vb
+  )
   ideal = out["decompose"]["time_s"] + k * one_eval
   sw = max(wall - comp, 0.0)
-  out["sweep"] = phase(wall, comp, k=k, one_evaluation_s=round(one_eval, 4),
-                       decompose_plus_k_evaluations_s=round(ideal, 4),
-                       ratio=round(sw / ideal, 3),
-                       note="sweep_alpha also evaluates the unchanged model once (K+1 evaluations)")
+  out["sweep"] = phase(
+    wall,
+    comp,
+    k=k,
+    one_evaluation_s=round(one_eval, 4),
+    decompose_plus_k_evaluations_s=round(ideal, 4),
+    ratio=round(sw / ideal, 3),
+    note="sweep_alpha also evaluates the unchanged model once (K+1 evaluations)",
+  )
   log(f"[{name}] sweep K={k}: {sw:.2f}s vs decompose + K evals {ideal:.2f}s")
   del stats, dec
 
@@ -546,17 +637,25 @@ def bench_model(name: str, args, meter) -> dict:
     st.activation_stats(apply_fn, v, batches[:1], rows_per_batch=rpb, dtype=dtype)  # warm-up
     bcost = cost_summary(apply_fn, v, batches, rows_per_batch=rpb)
     with RSSSampler() as bmem:
-      bstats, w1, c1 = timed(meter, st.activation_stats, apply_fn, v, batches, rows_per_batch=rpb, dtype=dtype)
+      bstats, w1, c1 = timed(
+        meter, st.activation_stats, apply_fn, v, batches, rows_per_batch=rpb, dtype=dtype
+      )
       bb, w2, c2 = timed(meter, sj.decompose, v, bstats, consume=True)  # as `correct` does
       new, w3, c3 = timed(meter, sj.apply_alpha, v, bb, alpha)
     t_stats, t_eig, t_proj = w1 - c1, w2 - c2, w3 - c3
     tot = t_stats + t_eig + t_proj
     out["correction_row_budget"] = dict(
-        row_budget_per_layer=args.row_budget, rows_per_batch=rpb,
-        stats_s=round(t_stats, 4), decompose_s=round(t_eig, 4), apply_alpha_s=round(t_proj, 4),
-        time_s=round(tot, 4), forward_passes=round(tot / unit["time_s"], 2),
-        nominal_flops=bcost["nominal_flops"], executed_flops=bcost["executed_flops"],
-        memory=bmem.report())
+      row_budget_per_layer=args.row_budget,
+      rows_per_batch=rpb,
+      stats_s=round(t_stats, 4),
+      decompose_s=round(t_eig, 4),
+      apply_alpha_s=round(t_proj, 4),
+      time_s=round(tot, 4),
+      forward_passes=round(tot / unit["time_s"], 2),
+      nominal_flops=bcost["nominal_flops"],
+      executed_flops=bcost["executed_flops"],
+      memory=bmem.report(),
+    )
     log(f"[{name}] row budget {args.row_budget}: {tot:.2f}s = {tot / unit['time_s']:.2f} forwards")
     del bstats, bb, new
 
@@ -573,6 +672,7 @@ def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
+
   from sap_jax import projection as proj
   from sap_jax import stats as st
 
@@ -582,13 +682,15 @@ def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
   @jax.jit
   def rows_of(v, x, key):
     out = []
-    for i, (path, rows, layout) in enumerate(st.intercepted_rows(apply_fn, v, x)):
+    for i, (_path, rows, layout) in enumerate(st.intercepted_rows(apply_fn, v, x)):
       if layout.groups != 1 or layout.dim > args.svd_max_dim:
         out.append(None)
         continue
       n = rows.shape[0]
       if n > per_batch:
-        rows = jnp.take(rows, jax.random.choice(jax.random.fold_in(key, i), n, (per_batch,), replace=False), 0)
+        rows = jnp.take(
+          rows, jax.random.choice(jax.random.fold_in(key, i), n, (per_batch,), replace=False), 0
+        )
       out.append(rows)
     return out
 
@@ -611,7 +713,9 @@ def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
       if r is not None:
         collected.setdefault(j, []).append(np.asarray(r))
   svd_f = jax.jit(proj.svd_basis)
-  eig_f = jax.jit(lambda r: proj.eigh_basis(jnp.matmul(r.T, r, precision=jax.lax.Precision.HIGHEST)))
+  eig_f = jax.jit(
+    lambda r: proj.eigh_basis(jnp.matmul(r.T, r, precision=jax.lax.Precision.HIGHEST))
+  )
   layers = {}
   tot_svd = tot_eig = 0.0
   for j, parts in collected.items():
@@ -626,17 +730,27 @@ def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
     p_s = proj.projection_matrix(a, 3e4)
     p_e = proj.projection_matrix(bq, 3e4)
     diff = float(jnp.max(jnp.abs(p_s - p_e)))
-    layers[name] = dict(rows=int(r.shape[0]), dim=int(r.shape[1]), svd_s=round(ws - cs, 4),
-                        eigh_s=round(we - ce, 4), max_abs_diff_P_alpha_3e4=round(diff, 6))
+    layers[name] = dict(
+      rows=int(r.shape[0]),
+      dim=int(r.shape[1]),
+      svd_s=round(ws - cs, 4),
+      eigh_s=round(we - ce, 4),
+      max_abs_diff_P_alpha_3e4=round(diff, 6),
+    )
     tot_svd += ws - cs
     tot_eig += we - ce
-  return dict(rows_per_layer=args.svd_rows, max_dim=args.svd_max_dim,
-              note=f"layers with d ≤ {args.svd_max_dim}, ≤ {args.svd_rows} random rows each "
-                   "(the published code's full SVDs of d × 50,000 row matrices take minutes per "
-                   "large layer, so the comparison is restricted to keep the run short); "
-                   "eigh time includes forming RᵀR from the same rows",
-              layers=layers, svd_s=round(tot_svd, 4), eigh_s=round(tot_eig, 4),
-              svd_over_eigh=round(tot_svd / max(tot_eig, 1e-9), 2))
+  return dict(
+    rows_per_layer=args.svd_rows,
+    max_dim=args.svd_max_dim,
+    note=f"layers with d ≤ {args.svd_max_dim}, ≤ {args.svd_rows} random rows each "
+    "(the published code's full SVDs of d × 50,000 row matrices take minutes per "
+    "large layer, so the comparison is restricted to keep the run short); "
+    "eigh time includes forming RᵀR from the same rows",
+    layers=layers,
+    svd_s=round(tot_svd, 4),
+    eigh_s=round(tot_eig, 4),
+    svd_over_eigh=round(tot_svd / max(tot_eig, 1e-9), 2),
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -649,6 +763,7 @@ def child_correction(args) -> dict:
   exactly as `sap_jax.correct` runs them), with its RSS peak."""
   import jax.numpy as jnp
   import numpy as np
+
   import sap_jax as sj
   from sap_jax import stats as st
 
@@ -672,11 +787,16 @@ def child_correction(args) -> dict:
     new, w3, c3 = timed(meter, sj.apply_alpha, v, dec, alpha)
   t1, t2, t3 = w1 - c1, w2 - c2, w3 - c3
   total = t1 + t2 + t3
-  return dict(n_trusted=args.n_trusted, time_s=round(total, 4),
-              stats_s=round(t1, 4), decompose_s=round(t2, 4), apply_alpha_s=round(t3, 4),
-              compile_s=round(c1 + c2 + c3, 4),
-              process_peak_rss_mb=vm_hwm_mb(),
-              **mem.report())
+  return dict(
+    n_trusted=args.n_trusted,
+    time_s=round(total, 4),
+    stats_s=round(t1, 4),
+    decompose_s=round(t2, 4),
+    apply_alpha_s=round(t3, 4),
+    compile_s=round(c1 + c2 + c3, 4),
+    process_peak_rss_mb=vm_hwm_mb(),
+    **mem.report(),
+  )
 
 
 def run_child(args, extra: list[str]) -> dict:
@@ -691,10 +811,24 @@ def run_child(args, extra: list[str]) -> dict:
 
 
 def common_child_flags(args) -> list[str]:
-  flags = ["--batch-size", str(args.batch_size), "--alphas", ",".join(map(repr, args.alphas)),
-           "--width-scale", str(args.width_scale), "--dtype", args.dtype,
-           "--blas-threads", str(args.blas_threads), "--seed", str(args.seed),
-           "--n-train", "1", "--n-val", "1"]
+  flags = [
+    "--batch-size",
+    str(args.batch_size),
+    "--alphas",
+    ",".join(map(repr, args.alphas)),
+    "--width-scale",
+    str(args.width_scale),
+    "--dtype",
+    args.dtype,
+    "--blas-threads",
+    str(args.blas_threads),
+    "--seed",
+    str(args.seed),
+    "--n-train",
+    "1",
+    "--n-val",
+    "1",
+  ]
   if args.quick:
     flags.append("--quick")
   if args.device:
@@ -709,23 +843,34 @@ def bench_scaling(args, main_unit: dict | None) -> dict:
   points = []
   for n in args.scaling:
     log(f"[scaling] {args.scaling_model} N_trust={n} (child process)")
-    res = run_child(args, ["--child", "correction", "--models", args.scaling_model,
-                           "--n-trusted", str(n)] + common_child_flags(args))
+    res = run_child(
+      args,
+      ["--child", "correction", "--models", args.scaling_model, "--n-trusted", str(n)]
+      + common_child_flags(args),
+    )
     if main_unit:
-      res["forward_passes_est"] = round(res["time_s"] / (main_unit["time_s"] * n / args.n_trusted), 2)
-    log(f"[scaling]   {res['time_s']:.2f}s (stats {res['stats_s']:.2f}, decompose {res['decompose_s']:.2f}), "
-        f"peak {res['peak_rss_mb']} MB ({res['peak_above_baseline_mb']} MB above baseline)")
+      res["forward_passes_est"] = round(
+        res["time_s"] / (main_unit["time_s"] * n / args.n_trusted), 2
+      )
+    log(
+      f"[scaling]   {res['time_s']:.2f}s (stats {res['stats_s']:.2f}, decompose {res['decompose_s']:.2f}), "
+      f"peak {res['peak_rss_mb']} MB ({res['peak_above_baseline_mb']} MB above baseline)"
+    )
     points.append(res)
-  out = dict(model=args.scaling_model, points=points,
-             note="one fresh child process per point; forward_passes_est divides by the main run's "
-                  "unit forward scaled linearly to N")
+  out = dict(
+    model=args.scaling_model,
+    points=points,
+    note="one fresh child process per point; forward_passes_est divides by the main run's "
+    "unit forward scaled linearly to N",
+  )
   if len(points) >= 2:
     a, z = points[0], points[-1]
     out["time_growth"] = round(z["time_s"] / a["time_s"], 3)
     out["n_growth"] = round(z["n_trusted"] / a["n_trusted"], 3)
     out["peak_rss_growth"] = round(z["peak_rss_mb"] / a["peak_rss_mb"] - 1.0, 4)
     out["peak_above_baseline_growth"] = round(
-        z["peak_above_baseline_mb"] / max(a["peak_above_baseline_mb"], 1e-9) - 1.0, 4)
+      z["peak_above_baseline_mb"] / max(a["peak_above_baseline_mb"], 1e-9) - 1.0, 4
+    )
   return out
 
 
@@ -744,8 +889,12 @@ def child_eigh_threads(args) -> dict:
     t = time.perf_counter()
     jax.block_until_ready(f(g))
     times.append(time.perf_counter() - t)
-  return dict(dim=d, blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
-              time_s=round(min(times), 4), runs_s=[round(t, 4) for t in times])
+  return dict(
+    dim=d,
+    blas_threads=os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+    time_s=round(min(times), 4),
+    runs_s=[round(t, 4) for t in times],
+  )
 
 
 def bench_eigh_threads(args, dim: int) -> dict:
@@ -758,7 +907,11 @@ def bench_eigh_threads(args, dim: int) -> dict:
     if threads == 0:
       for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.pop(var, None)
-    cmd = [sys.executable, os.path.abspath(__file__)] + flags + (["--device", args.device] if args.device else [])
+    cmd = (
+      [sys.executable, os.path.abspath(__file__)]
+      + flags
+      + (["--device", args.device] if args.device else [])
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
       out[env_note] = dict(error=proc.stderr[-500:])
@@ -774,19 +927,28 @@ def bench_eigh_threads(args, dim: int) -> dict:
 
 def bench_digits(args, meter) -> dict:
   import sap_jax as sj
-  from sap_jax import data
-  from sap_jax import models
+  from sap_jax import data, models
   from sap_jax.train import TrainConfig, eval_apply_fn, train_model
 
   ds = data.load_dataset("digits")
   sp = data.make_splits(ds, noise="symmetric:0.25", seed=args.seed)
   model = models.get("cnn", sp.num_classes, width=32)
   # experiments/configs/table1.py: SGD 0.05, momentum 0.9, wd 5e-4, constant, batch 64.
-  config = TrainConfig(epochs=args.digits_epochs, batch_size=64, learning_rate=0.05, momentum=0.9,
-                       weight_decay=5e-4, schedule="constant", eval_every=10, seed=args.seed)
+  config = TrainConfig(
+    epochs=args.digits_epochs,
+    batch_size=64,
+    learning_rate=0.05,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="constant",
+    eval_every=10,
+    seed=args.seed,
+  )
   log(f"[digits] training {args.digits_epochs} epochs on {len(sp.x_train)} samples")
   c0, t0 = meter.read(), time.perf_counter()
-  res = train_model(model, sp.x_train, sp.y_train, config, x_val=sp.x_val, y_val=sp.y_val, progress=False)
+  res = train_model(
+    model, sp.x_train, sp.y_train, config, x_val=sp.x_val, y_val=sp.y_val, progress=False
+  )
   train_wall = time.perf_counter() - t0
   train_comp = meter.read() - c0
   apply_fn = eval_apply_fn(model)
@@ -794,8 +956,10 @@ def bench_digits(args, meter) -> dict:
   # (sap_jax.baselines.clip_budget).
   n_trust = min(1000, len(sp.x_train) // 2)
   kw = dict(n_trusted=n_trust, batch_size=256)
-  log(f"[digits] SAP (run_sap, N_trust={n_trust}, {len(sj.DEFAULT_ALPHAS)} alphas)"
-      + ("" if args.quick else ", cold then warm"))
+  log(
+    f"[digits] SAP (run_sap, N_trust={n_trust}, {len(sj.DEFAULT_ALPHAS)} alphas)"
+    + ("" if args.quick else ", cold then warm")
+  )
   c0, t0 = meter.read(), time.perf_counter()
   cold = sj.run_sap(apply_fn, res.variables, sp.x_train, sp.y_train, sp.x_val, sp.y_val, **kw)
   cold_wall = time.perf_counter() - t0
@@ -813,22 +977,40 @@ def bench_digits(args, meter) -> dict:
   from sap_jax.train import evaluate
 
   return dict(
-      model="cnn (width 32) on digits 8×8, symmetric 25 % noise",
-      train_config=dict(epochs=args.digits_epochs, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
-                        schedule="constant", eval_every=10,
-                        note="experiments/configs/table1.py's digits setting (80 epochs)"
-                             + ("; --quick: fewer epochs" if args.quick else "")),
-      n_train=len(sp.x_train), n_val=len(sp.x_val), n_trusted=n_trust, alphas=len(sj.DEFAULT_ALPHAS),
-      train_s=round(train_wall, 3), train_compile_s=round(train_comp, 3), train_steady_s=round(train_steady, 3),
-      sap_cold_s=round(cold_wall, 3), sap_cold_compile_s=round(cold_comp, 3),
-      sap_steady_s=round(sap_steady, 3), sap_warm_wall_s=round(warm_wall, 3),
-      sap_phases_warm=dict((k, round(v_, 4)) for k, v_ in warm.timings.items()),
-      ratio_steady=round(sap_steady / train_steady, 5),
-      ratio_cold=round(cold_wall / train_wall, 5),
-      ratio_steady_at_150_epochs_est=round(sap_steady / (train_steady * 150 / args.digits_epochs), 5),
-      test_accuracy_vanilla=round(float(evaluate(apply_fn, res.variables, sp.x_test, sp.y_test)["accuracy"]), 4),
-      test_accuracy_sap=round(float(evaluate(apply_fn, warm.variables, sp.x_test, sp.y_test)["accuracy"]), 4),
-      sap_alpha=warm.alpha,
+    model="cnn (width 32) on digits 8×8, symmetric 25 % noise",
+    train_config=dict(
+      epochs=args.digits_epochs,
+      batch_size=64,
+      lr=0.05,
+      momentum=0.9,
+      weight_decay=5e-4,
+      schedule="constant",
+      eval_every=10,
+      note="experiments/configs/table1.py's digits setting (80 epochs)"
+      + ("; --quick: fewer epochs" if args.quick else ""),
+    ),
+    n_train=len(sp.x_train),
+    n_val=len(sp.x_val),
+    n_trusted=n_trust,
+    alphas=len(sj.DEFAULT_ALPHAS),
+    train_s=round(train_wall, 3),
+    train_compile_s=round(train_comp, 3),
+    train_steady_s=round(train_steady, 3),
+    sap_cold_s=round(cold_wall, 3),
+    sap_cold_compile_s=round(cold_comp, 3),
+    sap_steady_s=round(sap_steady, 3),
+    sap_warm_wall_s=round(warm_wall, 3),
+    sap_phases_warm=dict((k, round(v_, 4)) for k, v_ in warm.timings.items()),
+    ratio_steady=round(sap_steady / train_steady, 5),
+    ratio_cold=round(cold_wall / train_wall, 5),
+    ratio_steady_at_150_epochs_est=round(sap_steady / (train_steady * 150 / args.digits_epochs), 5),
+    test_accuracy_vanilla=round(
+      float(evaluate(apply_fn, res.variables, sp.x_test, sp.y_test)["accuracy"]), 4
+    ),
+    test_accuracy_sap=round(
+      float(evaluate(apply_fn, warm.variables, sp.x_test, sp.y_test)["accuracy"]), 4
+    ),
+    sap_alpha=warm.alpha,
   )
 
 
@@ -842,46 +1024,102 @@ def _goals(result: dict) -> dict:
   m = result.get("models", {})
 
   def add(name, value, target, met, note=""):
-    goals[name] = dict(value=value, target=target, met=bool(met) if value is not None else None, note=note)
+    goals[name] = dict(
+      value=value, target=target, met=bool(met) if value is not None else None, note=note
+    )
 
   r = m.get("resnet18")
   if r:
     f = r["stats_flops"]
-    add("stats_nominal_vs_matmul_resnet18", f["nominal_vs_matmul"], ">= 0.5", f["nominal_vs_matmul"] >= 0.5,
-        "nominal FLOPs (all patches) / stats time, over the machine's matmul rate")
-    add("stats_executed_vs_matmul_resnet18", f["executed_vs_matmul"], ">= 0.5", f["executed_vs_matmul"] >= 0.5,
-        "FLOPs actually multiplied / stats time, over the machine's matmul rate")
-    add("resnet18_correction_forward_passes", r["correction"]["forward_passes"], "<= 12",
-        r["correction"]["forward_passes"] <= 12, f"N_trust={r['n_trusted']}, every patch")
+    add(
+      "stats_nominal_vs_matmul_resnet18",
+      f["nominal_vs_matmul"],
+      ">= 0.5",
+      f["nominal_vs_matmul"] >= 0.5,
+      "nominal FLOPs (all patches) / stats time, over the machine's matmul rate",
+    )
+    add(
+      "stats_executed_vs_matmul_resnet18",
+      f["executed_vs_matmul"],
+      ">= 0.5",
+      f["executed_vs_matmul"] >= 0.5,
+      "FLOPs actually multiplied / stats time, over the machine's matmul rate",
+    )
+    add(
+      "resnet18_correction_forward_passes",
+      r["correction"]["forward_passes"],
+      "<= 12",
+      r["correction"]["forward_passes"] <= 12,
+      f"N_trust={r['n_trusted']}, every patch",
+    )
     if "correction_row_budget" in r:
       b = r["correction_row_budget"]
-      add("resnet18_correction_row_budget_forward_passes", b["forward_passes"], "<= 8",
-          b["forward_passes"] <= 8, f"≤ {b['row_budget_per_layer']} rows per layer")
+      add(
+        "resnet18_correction_row_budget_forward_passes",
+        b["forward_passes"],
+        "<= 8",
+        b["forward_passes"] <= 8,
+        f"≤ {b['row_budget_per_layer']} rows per layer",
+      )
     if "svd_vs_eigh" in r:
-      add("resnet18_svd_over_eigh", r["svd_vs_eigh"]["svd_over_eigh"], "reported",
-          True, r["svd_vs_eigh"]["note"])
-    add("resnet18_correction_peak_rss_mb_in_process", r["correction"]["memory"]["peak_rss_mb"], "< 1536",
-        r["correction"]["memory"]["peak_rss_mb"] < 1536, "main benchmark process (not clean)")
+      add(
+        "resnet18_svd_over_eigh",
+        r["svd_vs_eigh"]["svd_over_eigh"],
+        "reported",
+        True,
+        r["svd_vs_eigh"]["note"],
+      )
+    add(
+      "resnet18_correction_peak_rss_mb_in_process",
+      r["correction"]["memory"]["peak_rss_mb"],
+      "< 1536",
+      r["correction"]["memory"]["peak_rss_mb"] < 1536,
+      "main benchmark process (not clean)",
+    )
   sc = result.get("scaling")
   if sc and sc.get("points"):
     pts = {p["n_trusted"]: p for p in sc["points"]}
     big = max(pts)
-    add(f"{sc['model']}_correction_peak_rss_mb_clean", max(p["peak_rss_mb"] for p in pts.values()), "< 1536",
-        max(p["peak_rss_mb"] for p in pts.values()) < 1536,
-        "max over the scaling points, whole-process RSS of a fresh child")
+    add(
+      f"{sc['model']}_correction_peak_rss_mb_clean",
+      max(p["peak_rss_mb"] for p in pts.values()),
+      "< 1536",
+      max(p["peak_rss_mb"] for p in pts.values()) < 1536,
+      "max over the scaling points, whole-process RSS of a fresh child",
+    )
     if "peak_rss_growth" in sc:
-      add(f"{sc['model']}_peak_rss_growth_{min(pts)}_to_{big}", sc["peak_rss_growth"], "< 0.10",
-          sc["peak_rss_growth"] < 0.10, "relative growth of the child's peak RSS")
+      add(
+        f"{sc['model']}_peak_rss_growth_{min(pts)}_to_{big}",
+        sc["peak_rss_growth"],
+        "< 0.10",
+        sc["peak_rss_growth"] < 0.10,
+        "relative growth of the child's peak RSS",
+      )
   for name, r in m.items():
     if "sweep" in r:
-      add(f"{name}_sweep_over_eigh_plus_k_evals", r["sweep"]["ratio"], "~1 (not K corrections)",
-          r["sweep"]["ratio"] <= 1.5, "sweep_alpha time / (decompose + K × one validation evaluation)")
+      add(
+        f"{name}_sweep_over_eigh_plus_k_evals",
+        r["sweep"]["ratio"],
+        "~1 (not K corrections)",
+        r["sweep"]["ratio"] <= 1.5,
+        "sweep_alpha time / (decompose + K × one validation evaluation)",
+      )
   d = result.get("digits")
   if d:
-    add("digits_sap_over_training_steady", d["ratio_steady"], "<= 0.02", d["ratio_steady"] <= 0.02,
-        "compile excluded on both sides")
-    add("digits_sap_over_training_cold", d["ratio_cold"], "<= 0.02", d["ratio_cold"] <= 0.02,
-        "first call of each, compile included")
+    add(
+      "digits_sap_over_training_steady",
+      d["ratio_steady"],
+      "<= 0.02",
+      d["ratio_steady"] <= 0.02,
+      "compile excluded on both sides",
+    )
+    add(
+      "digits_sap_over_training_cold",
+      d["ratio_cold"],
+      "<= 0.02",
+      d["ratio_cold"] <= 0.02,
+      "first call of each, compile included",
+    )
   return goals
 
 
@@ -915,24 +1153,38 @@ def main(argv=None) -> dict:
   t_start = time.perf_counter()
   meter = CompileMeter()
   result: dict = dict(
-      benchmark="sap_jax benchmarks/bench_sap.py",
-      command=" ".join([os.path.basename(sys.executable), "benchmarks/bench_sap.py"] + (argv if argv is not None else sys.argv[1:])),
-      quick=args.quick,
-      settings=dict(n_trusted=args.n_trusted, batch_size=args.batch_size, n_train=args.n_train, n_val=args.n_val,
-                    alphas=args.alphas, scaling=args.scaling, scaling_model=args.scaling_model,
-                    row_budget=args.row_budget, svd_rows=args.svd_rows, svd_max_dim=args.svd_max_dim,
-                    digits_epochs=args.digits_epochs, width_scale=args.width_scale, dtype=args.dtype),
-      device=device_info(args),
-      conventions=dict(
-          unit="one eval-mode forward over the N_trust inputs, batched like the correction",
-          flops="2 per multiply-add",
-          timing="warm-up excluded; compile reported separately (jax.monitoring trace+lower+compile "
-                 "events subtracted from calls that compile)",
-          memory="resident set size (psutil), sampled every 2 ms",
-          compile_cache="JAX persistent compilation cache shared by this process and its children "
-                        "(the main process compiles first; children mostly hit it)",
-      ),
-      models={},
+    benchmark="sap_jax benchmarks/bench_sap.py",
+    command=" ".join(
+      [os.path.basename(sys.executable), "benchmarks/bench_sap.py"]
+      + (argv if argv is not None else sys.argv[1:])
+    ),
+    quick=args.quick,
+    settings=dict(
+      n_trusted=args.n_trusted,
+      batch_size=args.batch_size,
+      n_train=args.n_train,
+      n_val=args.n_val,
+      alphas=args.alphas,
+      scaling=args.scaling,
+      scaling_model=args.scaling_model,
+      row_budget=args.row_budget,
+      svd_rows=args.svd_rows,
+      svd_max_dim=args.svd_max_dim,
+      digits_epochs=args.digits_epochs,
+      width_scale=args.width_scale,
+      dtype=args.dtype,
+    ),
+    device=device_info(args),
+    conventions=dict(
+      unit="one eval-mode forward over the N_trust inputs, batched like the correction",
+      flops="2 per multiply-add",
+      timing="warm-up excluded; compile reported separately (jax.monitoring trace+lower+compile "
+      "events subtracted from calls that compile)",
+      memory="resident set size (psutil), sampled every 2 ms",
+      compile_cache="JAX persistent compilation cache shared by this process and its children "
+      "(the main process compiles first; children mostly hit it)",
+    ),
+    models={},
   )
   for name in args.models:
     result["models"][name] = bench_model(name, args, meter)

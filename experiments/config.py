@@ -30,27 +30,27 @@ from typing import Any
 from sap_jax import jsonio
 
 __all__ = [
-    "Config",
-    "MethodSpec",
-    "Setup",
-    "TableSpec",
-    "Variant",
-    "apply_overrides",
-    "load_config",
-    "to_dict",
+  "Config",
+  "MethodSpec",
+  "Setup",
+  "TableSpec",
+  "Variant",
+  "apply_overrides",
+  "load_config",
+  "to_dict",
 ]
 
 PAPER_SEEDS = (12484, 32087, 35416)
 """The paper's three seeds."""
 
 METHOD_LABELS = {
-    "vanilla": "Vanilla",
-    "sap": "SAP",
-    "retrain": "Retrain",
-    "finetune": "Finetune",
-    "ssd": "SSD",
-    "scrub": "SCRUB",
-    "cleaning": "Cleaning (CL)",
+  "vanilla": "Vanilla",
+  "sap": "SAP",
+  "retrain": "Retrain",
+  "finetune": "Finetune",
+  "ssd": "SSD",
+  "scrub": "SCRUB",
+  "cleaning": "Cleaning (CL)",
 }
 """Table row names of the registered methods (the paper's spelling)."""
 
@@ -251,8 +251,10 @@ def load_config(ref: str | Path) -> tuple[Config, Any]:
     raise ValueError(f"Config module {module.__name__} has no get_config().")
   config = module.get_config()
   if not isinstance(config, Config):
-    raise ValueError(f"{module.__name__}.get_config() returned {type(config).__name__}, "
-                     "expected experiments.config.Config.")
+    raise ValueError(
+      f"{module.__name__}.get_config() returned {type(config).__name__}, "
+      "expected experiments.config.Config."
+    )
   return config, module
 
 

@@ -22,10 +22,9 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from experiments.config import Config, MethodSpec, Setup, Variant
 from sap_jax.spec import RunSpec
 from sap_jax.train import TrainConfig
-
-from experiments.config import Config, MethodSpec, Setup, Variant
 
 __all__ = ["Cell", "expand", "groups", "method_key", "run_spec", "vanilla_key"]
 
@@ -94,15 +93,15 @@ def run_spec(config: Config, setup: Setup, noise: str, variant: Variant, seed: i
   """The vanilla run: shared train fields ← setup's ← variant's, then the seed."""
   fields = {**config.train, **setup.train, **variant.train, "seed": int(seed)}
   return RunSpec(
-      dataset=setup.dataset,
-      noise=noise,
-      model=setup.model,
-      seed=int(seed),
-      val_fraction=setup.val_fraction,
-      data_root=setup.data_root,
-      data_options=dict(setup.data_options),
-      model_kwargs=dict(setup.model_kwargs),
-      train=TrainConfig(**fields),
+    dataset=setup.dataset,
+    noise=noise,
+    model=setup.model,
+    seed=int(seed),
+    val_fraction=setup.val_fraction,
+    data_root=setup.data_root,
+    data_options=dict(setup.data_options),
+    model_kwargs=dict(setup.model_kwargs),
+    train=TrainConfig(**fields),
   )
 
 
@@ -140,8 +139,9 @@ def expand(config: Config) -> list[Cell]:
             key = f"{vkey}--{method_key(method)}"
             if key in seen:
               raise ValueError(
-                  f"Cells {seen[key]!r} and {method.display!r} of {vkey} are identical "
-                  "(same method and kwargs); remove one.")
+                f"Cells {seen[key]!r} and {method.display!r} of {vkey} are identical "
+                "(same method and kwargs); remove one."
+              )
             seen[key] = method.display
             cells.append(Cell(setup, noise, variant, int(seed), method, spec, vkey, key))
   return cells

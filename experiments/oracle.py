@@ -21,8 +21,17 @@ import numpy as np
 __all__ = ["sap_extras"]
 
 
-def sap_extras(result, apply_fn, variables, splits, *, oracle: bool, alpha_curve: bool,
-               spectra: bool, batch_size: int = 512) -> dict[str, Any]:
+def sap_extras(
+  result,
+  apply_fn,
+  variables,
+  splits,
+  *,
+  oracle: bool,
+  alpha_curve: bool,
+  spectra: bool,
+  batch_size: int = 512,
+) -> dict[str, Any]:
   """The oracle α, the α curve and the spectra of one SAP cell.
 
   Args:
@@ -51,8 +60,9 @@ def sap_extras(result, apply_fn, variables, splits, *, oracle: bool, alpha_curve
   if oracle and bool(splits.noise_mask.any()):
     named["val_clean"] = (splits.x_val, splits.y_val_clean)
   if oracle or alpha_curve:
-    curves = sj.score_alphas(apply_fn, variables, sap.decomposition, alphas, named,
-                             batch_size=batch_size)
+    curves = sj.score_alphas(
+      apply_fn, variables, sap.decomposition, alphas, named, batch_size=batch_size
+    )
     if "val_clean" in curves:
       clean = curves["val_clean"]
       alpha_oracle, acc_oracle = sj.choose_alpha(alphas, clean.accuracies, clean.baseline)
@@ -60,15 +70,17 @@ def sap_extras(result, apply_fn, variables, splits, *, oracle: bool, alpha_curve
       out["alpha_oracle"] = alpha_oracle
       out["val_accuracy_clean_oracle_alpha"] = acc_oracle
       out["test_accuracy_oracle_alpha"] = (
-          test.baseline if alpha_oracle is None
-          else float(test.accuracies[alphas.index(alpha_oracle)]))
+        test.baseline
+        if alpha_oracle is None
+        else float(test.accuracies[alphas.index(alpha_oracle)])
+      )
     if alpha_curve:
       diff = float(np.max(np.abs(curves["val_noisy"].accuracies - sap.sweep.accuracies)))
       out["alpha_curve"] = {
-          "alphas": alphas,
-          **{name: c.accuracies.tolist() for name, c in curves.items()},
-          "baseline": {name: float(c.baseline) for name, c in curves.items()},
-          "check_max_abs_diff": diff,
+        "alphas": alphas,
+        **{name: c.accuracies.tolist() for name, c in curves.items()},
+        "baseline": {name: float(c.baseline) for name, c in curves.items()},
+        "check_max_abs_diff": diff,
       }
   if spectra:
     out["spectra"] = {}

@@ -71,8 +71,9 @@ def _save(plt, fig, workdir, name: str) -> Path:
 def _grid_axes(plt, n: int, width: float = 4.2, height: float = 3.2):
   ncols = min(n, 4)
   nrows = int(np.ceil(n / ncols))
-  fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 6.0), height * nrows + 0.6),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+    nrows, ncols, figsize=(max(width * ncols, 6.0), height * nrows + 0.6), squeeze=False
+  )
   for ax in axes.flat[n:]:
     ax.axis("off")
   return fig, list(axes.flat[:n])
@@ -82,15 +83,21 @@ def alpha_curve(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
   """accuracy vs α, one panel per setting (the first SAP row of the config)."""
   plt = _plt()
   sap_labels = [m.display for m in config.methods if m.name == "sap"]
-  groups = {k: v for k, v in _sap_groups(cells, records, label=sap_labels[0]).items()
-            if all("alpha_curve" in r for r in v)}
+  groups = {
+    k: v
+    for k, v in _sap_groups(cells, records, label=sap_labels[0]).items()
+    if all("alpha_curve" in r for r in v)
+  }
   if not groups:
     return []
   fig, axes = _grid_axes(plt, len(groups))
   for ax, ((setting, _), recs) in zip(axes, groups.items()):
     alphas = np.asarray(recs[0]["alpha_curve"]["alphas"])
-    for key, name, color in (("test", "clean test", "C0"), ("val_noisy", "noisy val", "C1"),
-                             ("val_clean", "clean val (oracle)", "C2")):
+    for key, name, color in (
+      ("test", "clean test", "C0"),
+      ("val_noisy", "noisy val", "C1"),
+      ("val_clean", "clean val (oracle)", "C2"),
+    ):
       curves = [r["alpha_curve"][key] for r in recs if r["alpha_curve"].get(key) is not None]
       if not curves:
         continue
@@ -111,8 +118,11 @@ def alpha_curve(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=8, loc="lower left")
-  fig.suptitle("SAP: accuracy against α (mean ± std over seeds)\ndashed: unchanged model; "
-               "dotted: α picked on the noisy validation split, per seed", fontsize=10)
+  fig.suptitle(
+    "SAP: accuracy against α (mean ± std over seeds)\ndashed: unchanged model; "
+    "dotted: α picked on the noisy validation split, per seed",
+    fontsize=10,
+  )
   return [_save(plt, fig, workdir, "alpha_curve.png")]
 
 
@@ -139,8 +149,9 @@ def ntrust(config, cells, records, workdir, checkpoint_dir) -> list[Path]:
     mean = np.array([np.mean(points[n]) for n in ns])
     std = np.array([_std(points[n]) for n in ns])
     ax.errorbar(ns, mean, yerr=std, fmt="o-", capsize=3, label="SAP")
-    ax.axhline(100 * np.mean(list(vanilla[setting].values())), color="k", ls="--", lw=1,
-               label="vanilla")
+    ax.axhline(
+      100 * np.mean(list(vanilla[setting].values())), color="k", ls="--", lw=1, label="vanilla"
+    )
     ax.set_xscale("log")
     ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xticks(ns)
@@ -217,38 +228,55 @@ def decision_boundary(config, cells, records, workdir, checkpoint_dir) -> list[P
     for ax, (cell, rec, variables) in zip(axes[0], panels):
       logits = train.predict_logits(apply_fn, variables, mesh)
       pred = np.argmax(logits, -1).reshape(gx.shape)
-      ax.contourf(gx, gy, pred, levels=[-0.5, 0.5, 1.5], colors=["#9ecae1", "#fdae6b"],
-                  alpha=0.6)
+      ax.contourf(gx, gy, pred, levels=[-0.5, 0.5, 1.5], colors=["#9ecae1", "#fdae6b"], alpha=0.6)
       ax.contour(gx, gy, pred, levels=[0.5], colors="k", linewidths=0.8)
       colors = np.where(splits.y_train == 0, "#08519c", "#a63603")
       ax.scatter(*splits.x_train[~flipped].T, c=colors[~flipped], s=6, lw=0)
-      ax.scatter(*splits.x_train[flipped].T, c=colors[flipped], s=28, marker="X",
-                 edgecolors="k", linewidths=0.6)
+      ax.scatter(
+        *splits.x_train[flipped].T,
+        c=colors[flipped],
+        s=28,
+        marker="X",
+        edgecolors="k",
+        linewidths=0.6,
+      )
       title = cell.method.display
       if cell.method.name == "sap" and rec.get("alpha"):
         title += f" (α={rec['alpha']:g})"
       fit = rec["fit_noisy"]
-      ax.set_title(f"{title}\nclean test {100 * rec['test_accuracy']:.1f}%, fits "
-                   f"{100 * fit:.0f}% of flipped" if fit is not None else title, fontsize=10)
+      ax.set_title(
+        f"{title}\nclean test {100 * rec['test_accuracy']:.1f}%, fits {100 * fit:.0f}% of flipped"
+        if fit is not None
+        else title,
+        fontsize=10,
+      )
       ax.set_xticks([])
       ax.set_yticks([])
-    fig.suptitle(f"Two spirals, {grid.pretty_noise(spec.noise)} label noise (X: flipped "
-                 f"labels, drawn in their noisy class's colour), seed {spec.seed}",
-                 fontsize=10)
+    fig.suptitle(
+      f"Two spirals, {grid.pretty_noise(spec.noise)} label noise (X: flipped "
+      f"labels, drawn in their noisy class's colour), seed {spec.seed}",
+      fontsize=10,
+    )
     written.append(_save(plt, fig, workdir, f"decision_boundary_s{spec.seed}.png"))
   return written
 
 
 PLOTS: dict[str, Callable[..., list[Path]]] = {
-    "alpha_curve": alpha_curve,
-    "ntrust": ntrust,
-    "spectra": spectra,
-    "decision_boundary": decision_boundary,
+  "alpha_curve": alpha_curve,
+  "ntrust": ntrust,
+  "spectra": spectra,
+  "decision_boundary": decision_boundary,
 }
 
 
-def draw(name: str, config: cfg.Config, cells: Sequence[grid.Cell],
-         records: Mapping[str, dict], workdir: Path, checkpoint_dir: Path) -> list[Path]:
+def draw(
+  name: str,
+  config: cfg.Config,
+  cells: Sequence[grid.Cell],
+  records: Mapping[str, dict],
+  workdir: Path,
+  checkpoint_dir: Path,
+) -> list[Path]:
   """Draws the plot ``name`` into ``workdir``; returns the files written."""
   if name not in PLOTS:
     raise ValueError(f"Unknown plot {name!r}; known: {', '.join(PLOTS)}.")

@@ -47,18 +47,18 @@ from sap_jax.jsonio import write_json_atomic
 from sap_jax.metrics import split_metrics
 
 __all__ = [
-    "RECORD_VERSION",
-    "IncompatibleWorkdir",
-    "Vanilla",
-    "check_workdir",
-    "default_checkpoint_dir",
-    "default_workdir",
-    "load_records",
-    "load_vanilla",
-    "main",
-    "run_cell",
-    "run_grid",
-    "write_outputs",
+  "RECORD_VERSION",
+  "IncompatibleWorkdir",
+  "Vanilla",
+  "check_workdir",
+  "default_checkpoint_dir",
+  "default_workdir",
+  "load_records",
+  "load_vanilla",
+  "main",
+  "run_cell",
+  "run_grid",
+  "write_outputs",
 ]
 
 RECORD_VERSION = 1
@@ -68,11 +68,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SCRATCH_DIR = RESULTS_DIR / "_work"  # gitignored: checkpoints never get committed
 
 # Index sets of the methods' details whose label-noise rate is recorded.
-_INDEX_SETS = {"trusted_indices": "trusted", "retain_indices": "retain",
-               "forget_indices": "forget"}
+_INDEX_SETS = {"trusted_indices": "trusted", "retain_indices": "retain", "forget_indices": "forget"}
 # Method details left out of records: big arrays, and objects such as SAP's whole result.
-_DROP_DETAILS = {"pred_probs", "folds", "flagged", "flagged_per_setting", "history",
-                 "sap_result", *_INDEX_SETS}
+_DROP_DETAILS = {
+  "pred_probs",
+  "folds",
+  "flagged",
+  "flagged_per_setting",
+  "history",
+  "sap_result",
+  *_INDEX_SETS,
+}
 
 
 class IncompatibleWorkdir(RuntimeError):
@@ -141,14 +147,21 @@ def check_workdir(config: cfg.Config, workdir: Path, *, write: bool = True) -> N
   want = (config.name, config.version, RECORD_VERSION)
   if found is not None and tuple(found) != want:
     raise IncompatibleWorkdir(
-        f"{workdir} holds records of config {found[0]!r} version {found[1]} (record format "
-        f"{found[2]}), not {want[0]!r} version {want[1]} (format {want[2]}). Its records "
-        "would be mixed with incompatible ones: pass another --workdir, or delete "
-        f"{workdir / 'cells'} to start over.")
+      f"{workdir} holds records of config {found[0]!r} version {found[1]} (record format "
+      f"{found[2]}), not {want[0]!r} version {want[1]} (format {want[2]}). Its records "
+      "would be mixed with incompatible ones: pass another --workdir, or delete "
+      f"{workdir / 'cells'} to start over."
+    )
   if write:
-    write_json_atomic(meta_path, {"name": config.name, "version": config.version,
-                                  "record_version": RECORD_VERSION,
-                                  "config": cfg.to_dict(config)})
+    write_json_atomic(
+      meta_path,
+      {
+        "name": config.name,
+        "version": config.version,
+        "record_version": RECORD_VERSION,
+        "config": cfg.to_dict(config),
+      },
+    )
 
 
 def record_path(workdir: Path, key: str) -> Path:
@@ -185,8 +198,14 @@ class Vanilla:
   trained_now: bool
 
 
-def load_vanilla(spec, key: str, checkpoint_dir: Path, *, train_progress: bool = False,
-                 echo: Callable[[str], None] = print) -> Vanilla:
+def load_vanilla(
+  spec,
+  key: str,
+  checkpoint_dir: Path,
+  *,
+  train_progress: bool = False,
+  echo: Callable[[str], None] = print,
+) -> Vanilla:
   """Loads ``<checkpoint_dir>/<key>``, or trains the model and saves it there."""
   from sap_jax import checkpoint, train
   from sap_jax.spec import RunSpec, build_model, build_splits
@@ -199,24 +218,40 @@ def load_vanilla(spec, key: str, checkpoint_dir: Path, *, train_progress: bool =
     variables, meta = checkpoint.load_checkpoint(path)
     stored = RunSpec.from_dict(meta["spec"])
     if grid.vanilla_key(stored) != key:
-      raise ValueError(f"Checkpoint {path} holds run {grid.vanilla_key(stored)}, not {key}; "
-                       "remove it.")
+      raise ValueError(
+        f"Checkpoint {path} holds run {grid.vanilla_key(stored)}, not {key}; remove it."
+      )
     train_time = float(meta.get("metrics", {}).get("train_time_s", float("nan")))
     trained_now = False
   else:
-    echo(f"train {key}: {spec.model} on {spec.dataset} ({len(splits.x_train)} samples, "
-         f"{int(splits.noise_mask.sum())} corrupted), {spec.train.epochs} epochs")
-    result = train.train_model(model, splits.x_train, splits.y_train, spec.train,
-                               x_val=splits.x_val, y_val=splits.y_val,
-                               progress=train_progress)
+    echo(
+      f"train {key}: {spec.model} on {spec.dataset} ({len(splits.x_train)} samples, "
+      f"{int(splits.noise_mask.sum())} corrupted), {spec.train.epochs} epochs"
+    )
+    result = train.train_model(
+      model,
+      splits.x_train,
+      splits.y_train,
+      spec.train,
+      x_val=splits.x_val,
+      y_val=splits.y_val,
+      progress=train_progress,
+    )
     variables, train_time, trained_now = result.variables, result.train_time_s, True
   metrics = split_metrics(apply_fn, variables, splits)
   if trained_now:
     try:
       checkpoint.save_checkpoint(
-          path, variables,
-          {"kind": "trained", "vanilla_key": key, "spec": spec.to_dict(),
-           "metrics": {**metrics, "train_time_s": train_time}, "history": result.history})
+        path,
+        variables,
+        {
+          "kind": "trained",
+          "vanilla_key": key,
+          "spec": spec.to_dict(),
+          "metrics": {**metrics, "train_time_s": train_time},
+          "history": result.history,
+        },
+      )
     except FileExistsError:
       # Another runner (e.g. a second config sharing this run) saved it first;
       # its run is the same deterministic training, so keep going.
@@ -254,64 +289,76 @@ def environment() -> dict[str, Any]:
   except OSError:
     pass
   try:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                            capture_output=True, text=True, timeout=10).stdout.strip() or None
+    commit = (
+      subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        cwd=Path(__file__).resolve().parent,
+        capture_output=True,
+        text=True,
+        timeout=10,
+      ).stdout.strip()
+      or None
+    )
   except (OSError, subprocess.SubprocessError):
     commit = None
   return {
-      "python": platform.python_version(),
-      "packages": {n: version(n) for n in ("jax", "jaxlib", "flax", "optax", "numpy",
-                                           "scikit-learn", "cleanlab", "mnist1d")},
-      "platform": jax.default_backend(),
-      "cpu": cpu,
-      "cpu_simd": simd,
-      "cpu_count": os.cpu_count(),
-      "cores_in_use": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "git_commit": commit,
+    "python": platform.python_version(),
+    "packages": {
+      n: version(n)
+      for n in ("jax", "jaxlib", "flax", "optax", "numpy", "scikit-learn", "cleanlab", "mnist1d")
+    },
+    "platform": jax.default_backend(),
+    "cpu": cpu,
+    "cpu_simd": simd,
+    "cpu_count": os.cpu_count(),
+    "cores_in_use": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "git_commit": commit,
   }
 
 
-def run_cell(config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *,
-             checkpoint_dir: Path | None = None) -> dict[str, Any]:
+def run_cell(
+  config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *, checkpoint_dir: Path | None = None
+) -> dict[str, Any]:
   """Runs one method on one vanilla model and returns the cell record."""
   from sap_jax import baselines, checkpoint
 
   splits = vanilla.splits
   method = baselines.get_method(cell.method.name, **dict(cell.method.kwargs))
-  task = baselines.CorrectionTask.from_splits(vanilla.model, vanilla.variables, splits,
-                                              vanilla.spec.train, seed=cell.seed)
+  task = baselines.CorrectionTask.from_splits(
+    vanilla.model, vanilla.variables, splits, vanilla.spec.train, seed=cell.seed
+  )
   result = method.run(task)
   metrics = split_metrics(vanilla.apply_fn, result.variables, splits)
   record: dict[str, Any] = {
-      "record_version": RECORD_VERSION,
-      "config_name": config.name,
-      "config_version": config.version,
-      "cell_key": cell.key,
-      "vanilla_key": cell.vanilla_key,
-      "setup": cell.field("setup"),
-      "dataset": cell.setup.dataset,
-      "model": cell.setup.model,
-      "model_kwargs": dict(cell.setup.model_kwargs),
-      "noise": cell.noise,
-      "variant": cell.variant.label,
-      "seed": cell.seed,
-      "method": cell.method.display,
-      "method_name": cell.method.name,
-      "method_kwargs": dict(cell.method.kwargs),
-      "chosen": _small(result.chosen),
-      "num_settings": int(result.num_settings),
-      "wall_time_s": float(result.wall_time_s),
-      **metrics,
-      "vanilla": {**vanilla.metrics, "train_time_s": vanilla.train_time_s},
-      "n_train": int(len(splits.x_train)),
-      "n_val": int(len(splits.x_val)),
-      "n_test": int(len(splits.x_test)),
-      "noise_rate_observed": float(splits.noise_mask.mean()),
-      "train_config": vanilla.spec.train.to_dict(),
-      "details": _small({k: v for k, v in result.details.items() if k not in _DROP_DETAILS}),
-      "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-      "environment": environment(),
+    "record_version": RECORD_VERSION,
+    "config_name": config.name,
+    "config_version": config.version,
+    "cell_key": cell.key,
+    "vanilla_key": cell.vanilla_key,
+    "setup": cell.field("setup"),
+    "dataset": cell.setup.dataset,
+    "model": cell.setup.model,
+    "model_kwargs": dict(cell.setup.model_kwargs),
+    "noise": cell.noise,
+    "variant": cell.variant.label,
+    "seed": cell.seed,
+    "method": cell.method.display,
+    "method_name": cell.method.name,
+    "method_kwargs": dict(cell.method.kwargs),
+    "chosen": _small(result.chosen),
+    "num_settings": int(result.num_settings),
+    "wall_time_s": float(result.wall_time_s),
+    **metrics,
+    "vanilla": {**vanilla.metrics, "train_time_s": vanilla.train_time_s},
+    "n_train": int(len(splits.x_train)),
+    "n_val": int(len(splits.x_val)),
+    "n_test": int(len(splits.x_test)),
+    "noise_rate_observed": float(splits.noise_mask.mean()),
+    "train_config": vanilla.spec.train.to_dict(),
+    "details": _small({k: v for k, v in result.details.items() if k not in _DROP_DETAILS}),
+    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    "environment": environment(),
   }
   for key, name in _INDEX_SETS.items():
     if key in result.details:
@@ -319,15 +366,31 @@ def run_cell(config: cfg.Config, cell: grid.Cell, vanilla: Vanilla, *,
       record[f"{name}_size"] = int(idx.size)
       record[f"{name}_noise_rate"] = float(splits.noise_mask[idx].mean()) if idx.size else None
   if cell.method.name == "sap":
-    record.update(oracle.sap_extras(result, vanilla.apply_fn, vanilla.variables, splits,
-                                    oracle=config.oracle, alpha_curve=config.alpha_curve,
-                                    spectra=config.record_spectra,
-                                    batch_size=max(int(method.hparams["batch_size"]), 512)))
+    record.update(
+      oracle.sap_extras(
+        result,
+        vanilla.apply_fn,
+        vanilla.variables,
+        splits,
+        oracle=config.oracle,
+        alpha_curve=config.alpha_curve,
+        spectra=config.record_spectra,
+        batch_size=max(int(method.hparams["batch_size"]), 512),
+      )
+    )
   if checkpoint_dir is not None and cell.method.display in config.save_variables:
     checkpoint.save_checkpoint(
-        Path(checkpoint_dir) / "corrected" / cell.key, result.variables,
-        {"kind": cell.method.name, "cell_key": cell.key, "vanilla_key": cell.vanilla_key,
-         "spec": vanilla.spec.to_dict(), "chosen": record["chosen"]}, overwrite=True)
+      Path(checkpoint_dir) / "corrected" / cell.key,
+      result.variables,
+      {
+        "kind": cell.method.name,
+        "cell_key": cell.key,
+        "vanilla_key": cell.vanilla_key,
+        "spec": vanilla.spec.to_dict(),
+        "chosen": record["chosen"],
+      },
+      overwrite=True,
+    )
   return record
 
 
@@ -339,12 +402,15 @@ def _log_line(i: int, n: int, rec: dict) -> str:
     extra = f" α={alpha:g}" if alpha else " α=kept"
     if "alpha_oracle" in rec:
       oa = rec["alpha_oracle"]
-      extra += f" (oracle {oa:g}: {pct(rec['test_accuracy_oracle_alpha'])})" if oa else \
-          " (oracle kept)"
-  return (f"[{i}/{n}] {rec['setup']} {rec['noise']} {rec['variant']} s{rec['seed']} "
-          f"{rec['method']:<14} test {pct(rec['test_accuracy'])} (vanilla "
-          f"{pct(rec['vanilla']['test_accuracy'])}) fit {pct(rec['fit_noisy'])} "
-          f"{rec['wall_time_s']:6.1f}s{extra}")
+      extra += (
+        f" (oracle {oa:g}: {pct(rec['test_accuracy_oracle_alpha'])})" if oa else " (oracle kept)"
+      )
+  return (
+    f"[{i}/{n}] {rec['setup']} {rec['noise']} {rec['variant']} s{rec['seed']} "
+    f"{rec['method']:<14} test {pct(rec['test_accuracy'])} (vanilla "
+    f"{pct(rec['vanilla']['test_accuracy'])}) fit {pct(rec['fit_noisy'])} "
+    f"{rec['wall_time_s']:6.1f}s{extra}"
+  )
 
 
 @dataclasses.dataclass
@@ -360,11 +426,18 @@ class RunSummary:
   wall_time_s: float
 
 
-def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
-             checkpoint_dir: Path | str | None = None, max_cells: int | None = None,
-             progress: bool = True, train_progress: bool = False, fail_fast: bool = False,
-             echo: Callable[[str], None] | None = None,
-             shard: tuple[int, int] | None = None) -> RunSummary:
+def run_grid(
+  config: cfg.Config,
+  workdir: Path | str | None = None,
+  *,
+  checkpoint_dir: Path | str | None = None,
+  max_cells: int | None = None,
+  progress: bool = True,
+  train_progress: bool = False,
+  fail_fast: bool = False,
+  echo: Callable[[str], None] | None = None,
+  shard: tuple[int, int] | None = None,
+) -> RunSummary:
   """Runs every unfinished cell of ``config``.
 
   Args:
@@ -401,20 +474,29 @@ def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
     todo = [c for c in todo if order[c.vanilla_key] % count == index]
   done_before = len(cells) - len(todo)
   if max_cells is not None:
-    todo = todo[:max(0, int(max_cells))]
+    todo = todo[: max(0, int(max_cells))]
   # disable=None: no bar when stderr is not a terminal (nohup logs get the
   # one-line-per-cell log, which carries the count and an ETA).
-  bar = tqdm(total=len(todo), disable=None if progress else True, desc=config.name,
-             unit="cell", mininterval=2.0, file=sys.stderr)
+  bar = tqdm(
+    total=len(todo),
+    disable=None if progress else True,
+    desc=config.name,
+    unit="cell",
+    mininterval=2.0,
+    file=sys.stderr,
+  )
   say = echo or bar.write
-  say(f"{config.name}: {len(cells)} cells, {done_before} done, running {len(todo)}; "
-      f"records in {workdir / 'cells'}, checkpoints in {checkpoint_dir}")
+  say(
+    f"{config.name}: {len(cells)} cells, {done_before} done, running {len(todo)}; "
+    f"records in {workdir / 'cells'}, checkpoints in {checkpoint_dir}"
+  )
   ran, failed, trained, i = 0, [], 0, done_before
   log_path = workdir / "run.log"
   for vkey, group in grid.groups(todo):
     try:
-      vanilla = load_vanilla(group[0].spec, vkey, checkpoint_dir,
-                             train_progress=train_progress, echo=say)
+      vanilla = load_vanilla(
+        group[0].spec, vkey, checkpoint_dir, train_progress=train_progress, echo=say
+      )
     except Exception:
       if fail_fast:
         raise
@@ -445,8 +527,9 @@ def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
       bar.update(1)
   bar.close()
   remaining = sum(not record_path(workdir, c.key).is_file() for c in cells)
-  return RunSummary(len(cells), done_before, ran, failed, remaining, trained,
-                    time.perf_counter() - start)
+  return RunSummary(
+    len(cells), done_before, ran, failed, remaining, trained, time.perf_counter() - start
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -454,9 +537,13 @@ def run_grid(config: cfg.Config, workdir: Path | str | None = None, *,
 # ---------------------------------------------------------------------------
 
 
-def write_outputs(config: cfg.Config, workdir: Path | str | None = None, *,
-                  checkpoint_dir: Path | str | None = None,
-                  echo: Callable[[str], None] = print) -> list[Path]:
+def write_outputs(
+  config: cfg.Config,
+  workdir: Path | str | None = None,
+  *,
+  checkpoint_dir: Path | str | None = None,
+  echo: Callable[[str], None] = print,
+) -> list[Path]:
   """Rewrites ``table.md``, ``table.csv``, ``cells.csv`` and the plots from the records."""
   from experiments import plots, tables
 
@@ -466,8 +553,10 @@ def write_outputs(config: cfg.Config, workdir: Path | str | None = None, *,
   records = load_records(workdir, cells)
   on_disk = len(list((workdir / "cells").glob("*.json")))
   if on_disk > len(records):
-    echo(f"note: {on_disk - len(records)} record(s) in {workdir / 'cells'} are not cells of "
-         "the current grid; they are left out of the tables.")
+    echo(
+      f"note: {on_disk - len(records)} record(s) in {workdir / 'cells'} are not cells of "
+      "the current grid; they are left out of the tables."
+    )
   if not records:
     echo(f"no records in {workdir / 'cells'} yet; nothing to tabulate.")
     return []
@@ -487,27 +576,43 @@ def write_outputs(config: cfg.Config, workdir: Path | str | None = None, *,
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="python -m experiments.run",
-      description="Run an experiment grid from a config file (vanilla checkpoints are "
-                  "trained once and reused; finished cells are skipped).")
+    prog="python -m experiments.run",
+    description="Run an experiment grid from a config file (vanilla checkpoints are "
+    "trained once and reused; finished cells are skipped).",
+  )
   p.add_argument("config", help="config file (experiments/configs/table1.py) or its name (table1)")
-  p.add_argument("--workdir", default=None,
-                 help="results folder (default experiments/results/<config name>)")
-  p.add_argument("--checkpoint-dir", default=None,
-                 help="vanilla checkpoints (default experiments/results/_work/checkpoints for "
-                      "the committed results folders, else <workdir>/checkpoints)")
+  p.add_argument(
+    "--workdir", default=None, help="results folder (default experiments/results/<config name>)"
+  )
+  p.add_argument(
+    "--checkpoint-dir",
+    default=None,
+    help="vanilla checkpoints (default experiments/results/_work/checkpoints for "
+    "the committed results folders, else <workdir>/checkpoints)",
+  )
   p.add_argument("--data-root", default=None, help="sets data_root of every setup (CIFAR, folders)")
-  p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                 help="override a config field, e.g. train.epochs=1, seeds=[0], "
-                      "setup.data_options.num_samples=200, method.sap.n_trusted=100")
+  p.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override a config field, e.g. train.epochs=1, seeds=[0], "
+    "setup.data_options.num_samples=200, method.sap.n_trusted=100",
+  )
   p.add_argument("--only-table", action="store_true", help="only rebuild tables/plots from records")
   p.add_argument("--max-cells", type=int, default=None, help="run at most N unfinished cells")
   p.add_argument("--train-progress", action="store_true", help="show a bar over training epochs")
   p.add_argument("--no-progress", action="store_true", help="no bar over cells")
   p.add_argument("--fail-fast", action="store_true", help="stop at the first failing cell")
-  p.add_argument("--shard", type=_shard, default=None, metavar="I/N",
-                 help="run only the cells of every N-th vanilla model from the I-th (0-based), "
-                      "to share one workdir between N runners")
+  p.add_argument(
+    "--shard",
+    type=_shard,
+    default=None,
+    metavar="I/N",
+    help="run only the cells of every N-th vanilla model from the I-th (0-based), "
+    "to share one workdir between N runners",
+  )
   return p
 
 
@@ -537,13 +642,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only_table:
       check_workdir(config, workdir, write=False)
     else:
-      summary = run_grid(config, workdir, checkpoint_dir=args.checkpoint_dir,
-                         max_cells=args.max_cells, progress=not args.no_progress,
-                         train_progress=args.train_progress, fail_fast=args.fail_fast,
-                         shard=args.shard)
-      print(f"{config.name}: ran {summary.ran} cell(s) ({summary.trained} vanilla model(s) "
-            f"trained) in {summary.wall_time_s:.0f} s; {summary.already_done} were done before, "
-            f"{summary.remaining} remain, {len(summary.failed)} failed.")
+      summary = run_grid(
+        config,
+        workdir,
+        checkpoint_dir=args.checkpoint_dir,
+        max_cells=args.max_cells,
+        progress=not args.no_progress,
+        train_progress=args.train_progress,
+        fail_fast=args.fail_fast,
+        shard=args.shard,
+      )
+      print(
+        f"{config.name}: ran {summary.ran} cell(s) ({summary.trained} vanilla model(s) "
+        f"trained) in {summary.wall_time_s:.0f} s; {summary.already_done} were done before, "
+        f"{summary.remaining} remain, {len(summary.failed)} failed."
+      )
   except IncompatibleWorkdir as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -101,8 +101,13 @@ def _row_col(spec: cfg.TableSpec, cell: grid.Cell, *, oracle: bool = False) -> t
   return row, col
 
 
-def build_table(config: cfg.Config, cells: Sequence[grid.Cell],
-                records: Mapping[str, dict], *, metric: str | None = None) -> Table:
+def build_table(
+  config: cfg.Config,
+  cells: Sequence[grid.Cell],
+  records: Mapping[str, dict],
+  *,
+  metric: str | None = None,
+) -> Table:
   """Pivots the records of ``cells`` (order of rows/columns: the config's)."""
   spec = config.table
   metric = metric or spec.metric
@@ -130,8 +135,12 @@ def build_table(config: cfg.Config, cells: Sequence[grid.Cell],
       dcol = col.replace(cell.field("method"), "Δ") if "method" in spec.columns else col + " Δ"
       if before is not None and rec.get(metric) is not None:
         add(row, dcol, rec[metric] - before[metric])
-    if spec.oracle_rows and cell.method.name == "sap" and metric == "test_accuracy" \
-        and "test_accuracy_oracle_alpha" in rec:
+    if (
+      spec.oracle_rows
+      and cell.method.name == "sap"
+      and metric == "test_accuracy"
+      and "test_accuracy_oracle_alpha" in rec
+    ):
       orow, _ = _row_col(spec, cell, oracle=True)
       reference.add(orow)
       add(orow, col, rec["test_accuracy_oracle_alpha"])
@@ -142,8 +151,10 @@ def to_markdown(table: Table) -> str:
   """The pivot as a GitHub markdown table, best per column in bold."""
   show_avg = table.average and len(table.columns) > 1
   head = ["", *table.columns] + (["Avg."] if show_avg else [])
-  lines = ["| " + " | ".join(head) + " |",
-           "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|"]
+  lines = [
+    "| " + " | ".join(head) + " |",
+    "|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|",
+  ]
   best = {c: table.best(c) for c in table.columns}
   best_avg = table.best(None) if show_avg else set()
   for row in table.rows:
@@ -184,8 +195,9 @@ def setting_label(cell: grid.Cell) -> str:
   return label if cell.variant.label == "ERM" else f"{label} {cell.variant.label}"
 
 
-def _side_tables(config: cfg.Config, cells: Sequence[grid.Cell],
-                 records: Mapping[str, dict]) -> str:
+def _side_tables(
+  config: cfg.Config, cells: Sequence[grid.Cell], records: Mapping[str, dict]
+) -> str:
   done = [(c, records[c.key]) for c in cells if c.key in records]
   parts = []
 
@@ -193,21 +205,26 @@ def _side_tables(config: cfg.Config, cells: Sequence[grid.Cell],
   by_col: dict[str, dict[str, dict]] = {}
   for cell, rec in done:
     by_col.setdefault(setting_label(cell), {}).setdefault(rec["vanilla_key"], rec)
-  lines = ["| setting | vanilla models | label noise (observed %) | vanilla fits corrupted "
-           "labels (%) | vanilla clean test (%) | vanilla train time (s) |",
-           "|:---|---:|---:|---:|---:|---:|"]
+  lines = [
+    "| setting | vanilla models | label noise (observed %) | vanilla fits corrupted "
+    "labels (%) | vanilla clean test (%) | vanilla train time (s) |",
+    "|:---|---:|---:|---:|---:|---:|",
+  ]
   for col, runs in by_col.items():
     recs = list(runs.values())
     times = [r["vanilla"].get("train_time_s") for r in recs]
     times = [t for t in times if t is not None and not math.isnan(t)]
     time_text = f"{np.mean(times):.0f}" if times else "–"
     lines.append(
-        f"| {col} | {len(recs)} | {_pct([r['noise_rate_observed'] for r in recs])} | "
-        f"{_pct([r['vanilla']['fit_noisy'] for r in recs])} | "
-        f"{_pct([r['vanilla']['test_accuracy'] for r in recs])} | {time_text} |")
-  parts.append("**Memorisation.** Fraction of the training samples with a corrupted label "
-               "that the vanilla model predicts as that wrong label (the paper trains 350 "
-               "epochs to reach this regime).\n\n" + "\n".join(lines))
+      f"| {col} | {len(recs)} | {_pct([r['noise_rate_observed'] for r in recs])} | "
+      f"{_pct([r['vanilla']['fit_noisy'] for r in recs])} | "
+      f"{_pct([r['vanilla']['test_accuracy'] for r in recs])} | {time_text} |"
+    )
+  parts.append(
+    "**Memorisation.** Fraction of the training samples with a corrupted label "
+    "that the vanilla model predicts as that wrong label (the paper trains 350 "
+    "epochs to reach this regime).\n\n" + "\n".join(lines)
+  )
 
   # SAP: α on the noisy validation split (honest) vs on the clean labels (oracle).
   sap = [(c, r) for c, r in done if c.method.name == "sap"]
@@ -215,35 +232,46 @@ def _side_tables(config: cfg.Config, cells: Sequence[grid.Cell],
     groups: dict[tuple[str, str], list[dict]] = {}
     for cell, rec in sap:
       groups.setdefault((cell.method.display, setting_label(cell)), []).append(rec)
-    lines = ["| SAP | setting | α (noisy val), per seed | α (oracle: clean val), per seed "
-             "| test at noisy-val α (%) | test at oracle α (%) | trusted set size | "
-             "trusted set mislabelled (%) | SAP time (s) |",
-             "|:---|:---|:---|:---|---:|---:|---:|---:|---:|"]
+    lines = [
+      "| SAP | setting | α (noisy val), per seed | α (oracle: clean val), per seed "
+      "| test at noisy-val α (%) | test at oracle α (%) | trusted set size | "
+      "trusted set mislabelled (%) | SAP time (s) |",
+      "|:---|:---|:---|:---|---:|---:|---:|---:|---:|",
+    ]
     for (row, col), recs in groups.items():
       has_oracle = any("alpha_oracle" in r for r in recs)
       lines.append(
-          f"| {row} | {col} | {_alpha_text([r.get('alpha') for r in recs])} | "
-          f"{_alpha_text([r.get('alpha_oracle') for r in recs]) if has_oracle else '–'} | "
-          f"{_pct([r['test_accuracy'] for r in recs])} | "
-          f"{_pct([r.get('test_accuracy_oracle_alpha') for r in recs])} | "
-          f"{int(np.mean([r.get('trusted_size', 0) for r in recs]))} | "
-          f"{_pct([r.get('trusted_noise_rate') for r in recs])} | "
-          f"{np.mean([r['wall_time_s'] for r in recs]):.1f} |")
-    parts.append("**SAP's choice of α.** \"kept\": no α beat the unchanged model on that "
-                 "split, so it was kept.\n\n" + "\n".join(lines))
+        f"| {row} | {col} | {_alpha_text([r.get('alpha') for r in recs])} | "
+        f"{_alpha_text([r.get('alpha_oracle') for r in recs]) if has_oracle else '–'} | "
+        f"{_pct([r['test_accuracy'] for r in recs])} | "
+        f"{_pct([r.get('test_accuracy_oracle_alpha') for r in recs])} | "
+        f"{int(np.mean([r.get('trusted_size', 0) for r in recs]))} | "
+        f"{_pct([r.get('trusted_noise_rate') for r in recs])} | "
+        f"{np.mean([r['wall_time_s'] for r in recs]):.1f} |"
+      )
+    parts.append(
+      '**SAP\'s choice of α.** "kept": no α beat the unchanged model on that '
+      "split, so it was kept.\n\n" + "\n".join(lines)
+    )
 
   # Cost per method.
   cost: dict[str, list[dict]] = {}
   for cell, rec in done:
     cost.setdefault(cell.method.display, []).append(rec)
-  lines = ["| method | cells | settings evaluated | wall time per cell (s) |",
-           "|:---|---:|---:|---:|"]
+  lines = [
+    "| method | cells | settings evaluated | wall time per cell (s) |",
+    "|:---|---:|---:|---:|",
+  ]
   for name, recs in cost.items():
-    lines.append(f"| {name} | {len(recs)} | {np.mean([r['num_settings'] for r in recs]):g} | "
-                 f"{np.mean([r['wall_time_s'] for r in recs]):.1f} |")
-  parts.append("**Cost.** Hyperparameter settings each method evaluated on the noisy "
-               "validation split and its wall time (vanilla training excluded; Retrain is "
-               "one full training).\n\n" + "\n".join(lines))
+    lines.append(
+      f"| {name} | {len(recs)} | {np.mean([r['num_settings'] for r in recs]):g} | "
+      f"{np.mean([r['wall_time_s'] for r in recs]):.1f} |"
+    )
+  parts.append(
+    "**Cost.** Hyperparameter settings each method evaluated on the noisy "
+    "validation split and its wall time (vanilla training excluded; Retrain is "
+    "one full training).\n\n" + "\n".join(lines)
+  )
   return "\n\n".join(parts)
 
 
@@ -254,20 +282,23 @@ def render(config: cfg.Config, cells: Sequence[grid.Cell], records: Mapping[str,
   title = config.description or config.name
   metric = "Clean test accuracy (%)" if table.metric == "test_accuracy" else table.metric
   done = sum(c.key in records for c in cells)
-  head = (f"# {title}\n\n"
-          f"{metric}, mean ± std over seeds {', '.join(map(str, seeds))} "
-          f"({done}/{len(cells)} cells done). Hyperparameters (SAP's α included) are chosen on "
-          "the NOISY validation split. **Bold**: best per column among the corrections; "
-          "† reference rows, never bold: Retrain trains on the clean labels, and "
-          "\"(oracle α)\" picks α on the clean validation labels (the published code's "
-          "protocol).\n\n"
-          f"Generated by `python -m experiments.run experiments/configs/{config.name}.py` "
-          "from `cells/*.json`; do not edit.\n")
+  head = (
+    f"# {title}\n\n"
+    f"{metric}, mean ± std over seeds {', '.join(map(str, seeds))} "
+    f"({done}/{len(cells)} cells done). Hyperparameters (SAP's α included) are chosen on "
+    "the NOISY validation split. **Bold**: best per column among the corrections; "
+    "† reference rows, never bold: Retrain trains on the clean labels, and "
+    '"(oracle α)" picks α on the clean validation labels (the published code\'s '
+    "protocol).\n\n"
+    f"Generated by `python -m experiments.run experiments/configs/{config.name}.py` "
+    "from `cells/*.json`; do not edit.\n"
+  )
   return head + "\n" + to_markdown(table) + "\n\n" + _side_tables(config, cells, records) + "\n"
 
 
-def write_tables(config: cfg.Config, cells: Sequence[grid.Cell], records: Mapping[str, dict],
-                 workdir: Path) -> list[Path]:
+def write_tables(
+  config: cfg.Config, cells: Sequence[grid.Cell], records: Mapping[str, dict], workdir: Path
+) -> list[Path]:
   """Writes ``table.md``, ``table.csv`` and ``cells.csv`` into ``workdir``."""
   workdir = Path(workdir)
   md = workdir / "table.md"
@@ -284,15 +315,45 @@ def write_tables(config: cfg.Config, cells: Sequence[grid.Cell], records: Mappin
         if not vals:
           continue
         m, s, n = mean_std(vals)
-        w.writerow([row, col, int(row in table.reference), n, f"{m:.4f}", f"{s:.4f}",
-                    ";".join(f"{v:.4f}" for v in vals)])
+        w.writerow(
+          [
+            row,
+            col,
+            int(row in table.reference),
+            n,
+            f"{m:.4f}",
+            f"{s:.4f}",
+            ";".join(f"{v:.4f}" for v in vals),
+          ]
+        )
 
   raw = workdir / "cells.csv"
-  fields = ["cell_key", "row", "column", "setup", "dataset", "model", "noise", "variant", "seed",
-            "method", "test_accuracy", "val_accuracy_noisy", "val_accuracy_clean", "fit_noisy",
-            "vanilla_test_accuracy", "vanilla_fit_noisy", "alpha", "alpha_oracle",
-            "test_accuracy_oracle_alpha", "trusted_size", "trusted_noise_rate", "num_settings",
-            "wall_time_s", "vanilla_train_time_s"]
+  fields = [
+    "cell_key",
+    "row",
+    "column",
+    "setup",
+    "dataset",
+    "model",
+    "noise",
+    "variant",
+    "seed",
+    "method",
+    "test_accuracy",
+    "val_accuracy_noisy",
+    "val_accuracy_clean",
+    "fit_noisy",
+    "vanilla_test_accuracy",
+    "vanilla_fit_noisy",
+    "alpha",
+    "alpha_oracle",
+    "test_accuracy_oracle_alpha",
+    "trusted_size",
+    "trusted_noise_rate",
+    "num_settings",
+    "wall_time_s",
+    "vanilla_train_time_s",
+  ]
   with open(raw, "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
@@ -301,8 +362,14 @@ def write_tables(config: cfg.Config, cells: Sequence[grid.Cell], records: Mappin
       if rec is None:
         continue
       row, col = _row_col(config.table, cell)
-      w.writerow({**rec, "row": row, "column": col,
-                  "vanilla_test_accuracy": rec["vanilla"]["test_accuracy"],
-                  "vanilla_fit_noisy": rec["vanilla"]["fit_noisy"],
-                  "vanilla_train_time_s": rec["vanilla"].get("train_time_s")})
+      w.writerow(
+        {
+          **rec,
+          "row": row,
+          "column": col,
+          "vanilla_test_accuracy": rec["vanilla"]["test_accuracy"],
+          "vanilla_fit_noisy": rec["vanilla"]["fit_noisy"],
+          "vanilla_train_time_s": rec["vanilla"].get("train_time_s"),
+        }
+      )
   return [md, summary, raw]

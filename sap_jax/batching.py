@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 
-def padded_batches(*arrays: np.ndarray, batch_size: int) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
+def padded_batches(
+  *arrays: np.ndarray, batch_size: int
+) -> Iterator[tuple[tuple[np.ndarray, ...], int]]:
   """Splits equal-length arrays into batches of ``min(batch_size, N)`` samples.
 
   The ragged last batch is padded by repeating the arrays' first sample (a real

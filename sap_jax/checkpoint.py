@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 import shutil
-from typing import Any
 import uuid
+from pathlib import Path
+from typing import Any
 
 import flax
 import jax
@@ -31,8 +31,7 @@ import orbax.checkpoint as ocp
 
 from sap_jax import jsonio
 
-__all__ = ["FORMAT", "METADATA_FILE", "VARIABLES_DIR", "load_checkpoint",
-           "save_checkpoint"]
+__all__ = ["FORMAT", "METADATA_FILE", "VARIABLES_DIR", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "sap_jax.checkpoint"
 FORMAT_VERSION = 1
@@ -46,9 +45,14 @@ def _path_str(path: tuple) -> str:
 
 def _array_specs(variables: Any) -> dict[str, dict[str, Any]]:
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
-  return {_path_str(p): {"shape": list(np.shape(v)), "dtype": str(v.dtype),
-                         "kind": "jax" if isinstance(v, jax.Array) else "numpy"}
-          for p, v in leaves}
+  return {
+    _path_str(p): {
+      "shape": list(np.shape(v)),
+      "dtype": str(v.dtype),
+      "kind": "jax" if isinstance(v, jax.Array) else "numpy",
+    }
+    for p, v in leaves
+  }
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,9 +68,9 @@ def _fsync_dir(path: Path) -> None:
     os.close(fd)
 
 
-def save_checkpoint(path: str | os.PathLike, variables: Any,
-                    metadata: dict[str, Any], *,
-                    overwrite: bool = False) -> Path:
+def save_checkpoint(
+  path: str | os.PathLike, variables: Any, metadata: dict[str, Any], *, overwrite: bool = False
+) -> Path:
   """Saves ``variables`` and ``metadata`` to the directory ``path``.
 
   Args:
@@ -90,27 +94,36 @@ def save_checkpoint(path: str | os.PathLike, variables: Any,
   path = Path(path).absolute()
   if path.exists() and not overwrite:
     raise FileExistsError(
-        f"Checkpoint path {path} already exists; pass --overwrite "
-        "(overwrite=True) to replace it, or choose another path.")
+      f"Checkpoint path {path} already exists; pass --overwrite "
+      "(overwrite=True) to replace it, or choose another path."
+    )
   if not isinstance(metadata, dict):
     raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
   variables = flax.core.unfreeze(variables)
   leaves = jax.tree_util.tree_leaves(variables)
   if not leaves:
     raise ValueError("variables holds no arrays; pass the model variables.")
-  bad = [type(v).__name__ for v in leaves
-         if not isinstance(v, (np.ndarray, jax.Array))]
+  bad = [type(v).__name__ for v in leaves if not isinstance(v, (np.ndarray, jax.Array))]
   if bad:
-    raise ValueError(f"variables must hold only numpy/jax arrays, found "
-                     f"{sorted(set(bad))}; convert them with np.asarray.")
+    raise ValueError(
+      f"variables must hold only numpy/jax arrays, found "
+      f"{sorted(set(bad))}; convert them with np.asarray."
+    )
   try:
     text = jsonio.dumps(
-        {"format": FORMAT, "version": FORMAT_VERSION, "metadata": metadata,
-         "arrays": _array_specs(variables)},
-        indent=2, sort_keys=True)
+      {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "metadata": metadata,
+        "arrays": _array_specs(variables),
+      },
+      indent=2,
+      sort_keys=True,
+    )
   except (TypeError, ValueError) as e:
-    raise ValueError(f"metadata is not JSON serialisable ({e}); pass plain "
-                     "numbers, strings, lists and dicts.") from e
+    raise ValueError(
+      f"metadata is not JSON serialisable ({e}); pass plain numbers, strings, lists and dicts."
+    ) from e
 
   path.parent.mkdir(parents=True, exist_ok=True)
   tag = uuid.uuid4().hex[:8]
@@ -132,8 +145,9 @@ def save_checkpoint(path: str | os.PathLike, variables: Any,
     if path.exists():
       if not overwrite:  # Appeared while we were writing.
         raise FileExistsError(
-            f"Checkpoint path {path} appeared during the save; pass "
-            "--overwrite (overwrite=True) or choose another path.")
+          f"Checkpoint path {path} appeared during the save; pass "
+          "--overwrite (overwrite=True) or choose another path."
+        )
       os.rename(path, old)
     os.rename(tmp, path)
     _fsync_dir(path.parent)
@@ -146,8 +160,7 @@ def save_checkpoint(path: str | os.PathLike, variables: Any,
   return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any],
-                                                      dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
   """Loads a checkpoint written by :func:`save_checkpoint`.
 
   Args:
@@ -170,47 +183,53 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any],
     raise ValueError(f"{path} is a file, not a sap_jax checkpoint directory.")
   meta_file = path / METADATA_FILE
   if not meta_file.is_file():
-    raise ValueError(f"{path} is not a sap_jax checkpoint: {METADATA_FILE} is "
-                     "missing.")
+    raise ValueError(f"{path} is not a sap_jax checkpoint: {METADATA_FILE} is missing.")
   try:
     record = json.loads(meta_file.read_text(encoding="utf-8"))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f"Damaged checkpoint {path}: {METADATA_FILE} is not "
-                     f"readable JSON ({e}).") from e
+    raise ValueError(
+      f"Damaged checkpoint {path}: {METADATA_FILE} is not readable JSON ({e})."
+    ) from e
   if not isinstance(record, dict) or record.get("format") != FORMAT:
-    raise ValueError(f"{path} is not a sap_jax checkpoint: {METADATA_FILE} "
-                     f"lacks the format tag {FORMAT!r}.")
+    raise ValueError(
+      f"{path} is not a sap_jax checkpoint: {METADATA_FILE} lacks the format tag {FORMAT!r}."
+    )
   if record.get("version") != FORMAT_VERSION:
-    raise ValueError(f"{path} has checkpoint format version "
-                     f"{record.get('version')}; this sap_jax reads version "
-                     f"{FORMAT_VERSION}.")
+    raise ValueError(
+      f"{path} has checkpoint format version "
+      f"{record.get('version')}; this sap_jax reads version "
+      f"{FORMAT_VERSION}."
+    )
   specs = record.get("arrays")
   metadata = record.get("metadata")
   if not isinstance(specs, dict) or not isinstance(metadata, dict):
-    raise ValueError(f"Damaged checkpoint {path}: {METADATA_FILE} lacks the "
-                     "'arrays' or 'metadata' entry.")
+    raise ValueError(
+      f"Damaged checkpoint {path}: {METADATA_FILE} lacks the 'arrays' or 'metadata' entry."
+    )
   var_dir = path / VARIABLES_DIR
   if not var_dir.is_dir():
-    raise ValueError(f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ "
-                     "directory is missing.")
+    raise ValueError(f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ directory is missing.")
   checkpointer = ocp.StandardCheckpointer()
   try:
     variables = checkpointer.restore(var_dir)
   except Exception as e:  # orbax/tensorstore raise many types.
-    raise ValueError(f"Damaged checkpoint {path}: the arrays in "
-                     f"{VARIABLES_DIR}/ cannot be read ({type(e).__name__}: "
-                     f"{e}).") from e
+    raise ValueError(
+      f"Damaged checkpoint {path}: the arrays in "
+      f"{VARIABLES_DIR}/ cannot be read ({type(e).__name__}: "
+      f"{e})."
+    ) from e
   finally:
     checkpointer.close()
-  found = {k: {"shape": v["shape"], "dtype": v["dtype"]}
-           for k, v in _array_specs(variables).items()}
-  expected = {k: {"shape": v.get("shape"), "dtype": v.get("dtype")}
-              for k, v in specs.items()}
+  found = {
+    k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in _array_specs(variables).items()
+  }
+  expected = {k: {"shape": v.get("shape"), "dtype": v.get("dtype")} for k, v in specs.items()}
   if found != expected:
     missing = sorted(set(expected) - set(found))
-    changed = sorted(k for k in set(expected) & set(found)
-                     if expected[k] != found[k])
-    raise ValueError(f"Damaged checkpoint {path}: restored arrays do not "
-                     f"match {METADATA_FILE} (missing {missing[:5]}, "
-                     f"different {changed[:5]}).")
+    changed = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    raise ValueError(
+      f"Damaged checkpoint {path}: restored arrays do not "
+      f"match {METADATA_FILE} (missing {missing[:5]}, "
+      f"different {changed[:5]})."
+    )
   return variables, metadata

@@ -24,17 +24,17 @@ def check_inputs(x: Any, what: str) -> None:
 
 
 def correct(
-    apply_fn: ApplyFn,
-    variables: Mapping[str, Any],
-    x_trusted: Any,
-    alpha: Any,
-    *,
-    batch_size: int = 128,
-    exclude: Sequence[str] = (),
-    layer_range: tuple[int | None, int | None] | None = None,
-    rounds: int = 1,
-    rows_per_batch: int | None = None,
-    seed: int = 0,
+  apply_fn: ApplyFn,
+  variables: Mapping[str, Any],
+  x_trusted: Any,
+  alpha: Any,
+  *,
+  batch_size: int = 128,
+  exclude: Sequence[str] = (),
+  layer_range: tuple[int | None, int | None] | None = None,
+  rounds: int = 1,
+  rows_per_batch: int | None = None,
+  seed: int = 0,
 ) -> Variables:
   """Corrects a model with SAP: statistics on the trusted inputs → projections → params.
 
@@ -61,16 +61,16 @@ def correct(
   current = dict(variables)
   for r in range(rounds):
     stats = activation_stats(
-        apply_fn,
-        current,
-        batched(np.asarray(x_trusted), batch_size),
-        rows_per_batch=rows_per_batch,
-        seed=seed + r,
+      apply_fn,
+      current,
+      batched(np.asarray(x_trusted), batch_size),
+      rows_per_batch=rows_per_batch,
+      seed=seed + r,
     )
     stats = select_layers(stats, exclude=exclude, layer_range=layer_range)
     scale = 10.0**r
     alpha_r = (
-        {p: a * scale for p, a in alpha.items()} if isinstance(alpha, Mapping) else alpha * scale
+      {p: a * scale for p, a in alpha.items()} if isinstance(alpha, Mapping) else alpha * scale
     )
     decomposition = decompose(current, stats, consume=True)  # frees each Gram matrix
     del stats

@@ -55,8 +55,8 @@ def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray 
     y = np.asarray(y)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
       raise ValueError(
-          f"{what}: labels must be a 1-D integer array, got shape {y.shape} dtype "
-          f"{y.dtype}; pass class indices."
+        f"{what}: labels must be a 1-D integer array, got shape {y.shape} dtype "
+        f"{y.dtype}; pass class indices."
       )
     if len(x) != len(y):
       raise ValueError(f"{what}: {len(x)} inputs but {len(y)} labels; pass one label per input.")
@@ -66,7 +66,7 @@ def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray 
 
 
 def evaluate(
-    apply_fn: ApplyFn, variables: Variables, x: Any, y: Any, batch_size: int = 1024
+  apply_fn: ApplyFn, variables: Variables, x: Any, y: Any, batch_size: int = 1024
 ) -> dict[str, float]:
   """Accuracy and mean cross-entropy of ``apply_fn`` on ``(x, y)``.
 
@@ -97,7 +97,7 @@ def evaluate(
 
 
 def predict_logits(
-    apply_fn: ApplyFn, variables: Variables, x: Any, batch_size: int = 1024
+  apply_fn: ApplyFn, variables: Variables, x: Any, batch_size: int = 1024
 ) -> np.ndarray:
   """Logits of ``apply_fn`` on ``x`` as a host ``(N, K)`` array.
 
@@ -113,8 +113,7 @@ def predict_logits(
   x, _ = check_xy(x, None, "x")
   fn = hashable(apply_fn)
   outs = [
-      (_predict_batch(fn, variables, xb), k)
-      for (xb,), k in padded_batches(x, batch_size=batch_size)
+    (_predict_batch(fn, variables, xb), k) for (xb,), k in padded_batches(x, batch_size=batch_size)
   ]
   return np.concatenate([np.asarray(o)[:k] for o, k in outs])
 
@@ -140,11 +139,11 @@ def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, 
   mask = np.asarray(mask)
   if mask.shape != (len(x),) or mask.dtype != np.bool_:
     raise ValueError(
-        f"mask must be a boolean array of shape ({len(x)},), got shape {mask.shape} "
-        f"dtype {mask.dtype}."
+      f"mask must be a boolean array of shape ({len(x)},), got shape {mask.shape} "
+      f"dtype {mask.dtype}."
     )
   if not mask.any():
     raise ValueError(
-        "mask selects no corrupted sample; fit_fraction is undefined without label noise."
+      "mask selects no corrupted sample; fit_fraction is undefined without label noise."
     )
   return evaluate(apply_fn, variables, x[mask], y_noisy[mask])["accuracy"]

@@ -44,8 +44,8 @@ def require_params(variables: Mapping[str, Any]) -> None:
   """Raises ValueError unless ``variables`` has a ``params`` collection."""
   if "params" not in variables:
     raise ValueError(
-        "variables has no 'params' collection; pass the full Flax variables dict "
-        "({'params': ..., 'batch_stats': ...})."
+      "variables has no 'params' collection; pass the full Flax variables dict "
+      "({'params': ..., 'batch_stats': ...})."
     )
 
 
@@ -55,8 +55,8 @@ def kernel_at(variables: Mapping[str, Any], path: Path) -> jax.Array:
     return _get_path(variables["params"], path)["kernel"]
   except KeyError:
     raise ValueError(
-        f"Layer {'/'.join(path)!r} of the projections has no kernel in "
-        "variables['params']: the statistics come from a different model."
+      f"Layer {'/'.join(path)!r} of the projections has no kernel in "
+      "variables['params']: the statistics come from a different model."
     ) from None
 
 
@@ -80,9 +80,9 @@ def check_kernel(kernel: jax.Array, layout: Layout) -> None:
   """Raises ValueError unless ``kernel`` has the shape the statistics' layout says."""
   if tuple(kernel.shape) != layout.kernel_shape:
     raise ValueError(
-        f"Kernel shape {tuple(kernel.shape)} does not match the statistics' layer "
-        f"shape {layout.kernel_shape}: the statistics come from a different model. "
-        "Recompute activation_stats with these variables."
+      f"Kernel shape {tuple(kernel.shape)} does not match the statistics' layer "
+      f"shape {layout.kernel_shape}: the statistics come from a different model. "
+      "Recompute activation_stats with these variables."
     )
 
 

@@ -15,10 +15,10 @@ def path_name(path: Path) -> str:
 
 
 def select_layers(
-    stats: Mapping[Path, LayerStats],
-    *,
-    exclude: Sequence[str] = (),
-    layer_range: tuple[int | None, int | None] | None = None,
+  stats: Mapping[Path, LayerStats],
+  *,
+  exclude: Sequence[str] = (),
+  layer_range: tuple[int | None, int | None] | None = None,
 ) -> dict[Path, LayerStats]:
   """Restricts statistics (and so the correction) to some layers.
 
@@ -39,13 +39,13 @@ def select_layers(
   for pattern in exclude:
     if not any(fnmatch.fnmatchcase(n, pattern) for n in names.values()):
       raise ValueError(
-          f"exclude pattern {pattern!r} matches no layer; the layers are {list(names.values())}."
+        f"exclude pattern {pattern!r} matches no layer; the layers are {list(names.values())}."
       )
   paths = list(stats)
   if layer_range is not None:
     paths = paths[slice(*layer_range)]
   kept = {
-      p: stats[p] for p in paths if not any(fnmatch.fnmatchcase(names[p], pat) for pat in exclude)
+    p: stats[p] for p in paths if not any(fnmatch.fnmatchcase(names[p], pat) for pat in exclude)
   }
   if not kept:
     raise ValueError("No layer left to project after exclude/layer_range; loosen the selection.")

@@ -15,7 +15,14 @@ from sap_jax.batching import batched
 from sap_jax.layers import select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
-from sap_jax.sweep import DEFAULT_ALPHAS, Decomposition, SweepResult, apply_alpha, decompose, sweep_alpha
+from sap_jax.sweep import (
+  DEFAULT_ALPHAS,
+  Decomposition,
+  SweepResult,
+  apply_alpha,
+  decompose,
+  sweep_alpha,
+)
 from sap_jax.types import ApplyFn
 
 
@@ -48,23 +55,23 @@ def _block(tree):
 
 
 def run_sap(
-    apply_fn: ApplyFn,
-    variables: Mapping[str, Any],
-    x_train: Any,
-    y_train: Any,
-    x_val: Any,
-    y_val: Any,
-    *,
-    n_trusted: int = 1000,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    score: str = "loss",
-    class_balanced: bool = False,
-    exclude: Sequence[str] = (),
-    layer_range: tuple[int | None, int | None] | None = None,
-    batch_size: int = 256,
-    rows_per_batch: int | None = None,
-    seed: int = 0,
-    eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
+  apply_fn: ApplyFn,
+  variables: Mapping[str, Any],
+  x_train: Any,
+  y_train: Any,
+  x_val: Any,
+  y_val: Any,
+  *,
+  n_trusted: int = 1000,
+  alphas: Sequence[float] = DEFAULT_ALPHAS,
+  score: str = "loss",
+  class_balanced: bool = False,
+  exclude: Sequence[str] = (),
+  layer_range: tuple[int | None, int | None] | None = None,
+  batch_size: int = 256,
+  rows_per_batch: int | None = None,
+  seed: int = 0,
+  eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> SAPResult:
   """Runs SAP end to end without knowing which labels are wrong.
 
@@ -98,33 +105,35 @@ def run_sap(
   """
   if n_trusted > len(x_train):
     raise ValueError(
-        f"n_trusted={n_trusted} exceeds the {len(x_train)} training samples; "
-        f"use n_trusted ≤ {len(x_train)}."
+      f"n_trusted={n_trusted} exceeds the {len(x_train)} training samples; "
+      f"use n_trusted ≤ {len(x_train)}."
     )
   proj.check_alpha(np.asarray(alphas, np.float64))
   t0 = time.perf_counter()
-  scores = tr.trust_scores(apply_fn, variables, x_train, y_train, score=score, batch_size=batch_size, seed=seed)
+  scores = tr.trust_scores(
+    apply_fn, variables, x_train, y_train, score=score, batch_size=batch_size, seed=seed
+  )
   trusted = tr.select_trusted(scores, y_train, n_trusted, class_balanced=class_balanced)
   t1 = time.perf_counter()
   stats = activation_stats(
-      apply_fn,
-      variables,
-      batched(np.asarray(x_train)[trusted], batch_size),
-      rows_per_batch=rows_per_batch,
-      seed=seed,
+    apply_fn,
+    variables,
+    batched(np.asarray(x_train)[trusted], batch_size),
+    rows_per_batch=rows_per_batch,
+    seed=seed,
   )
   stats = _block(select_layers(stats, exclude=exclude, layer_range=layer_range))
   t2 = time.perf_counter()
   decomposition = decompose(variables, stats)
   sweep = sweep_alpha(
-      apply_fn,
-      variables,
-      decomposition,
-      alphas,
-      x_val,
-      y_val,
-      batch_size=max(batch_size, 512),
-      eval_splits=eval_splits,
+    apply_fn,
+    variables,
+    decomposition,
+    alphas,
+    x_val,
+    y_val,
+    batch_size=max(batch_size, 512),
+    eval_splits=eval_splits,
   )
   t3 = time.perf_counter()
   if sweep.best_alpha is None:
@@ -133,17 +142,17 @@ def run_sap(
     corrected = _block(apply_alpha(variables, decomposition, sweep.best_alpha))
   t4 = time.perf_counter()
   return SAPResult(
-      variables=corrected,
-      alpha=sweep.best_alpha,
-      sweep=sweep,
-      trusted_indices=trusted,
-      layers=stats_summary(stats, decomposition.spectra),
-      timings={
-          "scores": t1 - t0,
-          "stats": t2 - t1,
-          "sweep": t3 - t2,
-          "project": t4 - t3,
-          "total": t4 - t0,
-      },
-      decomposition=decomposition,
+    variables=corrected,
+    alpha=sweep.best_alpha,
+    sweep=sweep,
+    trusted_indices=trusted,
+    layers=stats_summary(stats, decomposition.spectra),
+    timings={
+      "scores": t1 - t0,
+      "stats": t2 - t1,
+      "sweep": t3 - t2,
+      "project": t4 - t3,
+      "total": t4 - t0,
+    },
+    decomposition=decomposition,
   )

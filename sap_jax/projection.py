@@ -27,7 +27,14 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from sap_jax.kernels import check_kernel, flat_kernel, kernel_at, require_params, unflat_kernel, with_kernels
+from sap_jax.kernels import (
+  check_kernel,
+  flat_kernel,
+  kernel_at,
+  require_params,
+  unflat_kernel,
+  with_kernels,
+)
 from sap_jax.stats import LayerStats, Layout
 from sap_jax.types import Path
 
@@ -114,11 +121,11 @@ def projection_matrix(basis: Basis, alpha: jax.Array | float) -> jax.Array:
   """P = V diag(λ(α)) Vᵀ."""
   lam = importance(basis.spectrum, alpha)
   return jnp.einsum(
-      "...ik,...k,...jk->...ij",
-      basis.vectors,
-      lam,
-      basis.vectors,
-      precision=jax.lax.Precision.HIGHEST,
+    "...ik,...k,...jk->...ij",
+    basis.vectors,
+    lam,
+    basis.vectors,
+    precision=jax.lax.Precision.HIGHEST,
   )
 
 
@@ -126,8 +133,8 @@ def _alpha_for(alpha: Any, path: Path) -> Any:
   if isinstance(alpha, Mapping):
     if path not in alpha:
       raise KeyError(
-          f"Per-layer alpha has no entry for layer {'/'.join(path)!r}; give every "
-          "layer in the statistics an alpha, or use a scalar."
+        f"Per-layer alpha has no entry for layer {'/'.join(path)!r}; give every "
+        "layer in the statistics an alpha, or use a scalar."
       )
     return alpha[path]
   return alpha
@@ -141,26 +148,22 @@ def check_alpha(alpha: Any) -> None:
       continue
     arr = jnp.asarray(a)
     if not bool(jnp.all(jnp.isfinite(arr))) or not bool(jnp.all(arr > 0)):
-      raise ValueError(
-          f"alpha must be finite and > 0 (the paper uses 1e3…1e6), got {a}."
-      )
+      raise ValueError(f"alpha must be finite and > 0 (the paper uses 1e3…1e6), got {a}.")
 
 
 def projections_from_bases(
-    layer_bases: Mapping[Path, Basis],
-    layouts: Mapping[Path, Layout],
-    alpha: Any,
+  layer_bases: Mapping[Path, Basis],
+  layouts: Mapping[Path, Layout],
+  alpha: Any,
 ) -> dict[Path, Projection]:
   """Projections for one α (a scalar or a dict path → scalar) from precomputed bases."""
   return {
-      path: Projection(projection_matrix(b, _alpha_for(alpha, path)), layouts[path])
-      for path, b in layer_bases.items()
+    path: Projection(projection_matrix(b, _alpha_for(alpha, path)), layouts[path])
+    for path, b in layer_bases.items()
   }
 
 
-def projections(
-    stats: Mapping[Path, LayerStats], alpha: Any
-) -> dict[Path, Projection]:
+def projections(stats: Mapping[Path, LayerStats], alpha: Any) -> dict[Path, Projection]:
   """SAP projections P = V diag(λ(α)) Vᵀ for every layer in ``stats``.
 
   Args:
@@ -174,9 +177,7 @@ def projections(
     G groups).
   """
   check_alpha(alpha)
-  return projections_from_bases(
-      bases(stats), {p: s.layout for p, s in stats.items()}, alpha
-  )
+  return projections_from_bases(bases(stats), {p: s.layout for p, s in stats.items()}, alpha)
 
 
 def project_kernel(kernel: jax.Array, projection: Projection) -> jax.Array:
@@ -194,9 +195,9 @@ def project_kernel(kernel: jax.Array, projection: Projection) -> jax.Array:
 
 
 def rotated_kernels(
-    kernels: Mapping[Path, jax.Array],
-    layer_bases: Mapping[Path, Basis],
-    layouts: Mapping[Path, Layout],
+  kernels: Mapping[Path, jax.Array],
+  layer_bases: Mapping[Path, Basis],
+  layouts: Mapping[Path, Layout],
 ) -> dict[Path, jax.Array]:
   """Vᵀ K per layer, (G, d, O/G): the α-independent half of K̂ = V diag(λ) Vᵀ K."""
   hp = jax.lax.Precision.HIGHEST
@@ -211,11 +212,11 @@ def rotated_kernels(
 
 
 def projected_kernels(
-    kernels: Mapping[Path, jax.Array],
-    layer_bases: Mapping[Path, Basis],
-    layouts: Mapping[Path, Layout],
-    alpha: Any,
-    rotated: Mapping[Path, jax.Array] | None = None,
+  kernels: Mapping[Path, jax.Array],
+  layer_bases: Mapping[Path, Basis],
+  layouts: Mapping[Path, Layout],
+  alpha: Any,
+  rotated: Mapping[Path, jax.Array] | None = None,
 ) -> dict[Path, jax.Array]:
   """K̂ = V (λ(α) ⊙ (Vᵀ K)) for every layer of ``layer_bases`` (pure, jittable).
 
@@ -235,9 +236,9 @@ def projected_kernels(
     d, groups = layout.dim, layout.groups
     v = b.vectors.astype(kernel.dtype).reshape(groups, d, d)
     w = (
-        rotated[path]
-        if rotated is not None
-        else jnp.einsum("gij,gio->gjo", v, flat_kernel(kernel, layout), precision=hp)
+      rotated[path]
+      if rotated is not None
+      else jnp.einsum("gij,gio->gjo", v, flat_kernel(kernel, layout), precision=hp)
     )
     lam = importance(b.spectrum, _alpha_for(alpha, path)).astype(kernel.dtype).reshape(groups, d, 1)
     out[path] = unflat_kernel(jnp.matmul(v, lam * w, precision=hp), layout)
@@ -245,7 +246,7 @@ def projected_kernels(
 
 
 def project_params(
-    variables: Mapping[str, Any], layer_projections: Mapping[Path, Projection]
+  variables: Mapping[str, Any], layer_projections: Mapping[Path, Projection]
 ) -> dict[str, Any]:
   """Replaces every covered kernel by the kernel that sees projected inputs.
 
@@ -260,6 +261,6 @@ def project_params(
   """
   require_params(variables)
   return with_kernels(
-      variables,
-      {path: project_kernel(kernel_at(variables, path), p) for path, p in layer_projections.items()},
+    variables,
+    {path: project_kernel(kernel_at(variables, path), p) for path, p in layer_projections.items()},
   )

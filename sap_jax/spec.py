@@ -52,7 +52,7 @@ class RunSpec:
       raise ValueError(f"Unknown dataset {self.dataset!r}; known datasets: {', '.join(known)}.")
     if self.model not in models.known_models():
       raise ValueError(
-          f"Unknown model {self.model!r}; known models: {', '.join(models.known_models())}."
+        f"Unknown model {self.model!r}; known models: {', '.join(models.known_models())}."
       )
     NoiseSpec.parse(self.noise)  # raises a clear ValueError on a bad spec
     if not 0.0 < self.val_fraction < 1.0:
@@ -92,7 +92,7 @@ def load_data(spec: RunSpec) -> data.Dataset:
 def build_splits(spec: RunSpec) -> data.NoisySplits:
   """The run's noisy train / noisy validation / clean test splits."""
   return data.make_splits(
-      load_data(spec), noise=spec.noise, val_fraction=spec.val_fraction, seed=spec.seed
+    load_data(spec), noise=spec.noise, val_fraction=spec.val_fraction, seed=spec.seed
   )
 
 

@@ -86,16 +86,16 @@ def _project_jit(kernels, layer_bases, rotated, alpha, *, layouts):
 
 
 JITTED = {
-    "sweep.eigh": _eigh_jit,
-    "sweep.eigh_consume": _eigh_consume_jit,
-    "sweep.rotate": _rotate_jit,
-    "sweep.project": _project_jit,
+  "sweep.eigh": _eigh_jit,
+  "sweep.eigh_consume": _eigh_consume_jit,
+  "sweep.rotate": _rotate_jit,
+  "sweep.project": _project_jit,
 }
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
 def decompose(
-    variables: Variables, stats: Mapping[Path, LayerStats], *, consume: bool = False
+  variables: Variables, stats: Mapping[Path, LayerStats], *, consume: bool = False
 ) -> Decomposition:
   """Eigendecomposes every layer's statistics once, and rotates its kernel into the basis.
 
@@ -149,17 +149,17 @@ def apply_alpha(variables: Variables, decomposition: Decomposition, alpha: Any) 
   else:
     alpha = jnp.asarray(alpha, jnp.float32)
   new = _project_jit(
-      decomposition.kernels,
-      decomposition.bases,
-      decomposition.rotated,
-      alpha,
-      layouts=decomposition.layouts,
+    decomposition.kernels,
+    decomposition.bases,
+    decomposition.rotated,
+    alpha,
+    layouts=decomposition.layouts,
   )
   return with_kernels(variables, new)
 
 
 def choose_alpha(
-    alphas: Sequence[float], accuracies: Sequence[float], baseline: float
+  alphas: Sequence[float], accuracies: Sequence[float], baseline: float
 ) -> tuple[float | None, float]:
   """The sweep's rule: the first α (grid order) of highest accuracy, if it beats the
   unchanged model; else None (keep the model: the unchanged model wins ties).
@@ -241,13 +241,13 @@ def check_split(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_alphas(
-    apply_fn: ApplyFn,
-    variables: Variables,
-    decomposition: Decomposition,
-    alphas: Sequence[float],
-    splits: Mapping[str, tuple[Any, Any]],
-    *,
-    batch_size: int = 512,
+  apply_fn: ApplyFn,
+  variables: Variables,
+  decomposition: Decomposition,
+  alphas: Sequence[float],
+  splits: Mapping[str, tuple[Any, Any]],
+  *,
+  batch_size: int = 512,
 ) -> dict[str, SplitScores]:
   """Accuracy of the unchanged model and at every α, on every named split.
 
@@ -273,28 +273,28 @@ def score_alphas(
 
   def accuracies(v) -> dict[str, float]:
     return {
-        name: evaluate(apply_fn, v, x, y, batch_size=batch_size)["accuracy"]
-        for name, (x, y) in splits.items()
+      name: evaluate(apply_fn, v, x, y, batch_size=batch_size)["accuracy"]
+      for name, (x, y) in splits.items()
     }
 
   baseline = accuracies(variables)
   per_alpha = [accuracies(apply_alpha(variables, decomposition, a)) for a in alphas_np]
   return {
-      name: SplitScores(np.asarray([acc[name] for acc in per_alpha], np.float64), baseline[name])
-      for name in splits
+    name: SplitScores(np.asarray([acc[name] for acc in per_alpha], np.float64), baseline[name])
+    for name in splits
   }
 
 
 def sweep_alpha(
-    apply_fn: ApplyFn,
-    variables: Variables,
-    stats: Mapping[Path, LayerStats] | Decomposition,
-    alphas: Sequence[float],
-    x_val: Any,
-    y_val: Any,
-    *,
-    batch_size: int = 512,
-    eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
+  apply_fn: ApplyFn,
+  variables: Variables,
+  stats: Mapping[Path, LayerStats] | Decomposition,
+  alphas: Sequence[float],
+  x_val: Any,
+  y_val: Any,
+  *,
+  batch_size: int = 512,
+  eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> SweepResult:
   """Scores every α with one eigendecomposition per layer and chooses the best.
 
@@ -324,11 +324,9 @@ def sweep_alpha(
   for name, (x, y) in named.items():
     check_split(x, y, name)
   decomposition = stats if isinstance(stats, Decomposition) else decompose(variables, stats)
-  scores = score_alphas(
-      apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size
-  )
+  scores = score_alphas(apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size)
   choice = scores[CHOICE_SPLIT]
   best_alpha, best_acc = choose_alpha(alphas_np, choice.accuracies, choice.baseline)
   return SweepResult(
-      alphas_np, choice.accuracies, float(choice.baseline), best_alpha, best_acc, scores
+    alphas_np, choice.accuracies, float(choice.baseline), best_alpha, best_acc, scores
   )

@@ -33,12 +33,12 @@ _losses_jit = jax.jit(model_cross_entropy, static_argnums=0)
 
 
 def per_example_loss(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x: Any,
-    y: Any,
-    *,
-    batch_size: int = 512,
+  apply_fn: ApplyFn,
+  variables: Any,
+  x: Any,
+  y: Any,
+  *,
+  batch_size: int = 512,
 ) -> np.ndarray:
   """Cross-entropy of every sample under the model (eval mode).
 
@@ -56,8 +56,8 @@ def per_example_loss(
   x, y = np.asarray(x), np.asarray(y, np.int32)
   fn = hashable(apply_fn)
   out = [
-      np.asarray(_losses_jit(fn, variables, xb, yb))[:real]
-      for (xb, yb), real in padded_batches(x, y, batch_size=batch_size)
+    np.asarray(_losses_jit(fn, variables, xb, yb))[:real]
+    for (xb, yb), real in padded_batches(x, y, batch_size=batch_size)
   ]
   return np.concatenate(out).astype(np.float32)
 
@@ -84,15 +84,15 @@ JITTED = {"trusted.losses": _losses_jit, "trusted.curvature": _curvature_jit}
 
 
 def input_curvature(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x: Any,
-    y: Any,
-    *,
-    h: float = 1e-3,
-    num_probes: int = 10,
-    seed: int = 0,
-    batch_size: int = 256,
+  apply_fn: ApplyFn,
+  variables: Any,
+  x: Any,
+  y: Any,
+  *,
+  h: float = 1e-3,
+  num_probes: int = 10,
+  seed: int = 0,
+  batch_size: int = 256,
 ) -> np.ndarray:
   """Finite-difference input-curvature score of every sample.
 
@@ -135,14 +135,14 @@ SCORES = ("loss", "curvature")
 
 
 def trust_scores(
-    apply_fn: ApplyFn,
-    variables: Any,
-    x: Any,
-    y: Any,
-    *,
-    score: str = "loss",
-    batch_size: int = 512,
-    seed: int = 0,
+  apply_fn: ApplyFn,
+  variables: Any,
+  x: Any,
+  y: Any,
+  *,
+  score: str = "loss",
+  batch_size: int = 512,
+  seed: int = 0,
 ) -> np.ndarray:
   """Per-sample scores to rank by (lower = more trusted): "loss" or "curvature"."""
   if score == "loss":
@@ -177,11 +177,11 @@ def rank_by_score(scores: Any, *, descending: bool = False) -> np.ndarray:
 
 
 def select_trusted(
-    scores: Any,
-    labels: Any,
-    n: int,
-    *,
-    class_balanced: bool = False,
+  scores: Any,
+  labels: Any,
+  n: int,
+  *,
+  class_balanced: bool = False,
 ) -> np.ndarray:
   """Indices of the ``n`` samples with the lowest scores (e.g. losses).
 
@@ -201,13 +201,12 @@ def select_trusted(
   labels = np.asarray(labels)
   if scores.ndim != 1 or labels.shape != scores.shape:
     raise ValueError(
-        f"scores and labels must be 1-D of equal length, got {scores.shape} and "
-        f"{labels.shape}."
+      f"scores and labels must be 1-D of equal length, got {scores.shape} and {labels.shape}."
     )
   if not 1 <= n <= len(scores):
     raise ValueError(
-        f"Cannot select n={n} trusted samples from {len(scores)}: choose "
-        f"1 ≤ n ≤ {len(scores)} (e.g. --n-trusted {min(1000, len(scores))})."
+      f"Cannot select n={n} trusted samples from {len(scores)}: choose "
+      f"1 ≤ n ≤ {len(scores)} (e.g. --n-trusted {min(1000, len(scores))})."
     )
   order = rank_by_score(scores)
   if not class_balanced:

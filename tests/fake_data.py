@@ -16,7 +16,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10_NAMES = [
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+]
 
 
 def _images(rng, labels, size=32):
@@ -47,20 +58,32 @@ def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 20, seed: int =
       labels = rng.integers(0, 10, per_batch)
       train_labels.append(labels)
       images = _images(rng, labels)
-      _add_pickle(tar, f"cifar-10-batches-py/data_batch_{i}", {
+      _add_pickle(
+        tar,
+        f"cifar-10-batches-py/data_batch_{i}",
+        {
           b"labels": [int(v) for v in labels],
           b"data": images.transpose(0, 3, 1, 2).reshape(per_batch, -1),
-      })
+        },
+      )
     labels = rng.integers(0, 10, n_test)
-    _add_pickle(tar, "cifar-10-batches-py/test_batch", {
+    _add_pickle(
+      tar,
+      "cifar-10-batches-py/test_batch",
+      {
         b"labels": [int(v) for v in labels],
         b"data": _images(rng, labels).transpose(0, 3, 1, 2).reshape(n_test, -1),
-    })
-    _add_pickle(tar, "cifar-10-batches-py/batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES]})
+      },
+    )
+    _add_pickle(
+      tar, "cifar-10-batches-py/batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES]}
+    )
   return np.concatenate(train_labels)
 
 
-def write_cifar10n(root: Path, clean: np.ndarray, flip: float = 0.3, seed: int = 0) -> dict[str, np.ndarray]:
+def write_cifar10n(
+  root: Path, clean: np.ndarray, flip: float = 0.3, seed: int = 0
+) -> dict[str, np.ndarray]:
   """Writes root/CIFAR-10_human.npy with the CIFAR-N keys; returns the dict."""
   rng = np.random.default_rng(seed)
   out = {"clean_label": np.asarray(clean)}
@@ -71,8 +94,9 @@ def write_cifar10n(root: Path, clean: np.ndarray, flip: float = 0.3, seed: int =
   return out
 
 
-def write_image_folder(root: Path, classes=("shirt", "coat", "dress"), per_class: int = 8,
-                       size: int = 24, seed: int = 0) -> Path:
+def write_image_folder(
+  root: Path, classes=("shirt", "coat", "dress"), per_class: int = 8, size: int = 24, seed: int = 0
+) -> Path:
   """Writes root/{train,test}/<class>/*.png with a class-dependent colour patch."""
   rng = np.random.default_rng(seed)
   for split in ("train", "test"):
@@ -88,8 +112,9 @@ def write_image_folder(root: Path, classes=("shirt", "coat", "dress"), per_class
 def blobs(n: int, seed: int = 0, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
   """k well-separated Gaussian blobs in 2-D: (float32 (n, 2), int32 (n,))."""
   rng = np.random.default_rng(seed)
-  centres = 4.0 * np.stack([np.cos(2 * np.pi * np.arange(k) / k),
-                            np.sin(2 * np.pi * np.arange(k) / k)], 1)
+  centres = 4.0 * np.stack(
+    [np.cos(2 * np.pi * np.arange(k) / k), np.sin(2 * np.pi * np.arange(k) / k)], 1
+  )
   y = rng.integers(0, k, n).astype(np.int32)
   x = (centres[y] + 0.5 * rng.normal(size=(n, 2))).astype(np.float32)
   return x, y

@@ -53,9 +53,7 @@ def im2col(x, kernel_size, strides=1, padding="VALID", kernel_dilation=1, input_
   else:
     pads = [tuple(p) for p in padding]
   xp = np.pad(xd, [(0, 0)] + pads + [(0, 0)])
-  out_shape = [
-      (xp.shape[1 + i] - eff_k[i]) // strides[i] + 1 for i in range(n)
-  ]
+  out_shape = [(xp.shape[1 + i] - eff_k[i]) // strides[i] + 1 for i in range(n)]
   rows = []
   for b in range(x.shape[0]):
     for pos in itertools.product(*[range(o) for o in out_shape]):
@@ -96,7 +94,7 @@ def projected_input_interceptor(projections_by_path, patch_fn=None):
       axes = module.axis if isinstance(module.axis, (tuple, list)) else (module.axis,)
       axes = tuple(sorted(a % x.ndim for a in axes))
       moved = np.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
-      tail = moved.shape[x.ndim - len(axes):]
+      tail = moved.shape[x.ndim - len(axes) :]
       proj = (moved.reshape(-1, int(np.prod(tail))) @ p).reshape(moved.shape)
       back = np.moveaxis(proj, tuple(range(x.ndim - len(axes), x.ndim)), axes)
       return next_fun(jnp.asarray(back, jnp.float32))
@@ -109,7 +107,7 @@ def projected_input_interceptor(projections_by_path, patch_fn=None):
         padding = [(q, q) if isinstance(q, int) else tuple(q) for q in padding]
       if patch_fn is None:
         rows, out_shape = im2col(
-            x, ks, module.strides, padding, module.kernel_dilation, module.input_dilation
+          x, ks, module.strides, padding, module.kernel_dilation, module.input_dilation
         )
       else:
         rows = np.asarray(patch_fn(module, jnp.asarray(x, jnp.float32)), np.float64)

@@ -25,8 +25,11 @@ PHASES = ("losses", "select", "stats", "decompose", "apply_alpha")
 @pytest.fixture(scope="module")
 def report():
   proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sap.py"), "--quick"],
-      cwd=ROOT, capture_output=True, text=True, timeout=900,
+    [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sap.py"), "--quick"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=900,
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   last = proc.stdout.strip().splitlines()[-1]
@@ -35,7 +38,16 @@ def report():
 
 def test_report_has_every_section(report):
   assert report["quick"] is True
-  for key in ("settings", "device", "conventions", "models", "scaling", "digits", "goals", "total_wall_s"):
+  for key in (
+    "settings",
+    "device",
+    "conventions",
+    "models",
+    "scaling",
+    "digits",
+    "goals",
+    "total_wall_s",
+  ):
     assert key in report, key
   assert report["device"]["platform"] and report["device"]["device_kind"]
   assert set(report["models"]) == {"resnet18", "cnn"}
@@ -60,14 +72,17 @@ def test_times_are_positive_and_consistent(report):
     corr = m["correction"]
     total = m["stats"]["time_s"] + m["decompose"]["time_s"] + m["apply_alpha"]["time_s"]
     assert corr["time_s"] == pytest.approx(total, abs=2e-3)
-    assert corr["forward_passes"] == pytest.approx(corr["time_s"] / m["unit_forward"]["time_s"], rel=0.02, abs=0.02)
+    assert corr["forward_passes"] == pytest.approx(
+      corr["time_s"] / m["unit_forward"]["time_s"], rel=0.02, abs=0.02
+    )
     mem = corr["memory"]
     assert mem["peak_rss_mb"] >= mem["baseline_rss_mb"] > 0
     sw = m["sweep"]
     assert sw["k"] == len(report["settings"]["alphas"])
     assert sw["time_s"] > 0 and sw["one_evaluation_s"] > 0
     assert sw["decompose_plus_k_evaluations_s"] == pytest.approx(
-        m["decompose"]["time_s"] + sw["k"] * sw["one_evaluation_s"], abs=2e-3)
+      m["decompose"]["time_s"] + sw["k"] * sw["one_evaluation_s"], abs=2e-3
+    )
   sc = report["scaling"]
   assert [p["n_trusted"] for p in sc["points"]] == report["settings"]["scaling"]
   for p in sc["points"]:
@@ -84,7 +99,9 @@ def test_flops_match_independent_count_and_rates(report):
   import sap_jax.models as models
 
   model = models.get("cnn", 10, width=32)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32)))
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))
+  )
   params = shapes["params"]
   n = report["settings"]["n_trusted"]
   size, want = 8, {}
@@ -104,4 +121,6 @@ def test_flops_match_independent_count_and_rates(report):
     sf = m["stats_flops"]
     assert sf["matmul"]["gflops"] > 0
     assert 0 < sf["executed_flops"] <= sf["nominal_flops"]
-    assert sf["nominal_vs_matmul"] == pytest.approx(sf["nominal_gflops_per_s"] / sf["matmul"]["gflops"], rel=0.02)
+    assert sf["nominal_vs_matmul"] == pytest.approx(
+      sf["nominal_gflops_per_s"] / sf["matmul"]["gflops"], rel=0.02
+    )

@@ -17,12 +17,34 @@ from sap_jax.train import TrainConfig
 
 def _cli(*args, cwd):
   return subprocess.run(
-      [sys.executable, "-m", "sap_jax", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600
+    [sys.executable, "-m", "sap_jax", *map(str, args)],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
 
 
-TRAIN = ("train", "--dataset", "digits", "--model", "mlp", "--model-kw", "width=32", "--model-kw", "depth=1",
-         "--epochs", "3", "--batch-size", "128", "--noise", "symmetric:0.25", "--seed", "3", "--quiet")
+TRAIN = (
+  "train",
+  "--dataset",
+  "digits",
+  "--model",
+  "mlp",
+  "--model-kw",
+  "width=32",
+  "--model-kw",
+  "depth=1",
+  "--epochs",
+  "3",
+  "--batch-size",
+  "128",
+  "--noise",
+  "symmetric:0.25",
+  "--seed",
+  "3",
+  "--quiet",
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +85,17 @@ def test_evaluate_and_correct(trained):
   refused = _cli("correct", trained / "ckpt", "--out", trained / "ckpt", cwd=trained)
   assert refused.returncode != 0 and "never overwrites" in refused.stderr
 
-  result = _cli("correct", trained / "ckpt", "--out", trained / "sap", "--n-trusted", "200",
-                "--alphas", "10,1000", cwd=trained)
+  result = _cli(
+    "correct",
+    trained / "ckpt",
+    "--out",
+    trained / "sap",
+    "--n-trusted",
+    "200",
+    "--alphas",
+    "10,1000",
+    cwd=trained,
+  )
   assert result.returncode == 0, result.stderr
   report = json.loads((trained / "sap_report.json").read_text())
   assert report["n_trusted"] == 200
@@ -79,7 +110,7 @@ def test_evaluate_and_correct(trained):
   assert report["oracle_alpha_clean_val"] == (first_best if best > clean["baseline"] else None)
   assert clean["baseline"] == pytest.approx(report["before"]["val_accuracy_clean"])
   assert report["sweep_noisy_val"]["baseline"] == pytest.approx(
-      report["before"]["val_accuracy_noisy"]
+    report["before"]["val_accuracy_noisy"]
   )
   assert set(report["before"]) == set(report["after"]) == set(METRIC_KEYS)
   _, meta = checkpoint.load_checkpoint(trained / "sap")

@@ -17,19 +17,27 @@ SEEDS = (12484, 32087, 35416)  # the paper's seeds
 
 def _run(seed):
   spec = RunSpec(
-      dataset="digits",
-      noise="symmetric:0.25",
-      model="cnn",
-      seed=seed,
-      train=train.TrainConfig(epochs=80, batch_size=64, learning_rate=0.05, seed=seed),
+    dataset="digits",
+    noise="symmetric:0.25",
+    model="cnn",
+    seed=seed,
+    train=train.TrainConfig(epochs=80, batch_size=64, learning_rate=0.05, seed=seed),
   )
   splits = build_splits(spec)
   model = build_model(spec, splits.num_classes)
   apply_fn = train.eval_apply_fn(model)
   trained = train.train_model(model, splits.x_train, splits.y_train, spec.train, progress=False)
-  fit = train.fit_fraction(apply_fn, trained.variables, splits.x_train, splits.y_train, splits.noise_mask)
+  fit = train.fit_fraction(
+    apply_fn, trained.variables, splits.x_train, splits.y_train, splits.noise_mask
+  )
   result = sj.run_sap(
-      apply_fn, trained.variables, splits.x_train, splits.y_train, splits.x_val, splits.y_val, n_trusted=500
+    apply_fn,
+    trained.variables,
+    splits.x_train,
+    splits.y_train,
+    splits.x_val,
+    splits.y_val,
+    n_trusted=500,
   )
   before = train.evaluate(apply_fn, trained.variables, splits.x_test, splits.y_test)["accuracy"]
   after = train.evaluate(apply_fn, result.variables, splits.x_test, splits.y_test)["accuracy"]

@@ -20,14 +20,22 @@ CONFIG_FILES = sorted(p for p in cfg.CONFIG_DIR.glob("*.py") if p.stem != "__ini
 def _tiny_config(**overrides) -> Config:
   """Two spirals, a 1-layer MLP, 2 epochs: seconds per cell."""
   base = Config(
-      name="tiny",
-      setups=(Setup(dataset="spiral", model="mlp", model_kwargs={"depth": 1, "width": 16},
-                    data_options={"n_per_class": 40}, val_fraction=0.25, label="spiral"),),
-      noises=("symmetric:0.2",),
-      seeds=(0,),
-      train={"epochs": 2, "batch_size": 16, "learning_rate": 0.05, "eval_every": 10},
-      methods=(MethodSpec("vanilla"), MethodSpec("sap", {"n_trusted": 10, "alphas": [1e2, 1e4]})),
-      table=TableSpec(),
+    name="tiny",
+    setups=(
+      Setup(
+        dataset="spiral",
+        model="mlp",
+        model_kwargs={"depth": 1, "width": 16},
+        data_options={"n_per_class": 40},
+        val_fraction=0.25,
+        label="spiral",
+      ),
+    ),
+    noises=("symmetric:0.2",),
+    seeds=(0,),
+    train={"epochs": 2, "batch_size": 16, "learning_rate": 0.05, "eval_every": 10},
+    methods=(MethodSpec("vanilla"), MethodSpec("sap", {"n_trusted": 10, "alphas": [1e2, 1e4]})),
+    table=TableSpec(),
   )
   return dataclasses.replace(base, **overrides)
 
@@ -64,24 +72,37 @@ def test_keys_are_stable_and_ignore_labels_and_data_root():
   config = _tiny_config()
   keys = [c.key for c in grid.expand(config)]
   assert keys == [c.key for c in grid.expand(_tiny_config())]
-  relabelled = _tiny_config(methods=(MethodSpec("vanilla", label="Noisy"),
-                                     MethodSpec("sap", {"n_trusted": 10, "alphas": [1e2, 1e4]},
-                                                label="Ours")))
+  relabelled = _tiny_config(
+    methods=(
+      MethodSpec("vanilla", label="Noisy"),
+      MethodSpec("sap", {"n_trusted": 10, "alphas": [1e2, 1e4]}, label="Ours"),
+    )
+  )
   assert [c.key for c in grid.expand(relabelled)] == keys
   moved = _tiny_config(setups=(dataclasses.replace(config.setups[0], data_root="/elsewhere"),))
   assert [c.key for c in grid.expand(moved)] == keys
   other = _tiny_config(methods=(MethodSpec("sap", {"n_trusted": 11, "alphas": [1e2, 1e4]}),))
   assert grid.expand(other)[0].key not in keys
   longer = _tiny_config(train={**config.train, "epochs": 3})
-  assert not {c.vanilla_key for c in grid.expand(longer)} & {c.vanilla_key for c in grid.expand(config)}
+  assert not {c.vanilla_key for c in grid.expand(longer)} & {
+    c.vanilla_key for c in grid.expand(config)
+  }
   with pytest.raises(ValueError, match="identical"):
     grid.expand(_tiny_config(methods=(MethodSpec("vanilla"), MethodSpec("vanilla", label="x"))))
 
 
 def test_overrides():
-  config = cfg.apply_overrides(_tiny_config(), [
-      "seeds=[7]", "train.epochs=1", "setup.data_root=/data", "setup.data_options.noise=0.5",
-      "method.sap.n_trusted=5", 'noises=["asymmetric:0.1"]'])
+  config = cfg.apply_overrides(
+    _tiny_config(),
+    [
+      "seeds=[7]",
+      "train.epochs=1",
+      "setup.data_root=/data",
+      "setup.data_options.noise=0.5",
+      "method.sap.n_trusted=5",
+      'noises=["asymmetric:0.1"]',
+    ],
+  )
   assert config.seeds == (7,) and config.train["epochs"] == 1
   assert config.noises == ("asymmetric:0.1",)
   assert config.setups[0].data_root == "/data"
@@ -114,8 +135,9 @@ def tiny_run(tmp_path_factory):
   mp = pytest.MonkeyPatch()
   mp.setattr(train, "train_model", counting)
   config = _tiny_config()
-  summary = run.run_grid(config, workdir, checkpoint_dir=ckpt, progress=False, fail_fast=True,
-                         echo=lambda s: None)
+  summary = run.run_grid(
+    config, workdir, checkpoint_dir=ckpt, progress=False, fail_fast=True, echo=lambda s: None
+  )
   yield config, workdir, ckpt, counter, summary
   mp.undo()
 
@@ -146,8 +168,11 @@ def test_run_writes_one_record_per_cell(tiny_run):
       # The runner's α curve reproduces the method's own noisy-validation sweep.
       assert curve["check_max_abs_diff"] == 0.0
       # The test accuracy of the returned model is the curve's at the chosen α.
-      expected = (curve["baseline"]["test"] if rec["alpha"] is None
-                  else curve["test"][curve["alphas"].index(rec["alpha"])])
+      expected = (
+        curve["baseline"]["test"]
+        if rec["alpha"] is None
+        else curve["test"][curve["alphas"].index(rec["alpha"])]
+      )
       assert rec["test_accuracy"] == pytest.approx(expected, abs=1e-6)
 
 
@@ -155,16 +180,24 @@ def test_rerun_skips_finished_cells_and_reuses_checkpoints(tiny_run):
   config, workdir, ckpt, counter, _ = tiny_run
   before = counter["train"]
   mtimes = {p: p.stat().st_mtime_ns for p in (workdir / "cells").glob("*.json")}
-  again = run.run_grid(config, workdir, checkpoint_dir=ckpt, progress=False, fail_fast=True,
-                       echo=lambda s: None)
+  again = run.run_grid(
+    config, workdir, checkpoint_dir=ckpt, progress=False, fail_fast=True, echo=lambda s: None
+  )
   assert (again.ran, again.already_done, again.trained) == (0, 2, 0)
   assert counter["train"] == before
   assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # records never rewritten
   # An interrupted grid: one record missing → only that cell runs, from the checkpoint.
   sap_cell = [c for c in grid.expand(config) if c.method.name == "sap"][0]
   run.record_path(workdir, sap_cell.key).unlink()
-  resumed = run.run_grid(config, workdir, checkpoint_dir=ckpt, progress=False, fail_fast=True,
-                         echo=lambda s: None, max_cells=5)
+  resumed = run.run_grid(
+    config,
+    workdir,
+    checkpoint_dir=ckpt,
+    progress=False,
+    fail_fast=True,
+    echo=lambda s: None,
+    max_cells=5,
+  )
   assert (resumed.ran, resumed.trained, resumed.remaining) == (1, 0, 0)
   assert counter["train"] == before
 
@@ -185,8 +218,9 @@ def test_shards_split_the_grid_by_vanilla_model(tiny_run):
 
 def test_max_cells_and_cli_only_table(tiny_run, tmp_path):
   config, workdir, ckpt, _, _ = tiny_run
-  partial = run.run_grid(config, tmp_path / "w", checkpoint_dir=ckpt, progress=False,
-                         max_cells=1, echo=lambda s: None)
+  partial = run.run_grid(
+    config, tmp_path / "w", checkpoint_dir=ckpt, progress=False, max_cells=1, echo=lambda s: None
+  )
   assert (partial.ran, partial.remaining, partial.trained) == (1, 1, 0)
   written = run.write_outputs(config, workdir, checkpoint_dir=ckpt, echo=lambda s: None)
   names = {p.name for p in written}
@@ -227,28 +261,49 @@ def test_records_are_written_in_the_committed_format(tiny_run):
 
 
 def _record(cell, acc, oracle=None):
-  rec = {"test_accuracy": acc, "seed": cell.seed, "vanilla_key": cell.vanilla_key,
-         "noise_rate_observed": 0.2, "num_settings": 1, "wall_time_s": 1.0,
-         "vanilla": {"fit_noisy": 1.0, "test_accuracy": 0.5, "train_time_s": 3.0},
-         "method_name": cell.method.name, "chosen": {}}
+  rec = {
+    "test_accuracy": acc,
+    "seed": cell.seed,
+    "vanilla_key": cell.vanilla_key,
+    "noise_rate_observed": 0.2,
+    "num_settings": 1,
+    "wall_time_s": 1.0,
+    "vanilla": {"fit_noisy": 1.0, "test_accuracy": 0.5, "train_time_s": 3.0},
+    "method_name": cell.method.name,
+    "chosen": {},
+  }
   if oracle is not None:
-    rec.update(test_accuracy_oracle_alpha=oracle, alpha=100.0, alpha_oracle=1000.0,
-               trusted_size=10, trusted_noise_rate=0.0)
+    rec.update(
+      test_accuracy_oracle_alpha=oracle,
+      alpha=100.0,
+      alpha_oracle=1000.0,
+      trusted_size=10,
+      trusted_noise_rate=0.0,
+    )
   return rec
 
 
 def test_table_mean_std_and_bold_best():
   config = _tiny_config(
-      setups=(Setup("spiral", "mlp", label="A"), Setup("digits", "mlp", label="B")),
-      seeds=(0, 1, 2),
-      methods=(MethodSpec("vanilla"), MethodSpec("retrain"), MethodSpec("finetune"),
-               MethodSpec("sap")))
+    setups=(Setup("spiral", "mlp", label="A"), Setup("digits", "mlp", label="B")),
+    seeds=(0, 1, 2),
+    methods=(
+      MethodSpec("vanilla"),
+      MethodSpec("retrain"),
+      MethodSpec("finetune"),
+      MethodSpec("sap"),
+    ),
+  )
   cells = grid.expand(config)
   acc = {  # per (setup label, method): accuracies of seeds 0, 1, 2
-      ("A", "vanilla"): (0.80, 0.82, 0.84), ("A", "retrain"): (0.99, 0.99, 0.99),
-      ("A", "finetune"): (0.85, 0.86, 0.87), ("A", "sap"): (0.90, 0.91, 0.92),
-      ("B", "vanilla"): (0.70, 0.70, 0.70), ("B", "retrain"): (0.95, 0.95, 0.95),
-      ("B", "finetune"): (0.75, 0.76, 0.77), ("B", "sap"): (0.74, 0.76, 0.78),
+    ("A", "vanilla"): (0.80, 0.82, 0.84),
+    ("A", "retrain"): (0.99, 0.99, 0.99),
+    ("A", "finetune"): (0.85, 0.86, 0.87),
+    ("A", "sap"): (0.90, 0.91, 0.92),
+    ("B", "vanilla"): (0.70, 0.70, 0.70),
+    ("B", "retrain"): (0.95, 0.95, 0.95),
+    ("B", "finetune"): (0.75, 0.76, 0.77),
+    ("B", "sap"): (0.74, 0.76, 0.78),
   }
   records = {}
   for c in cells:
@@ -277,13 +332,25 @@ def test_table2_layout_with_paired_gain_column():
   from experiments.config import Variant
 
   config = _tiny_config(
-      seeds=(0, 1), variants=(Variant("ERM"), Variant("MixUp", {"mixup_alpha": 0.2})),
-      methods=(MethodSpec("vanilla"), MethodSpec("sap")),
-      table=TableSpec(rows=("variant",), columns=("setup", "method"), reference_rows=(),
-                      oracle_rows=False, average=False, delta=("Vanilla", "SAP")))
+    seeds=(0, 1),
+    variants=(Variant("ERM"), Variant("MixUp", {"mixup_alpha": 0.2})),
+    methods=(MethodSpec("vanilla"), MethodSpec("sap")),
+    table=TableSpec(
+      rows=("variant",),
+      columns=("setup", "method"),
+      reference_rows=(),
+      oracle_rows=False,
+      average=False,
+      delta=("Vanilla", "SAP"),
+    ),
+  )
   cells = grid.expand(config)
-  acc = {("ERM", "vanilla"): (0.70, 0.80), ("ERM", "sap"): (0.75, 0.87),
-         ("MixUp", "vanilla"): (0.80, 0.80), ("MixUp", "sap"): (0.81, 0.83)}
+  acc = {
+    ("ERM", "vanilla"): (0.70, 0.80),
+    ("ERM", "sap"): (0.75, 0.87),
+    ("MixUp", "vanilla"): (0.80, 0.80),
+    ("MixUp", "sap"): (0.81, 0.83),
+  }
   records = {c.key: _record(c, acc[(c.variant.label, c.method.name)][c.seed]) for c in cells}
   table = tables.build_table(config, cells, records)
   assert table.rows == ["ERM", "MixUp"]
@@ -361,15 +428,29 @@ def test_paper_cifar10_config_runs_at_toy_size(tmp_path):
   # Toy size: VGG11-BN at 1/16 width, one training step, vanilla + SAP only
   # (without the oracle/α-curve extras, tested above, to keep compilation short;
   # validation and test sets of one size share their compiled forward pass).
-  config = dataclasses.replace(config, setups=config.setups[:1],
-                               methods=(config.methods[0], sap), oracle=False,
-                               alpha_curve=False, record_spectra=False)
-  config = cfg.apply_overrides(config, [
-      f"setup.data_root={tmp_path}", "setup.model_kwargs.width_multiplier=0.0625",
-      "setup.val_fraction=0.2", "seeds=[0]", 'noises=["symmetric:0.25"]', "train.epochs=1",
-      "train.batch_size=32"])
-  summary = run.run_grid(config, tmp_path / "work", progress=False, fail_fast=True,
-                         echo=lambda s: None)
+  config = dataclasses.replace(
+    config,
+    setups=config.setups[:1],
+    methods=(config.methods[0], sap),
+    oracle=False,
+    alpha_curve=False,
+    record_spectra=False,
+  )
+  config = cfg.apply_overrides(
+    config,
+    [
+      f"setup.data_root={tmp_path}",
+      "setup.model_kwargs.width_multiplier=0.0625",
+      "setup.val_fraction=0.2",
+      "seeds=[0]",
+      'noises=["symmetric:0.25"]',
+      "train.epochs=1",
+      "train.batch_size=32",
+    ],
+  )
+  summary = run.run_grid(
+    config, tmp_path / "work", progress=False, fail_fast=True, echo=lambda s: None
+  )
   assert (summary.ran, summary.trained, summary.remaining) == (2, 1, 0)
   cells = grid.expand(config)
   records = run.load_records(tmp_path / "work", cells)

@@ -19,7 +19,9 @@ def test_exclude_and_layer_range(mlp):
     sj.select_layers(stats, exclude=("*",))
   corrected = sj.correct(apply_fn, variables, x, 10.0, exclude=("head",))
   assert corrected["params"]["head"]["kernel"] is variables["params"]["head"]["kernel"]
-  assert not np.allclose(corrected["params"]["first"]["kernel"], variables["params"]["first"]["kernel"])
+  assert not np.allclose(
+    corrected["params"]["first"]["kernel"], variables["params"]["first"]["kernel"]
+  )
 
 
 def test_path_name_joins_with_slashes_and_prints_integers():

@@ -19,34 +19,34 @@ NUM_CLASSES = 3
 
 # id: (registry name, kwargs, input shape, uses BatchNorm). Tiny sizes only.
 TINY = {
-    "mlp": ("mlp", dict(depth=2, width=8), (4, 8, 8, 1), False),
-    "mlp_vector": ("mlp", dict(depth=1, width=8), (4, 5), False),
-    "mlp_bn": ("mlp", dict(depth=2, width=8, batch_norm=True), (4, 8, 8, 1), True),
-    "cnn": ("cnn", dict(width=4), (4, 8, 8, 1), False),
-    "cnn_bn": ("cnn", dict(width=4, batch_norm=True), (4, 8, 8, 1), True),
-    "cnn1d": ("cnn1d", dict(width=4), (4, 40, 1), False),
-    "cnn1d_bn": ("cnn1d", dict(width=4, batch_norm=True), (4, 40, 1), True),
-    "lenet5": ("lenet5", {}, (4, 28, 28, 1), False),
-    "vgg11": ("vgg11", dict(width_multiplier=1 / 32), (4, 32, 32, 3), True),
-    "vgg13": ("vgg13", dict(width_multiplier=1 / 32), (4, 32, 32, 3), True),
-    "vgg16": ("vgg16", dict(width_multiplier=1 / 32), (4, 32, 32, 3), True),
-    "resnet18_cifar": ("resnet18", dict(width=4, stem="cifar"), (4, 16, 16, 3), True),
-    "resnet18_imagenet": ("resnet18", dict(width=4, stem="imagenet"), (4, 32, 32, 3), True),
-    "resnet34": ("resnet34", dict(width=4), (4, 16, 16, 3), True),
-    "resnet50": ("resnet50", dict(width=4), (4, 16, 16, 3), True),
-    "vit": (
-        "vit",
-        dict(patch_size=4, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32),
-        (4, 8, 8, 3),
-        False,
-    ),
-    "vit_tiny": ("vit_tiny", {}, (4, 8, 8, 3), False),
-    "inception_resnet_v2": (
-        "inception_resnet_v2",
-        dict(width_multiplier=1 / 16, block_repeats=(1, 1, 1)),
-        (4, 75, 75, 3),
-        True,
-    ),
+  "mlp": ("mlp", dict(depth=2, width=8), (4, 8, 8, 1), False),
+  "mlp_vector": ("mlp", dict(depth=1, width=8), (4, 5), False),
+  "mlp_bn": ("mlp", dict(depth=2, width=8, batch_norm=True), (4, 8, 8, 1), True),
+  "cnn": ("cnn", dict(width=4), (4, 8, 8, 1), False),
+  "cnn_bn": ("cnn", dict(width=4, batch_norm=True), (4, 8, 8, 1), True),
+  "cnn1d": ("cnn1d", dict(width=4), (4, 40, 1), False),
+  "cnn1d_bn": ("cnn1d", dict(width=4, batch_norm=True), (4, 40, 1), True),
+  "lenet5": ("lenet5", {}, (4, 28, 28, 1), False),
+  "vgg11": ("vgg11", dict(width_multiplier=1 / 32), (4, 32, 32, 3), True),
+  "vgg13": ("vgg13", dict(width_multiplier=1 / 32), (4, 32, 32, 3), True),
+  "vgg16": ("vgg16", dict(width_multiplier=1 / 32), (4, 32, 32, 3), True),
+  "resnet18_cifar": ("resnet18", dict(width=4, stem="cifar"), (4, 16, 16, 3), True),
+  "resnet18_imagenet": ("resnet18", dict(width=4, stem="imagenet"), (4, 32, 32, 3), True),
+  "resnet34": ("resnet34", dict(width=4), (4, 16, 16, 3), True),
+  "resnet50": ("resnet50", dict(width=4), (4, 16, 16, 3), True),
+  "vit": (
+    "vit",
+    dict(patch_size=4, hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32),
+    (4, 8, 8, 3),
+    False,
+  ),
+  "vit_tiny": ("vit_tiny", {}, (4, 8, 8, 3), False),
+  "inception_resnet_v2": (
+    "inception_resnet_v2",
+    dict(width_multiplier=1 / 16, block_repeats=(1, 1, 1)),
+    (4, 75, 75, 3),
+    True,
+  ),
 }
 # vit_b16 has fixed sizes (86 M parameters take ~10 s just to sample on CPU); it
 # is the `vit` module run above with other sizes, and test_reference_size
@@ -155,7 +155,7 @@ def test_vit_dropout_only_in_train_mode():
   # (rbg keys: threefry's compilation would dominate this test's time)
   keys = [jax.random.key(i, impl="unsafe_rbg") for i in (2, 3)]
   train = _compile(
-      lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}), variables, x, keys[0]
+    lambda v, x, key: model.apply(v, x, train=True, rngs={"dropout": key}), variables, x, keys[0]
   )
   y_a, y_b = (train(variables, x, key) for key in keys)
   assert not np.allclose(y_a, y_b)
@@ -209,18 +209,17 @@ def _pair(v):
 
 
 @pytest.mark.parametrize(
-    "name, stem, shape, projected_blocks",
-    [
-        ("resnet18", "cifar", (1, 32, 32, 3), ["stage2_block1", "stage3_block1", "stage4_block1"]),
-        ("resnet34", "imagenet", (1, 64, 64, 3),
-         ["stage2_block1", "stage3_block1", "stage4_block1"]),
-        (
-            "resnet50",
-            "imagenet",
-            (1, 224, 224, 3),
-            ["stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"],
-        ),
-    ],
+  "name, stem, shape, projected_blocks",
+  [
+    ("resnet18", "cifar", (1, 32, 32, 3), ["stage2_block1", "stage3_block1", "stage4_block1"]),
+    ("resnet34", "imagenet", (1, 64, 64, 3), ["stage2_block1", "stage3_block1", "stage4_block1"]),
+    (
+      "resnet50",
+      "imagenet",
+      (1, 224, 224, 3),
+      ["stage1_block1", "stage2_block1", "stage3_block1", "stage4_block1"],
+    ),
+  ],
 )
 def test_resnet_convs_are_bias_free_and_batch_normed(name, stem, shape, projected_blocks):
   calls, variables = _trace_layers(models.get(name, 10, stem=stem), shape)
@@ -289,10 +288,9 @@ def _resnet_params(stage_sizes, bottleneck, stem, num_classes, width=64):
 
 # kuangliu/pytorch-cifar models/vgg.py ``cfg``.
 _KUANGLIU_VGG = {
-    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-              512, 512, 512, "M"],
+  "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+  "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+  "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
 }
 
 
@@ -328,27 +326,45 @@ def _irv2_params(num_classes):
 
   for k, c_in, c_out in [(3, 3, 32), (3, 32, 32), (3, 32, 64), (1, 64, 80), (3, 80, 192)]:
     unit(k, c_in, c_out)  # stem
-  for k, c_in, c_out in [(1, 192, 96), (1, 192, 48), (5, 48, 64), (1, 192, 64), (3, 64, 96),
-                         (3, 96, 96), (1, 192, 64)]:
+  for k, c_in, c_out in [
+    (1, 192, 96),
+    (1, 192, 48),
+    (5, 48, 64),
+    (1, 192, 64),
+    (3, 64, 96),
+    (3, 96, 96),
+    (1, 192, 64),
+  ]:
     unit(k, c_in, c_out)  # mixed_5b → 320
   for _ in range(10):  # Block35
-    for k, c_in, c_out in [(1, 320, 32), (1, 320, 32), (3, 32, 32), (1, 320, 32), (3, 32, 48),
-                           (3, 48, 64)]:
+    for k, c_in, c_out in [
+      (1, 320, 32),
+      (1, 320, 32),
+      (3, 32, 32),
+      (1, 320, 32),
+      (3, 32, 48),
+      (3, 48, 64),
+    ]:
       unit(k, c_in, c_out)
     n += _dense(128, 320)  # 1×1 conv with bias
   for k, c_in, c_out in [(3, 320, 384), (1, 320, 256), (3, 256, 256), (3, 256, 384)]:
     unit(k, c_in, c_out)  # mixed_6a → 1088
   for _ in range(20):  # Block17
-    for k, c_in, c_out in [(1, 1088, 192), (1, 1088, 128), ((1, 7), 128, 160),
-                           ((7, 1), 160, 192)]:
+    for k, c_in, c_out in [(1, 1088, 192), (1, 1088, 128), ((1, 7), 128, 160), ((7, 1), 160, 192)]:
       unit(k, c_in, c_out)
     n += _dense(384, 1088)
-  for k, c_in, c_out in [(1, 1088, 256), (3, 256, 384), (1, 1088, 256), (3, 256, 288),
-                         (1, 1088, 256), (3, 256, 288), (3, 288, 320)]:
+  for k, c_in, c_out in [
+    (1, 1088, 256),
+    (3, 256, 384),
+    (1, 1088, 256),
+    (3, 256, 288),
+    (1, 1088, 256),
+    (3, 256, 288),
+    (3, 288, 320),
+  ]:
     unit(k, c_in, c_out)  # mixed_7a → 2080
   for _ in range(10):  # 9 × Block8 + the final one
-    for k, c_in, c_out in [(1, 2080, 192), (1, 2080, 192), ((1, 3), 192, 224),
-                           ((3, 1), 224, 256)]:
+    for k, c_in, c_out in [(1, 2080, 192), (1, 2080, 192), ((1, 3), 192, 224), ((3, 1), 224, 256)]:
       unit(k, c_in, c_out)
     n += _dense(448, 2080)
   unit(1, 2080, 1536)  # conv2d_7b
@@ -387,26 +403,36 @@ def _count(tree):
 
 
 @pytest.mark.parametrize(
-    "name, kwargs, shape, num_classes, expected",
-    [
-        ("resnet18", dict(stem="cifar"), (1, 32, 32, 3), 10, 11_173_962),
-        ("resnet18", dict(stem="imagenet"), (1, 224, 224, 3), 1000, 11_689_512),
-        ("resnet34", dict(stem="imagenet"), (1, 224, 224, 3), 1000, 21_797_672),
-        ("resnet50", dict(stem="imagenet"), (1, 224, 224, 3), 1000, 25_557_032),
-        ("resnet50", dict(stem="cifar"), (1, 32, 32, 3), 10,
-         _resnet_params((3, 4, 6, 3), True, "cifar", 10)),
-        ("vgg11", {}, (1, 32, 32, 3), 10, 9_231_114),
-        ("vgg13", {}, (1, 32, 32, 3), 10, 9_416_010),
-        ("vgg16", {}, (1, 32, 32, 3), 10, 14_728_266),
-        ("vgg11", {}, (1, 32, 32, 3), 100, _vgg_params(_KUANGLIU_VGG["vgg11"], 100)),
-        ("vit_b16", {}, (1, 224, 224, 3), 1000, 86_567_656),
-        ("vit_b16", {}, (1, 224, 224, 3), 14, _vit_params(224, 16, 768, 12, 3072, 14)),
-        ("inception_resnet_v2", {}, (1, 299, 299, 3), 1000, 55_843_464),
-        ("lenet5", {}, (1, 28, 28, 1), 10, 61_706),
-        ("mlp", {}, (1, 28, 28, 1), 10, _dense(784, 256) + 2 * _dense(256, 256) + _dense(256, 10)),
-        ("mlp", dict(batch_norm=True), (1, 784), 10,
-         784 * 256 + 2 * 256 * 256 + 3 * _bn(256) + _dense(256, 10)),
-    ],
+  "name, kwargs, shape, num_classes, expected",
+  [
+    ("resnet18", dict(stem="cifar"), (1, 32, 32, 3), 10, 11_173_962),
+    ("resnet18", dict(stem="imagenet"), (1, 224, 224, 3), 1000, 11_689_512),
+    ("resnet34", dict(stem="imagenet"), (1, 224, 224, 3), 1000, 21_797_672),
+    ("resnet50", dict(stem="imagenet"), (1, 224, 224, 3), 1000, 25_557_032),
+    (
+      "resnet50",
+      dict(stem="cifar"),
+      (1, 32, 32, 3),
+      10,
+      _resnet_params((3, 4, 6, 3), True, "cifar", 10),
+    ),
+    ("vgg11", {}, (1, 32, 32, 3), 10, 9_231_114),
+    ("vgg13", {}, (1, 32, 32, 3), 10, 9_416_010),
+    ("vgg16", {}, (1, 32, 32, 3), 10, 14_728_266),
+    ("vgg11", {}, (1, 32, 32, 3), 100, _vgg_params(_KUANGLIU_VGG["vgg11"], 100)),
+    ("vit_b16", {}, (1, 224, 224, 3), 1000, 86_567_656),
+    ("vit_b16", {}, (1, 224, 224, 3), 14, _vit_params(224, 16, 768, 12, 3072, 14)),
+    ("inception_resnet_v2", {}, (1, 299, 299, 3), 1000, 55_843_464),
+    ("lenet5", {}, (1, 28, 28, 1), 10, 61_706),
+    ("mlp", {}, (1, 28, 28, 1), 10, _dense(784, 256) + 2 * _dense(256, 256) + _dense(256, 10)),
+    (
+      "mlp",
+      dict(batch_norm=True),
+      (1, 784),
+      10,
+      784 * 256 + 2 * 256 * 256 + 3 * _bn(256) + _dense(256, 10),
+    ),
+  ],
 )
 def test_reference_size(name, kwargs, shape, num_classes, expected):
   model = models.get(name, num_classes, **kwargs)
@@ -419,7 +445,7 @@ def test_reference_size(name, kwargs, shape, num_classes, expected):
 
 def test_vit_b16_sizes():
   variables = jax.eval_shape(
-      models.get("vit_b16", 1000).init, jax.random.key(0), jnp.zeros((1, 224, 224, 3))
+    models.get("vit_b16", 1000).init, jax.random.key(0), jnp.zeros((1, 224, 224, 3))
   )
   params = variables["params"]
   assert params["patch_embed"]["kernel"].shape == (16, 16, 3, 768)
@@ -438,8 +464,20 @@ def test_vit_b16_sizes():
 
 def test_known_models_has_the_documented_names():
   assert set(models.known_models()) >= {
-      "mlp", "cnn", "cnn1d", "lenet5", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34",
-      "resnet50", "vit", "vit_b16", "vit_tiny", "inception_resnet_v2",
+    "mlp",
+    "cnn",
+    "cnn1d",
+    "lenet5",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit",
+    "vit_b16",
+    "vit_tiny",
+    "inception_resnet_v2",
   }
   assert list(models.known_models()) == sorted(models.known_models())
 

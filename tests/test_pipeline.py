@@ -45,8 +45,17 @@ def test_run_sap_scores_eval_splits_without_letting_them_choose(mlp):
   y_other = np.asarray(jnp.argmax(apply_fn(target, x), -1))
   # The choice split is the model's own predictions (nothing beats it); the extra
   # split would prefer α = 3, but must not change the choice.
-  result = sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=30, alphas=[1e4, 3.0],
-                      eval_splits={"other": (x, y_other)})
+  result = sj.run_sap(
+    apply_fn,
+    variables,
+    x,
+    y,
+    x,
+    y,
+    n_trusted=30,
+    alphas=[1e4, 3.0],
+    eval_splits={"other": (x, y_other)},
+  )
   assert result.alpha is None
   assert set(result.sweep.splits) == {"val", "other"}
   assert result.sweep.best_for("other")[0] == 3.0
@@ -54,7 +63,9 @@ def test_run_sap_scores_eval_splits_without_letting_them_choose(mlp):
   assert result.sweep.accuracy_at("other", None) == pytest.approx(np.mean(y == y_other))
   # the decomposition the result carries gives the α-3 model the extra split scored
   at3 = sj.apply_alpha(variables, result.decomposition, 3.0)
-  assert np.mean(np.argmax(apply_fn(at3, x), -1) == y_other) == result.sweep.accuracy_at("other", 3.0)
+  assert np.mean(np.argmax(apply_fn(at3, x), -1) == y_other) == result.sweep.accuracy_at(
+    "other", 3.0
+  )
 
 
 def test_compilations_are_reused_across_calls(mlp):

@@ -42,7 +42,6 @@ class _Attention(nn.Module):
 
 
 class _Conv1d(nn.Module):
-
   @nn.compact
   def __call__(self, x, train=False):  # (B, L, C)
     x = nn.relu(nn.Conv(4, (5,), strides=2, padding="SAME", name="c1")(x))
@@ -57,9 +56,9 @@ def _setup(model, shape, n=12, seed=0):
 
 
 MODELS = {
-    "conv": (_ConvNet(), (9, 9, 4)),
-    "attention": (_Attention(), (5, 6)),
-    "conv1d": (_Conv1d(), (11, 3)),
+  "conv": (_ConvNet(), (9, 9, 4)),
+  "attention": (_Attention(), (5, 6)),
+  "conv1d": (_Conv1d(), (11, 3)),
 }
 
 
@@ -83,14 +82,16 @@ def test_corrected_model_equals_model_with_projected_inputs(name):
   rng = np.random.default_rng(0)
   # An arbitrary (non-symmetric) P per layer: the identity must hold for any P.
   arbitrary = {
-      path: sj.Projection(
-          jnp.asarray(rng.normal(size=s.gram.shape) / np.sqrt(s.layout.dim), jnp.float32), s.layout
-      )
-      for path, s in stats.items()
+    path: sj.Projection(
+      jnp.asarray(rng.normal(size=s.gram.shape) / np.sqrt(s.layout.dim), jnp.float32), s.layout
+    )
+    for path, s in stats.items()
   }
   corrected = sj.project_params(variables, arbitrary)
   got = np.asarray(apply_fn(corrected, x))
-  with nn.intercept_methods(projected_input_interceptor({p: q.matrix for p, q in arbitrary.items()})):
+  with nn.intercept_methods(
+    projected_input_interceptor({p: q.matrix for p, q in arbitrary.items()})
+  ):
     want = np.asarray(apply_fn(variables, x))
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
@@ -174,7 +175,9 @@ def test_per_layer_alpha():
   stats = sj.activation_stats(apply_fn, variables, [x])
   per_layer = sj.projections(stats, {("c1",): 1.0, ("head",): 1e3})
   np.testing.assert_allclose(per_layer[("c1",)].matrix, sj.projections(stats, 1.0)[("c1",)].matrix)
-  np.testing.assert_allclose(per_layer[("head",)].matrix, sj.projections(stats, 1e3)[("head",)].matrix)
+  np.testing.assert_allclose(
+    per_layer[("head",)].matrix, sj.projections(stats, 1e3)[("head",)].matrix
+  )
   with pytest.raises(KeyError, match="head"):
     sj.projections(stats, {("c1",): 1.0})
 
@@ -183,7 +186,7 @@ def test_svd_basis_agrees_with_eigh():
   apply_fn, variables, x = _setup(*MODELS["conv"])
   rows = sj.activation_rows(apply_fn, variables, [x], max_rows=10**6)
   stats = sj.activation_stats(apply_fn, variables, [x])
-  for path, (r, layout) in rows.items():
+  for path, (r, _layout) in rows.items():
     for alpha in (1.0, 100.0, 3e4):
       p_svd = sj.projection_matrix(sj.svd_basis(r), alpha)
       p_eig = sj.projections(stats, alpha)[path].matrix

@@ -21,8 +21,14 @@ def _train_and_correct(spec, n_trusted):
   apply_fn = train.eval_apply_fn(model)
   trained = train.train_model(model, splits.x_train, splits.y_train, spec.train, progress=False)
   result = sj.run_sap(
-      apply_fn, trained.variables, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-      n_trusted=n_trusted, alphas=[10.0, 1e3],
+    apply_fn,
+    trained.variables,
+    splits.x_train,
+    splits.y_train,
+    splits.x_val,
+    splits.y_val,
+    n_trusted=n_trusted,
+    alphas=[10.0, 1e3],
   )
   return splits, apply_fn, trained.variables, result
 
@@ -30,8 +36,15 @@ def _train_and_correct(spec, n_trusted):
 def test_cifar10n_human_labels_train_and_correct(tmp_path):
   clean = write_cifar10(tmp_path, per_batch=20)
   human = write_cifar10n(tmp_path, clean, flip=0.3)
-  spec = RunSpec(dataset="cifar10n", data_root=str(tmp_path), noise="human:worse", model="resnet18",
-                 model_kwargs={"width": 4}, seed=1, train=TINY_TRAIN)
+  spec = RunSpec(
+    dataset="cifar10n",
+    data_root=str(tmp_path),
+    noise="human:worse",
+    model="resnet18",
+    model_kwargs={"width": 4},
+    seed=1,
+    train=TINY_TRAIN,
+  )
   splits, apply_fn, variables, result = _train_and_correct(spec, n_trusted=40)
 
   # The model trains on the human labels; the clean labels are kept for evaluation only.
@@ -40,7 +53,9 @@ def test_cifar10n_human_labels_train_and_correct(tmp_path):
   train_idx = splits.train_indices
   np.testing.assert_array_equal(splits.y_train, human["worse_label"][train_idx])
   np.testing.assert_array_equal(splits.y_train_clean, clean[train_idx])
-  np.testing.assert_array_equal(splits.noise_mask, human["worse_label"][train_idx] != clean[train_idx])
+  np.testing.assert_array_equal(
+    splits.noise_mask, human["worse_label"][train_idx] != clean[train_idx]
+  )
   assert 0.1 < splits.noise_mask.mean() < 0.5
 
   assert len(result.trusted_indices) == 40
@@ -56,9 +71,15 @@ def test_cifar10n_human_labels_train_and_correct(tmp_path):
 
 def test_image_folder_train_and_correct(tmp_path):
   write_image_folder(tmp_path, per_class=12, size=24)
-  spec = RunSpec(dataset="folder", data_root=str(tmp_path), data_options={"image_size": 16},
-                 noise="symmetric:0.25", model="vit_tiny", seed=2,
-                 train=dataclasses.replace(TINY_TRAIN, batch_size=8))
+  spec = RunSpec(
+    dataset="folder",
+    data_root=str(tmp_path),
+    data_options={"image_size": 16},
+    noise="symmetric:0.25",
+    model="vit_tiny",
+    seed=2,
+    train=dataclasses.replace(TINY_TRAIN, batch_size=8),
+  )
   splits, apply_fn, variables, result = _train_and_correct(spec, n_trusted=20)
   assert splits.x_train.shape[1:] == (16, 16, 3)
   assert splits.num_classes == 3

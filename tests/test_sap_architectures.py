@@ -20,15 +20,15 @@ from sap_jax import models
 from tests.sap_reference import projected_input_interceptor
 
 ARCHITECTURES = {
-    "mlp": (dict(depth=2, width=16, batch_norm=True), (8, 8, 1)),
-    "cnn": (dict(width=4), (8, 8, 1)),
-    "cnn1d": (dict(width=4), (40, 1)),
-    "lenet5": ({}, (28, 28, 1)),
-    "vgg11": (dict(width_multiplier=1 / 16), (32, 32, 3)),
-    "resnet18": (dict(width=4, stem="cifar"), (16, 16, 3)),
-    "resnet50": (dict(width=2, stem="imagenet"), (32, 32, 3)),
-    "vit_tiny": ({}, (8, 8, 3)),
-    "inception_resnet_v2": (dict(width_multiplier=1 / 16, block_repeats=(1, 1, 1)), (75, 75, 3)),
+  "mlp": (dict(depth=2, width=16, batch_norm=True), (8, 8, 1)),
+  "cnn": (dict(width=4), (8, 8, 1)),
+  "cnn1d": (dict(width=4), (40, 1)),
+  "lenet5": ({}, (28, 28, 1)),
+  "vgg11": (dict(width_multiplier=1 / 16), (32, 32, 3)),
+  "resnet18": (dict(width=4, stem="cifar"), (16, 16, 3)),
+  "resnet50": (dict(width=2, stem="imagenet"), (32, 32, 3)),
+  "vit_tiny": ({}, (8, 8, 3)),
+  "inception_resnet_v2": (dict(width_multiplier=1 / 16, block_repeats=(1, 1, 1)), (75, 75, 3)),
 }
 
 
@@ -40,7 +40,11 @@ def _random_variables(model, x, seed=0):
   def fill(path, leaf):
     name = jax.tree_util.keystr(path)
     if "batch_stats" in name:
-      value = rng.uniform(0.5, 1.5, leaf.shape) if name.endswith("['var']") else rng.normal(0, 0.1, leaf.shape)
+      value = (
+        rng.uniform(0.5, 1.5, leaf.shape)
+        if name.endswith("['var']")
+        else rng.normal(0, 0.1, leaf.shape)
+      )
     elif name.endswith("['kernel']"):
       fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) > 1 else 1
       value = rng.normal(0, 1.0 / np.sqrt(fan_in), leaf.shape)
@@ -77,7 +81,9 @@ def test_sap_covers_every_layer_and_matches_projected_inputs(name):
   projs = sj.projections(stats, 10.0)
   corrected = sj.project_params(variables, projs)
   got = np.asarray(apply_fn(corrected, x))
-  reference = projected_input_interceptor({p: q.matrix for p, q in projs.items()}, patch_fn=sj.conv_patches)
+  reference = projected_input_interceptor(
+    {p: q.matrix for p, q in projs.items()}, patch_fn=sj.conv_patches
+  )
   with nn.intercept_methods(reference):
     want = np.asarray(apply_fn(variables, x))
   original = np.asarray(apply_fn(variables, x))

@@ -48,7 +48,10 @@ def test_apply_alpha_equals_projecting_every_kernel(mlp):
   dec = sj.decompose(variables, stats)
   assert dec.paths == tuple(stats)
   for alpha in (1.0, 30.0, 3e4):
-    _close(sj.apply_alpha(variables, dec, alpha), sj.project_params(variables, sj.projections(stats, alpha)))
+    _close(
+      sj.apply_alpha(variables, dec, alpha),
+      sj.project_params(variables, sj.projections(stats, alpha)),
+    )
 
 
 def test_apply_alpha_per_layer_and_shares_untouched_leaves(mlp):
@@ -74,7 +77,8 @@ def test_apply_alpha_is_differentiable_and_vmappable_in_alpha(mlp):
   fd = float((out(jnp.log(30.0) + h) - out(jnp.log(30.0) - h)) / (2 * h))
   assert np.isfinite(g) and g == pytest.approx(fd, rel=2e-2)
   kernels = jax.vmap(lambda a: sj.apply_alpha(variables, dec, a)["params"]["first"]["kernel"])(
-      jnp.asarray([3.0, 30.0]))
+    jnp.asarray([3.0, 30.0])
+  )
   _close(kernels[1], sj.apply_alpha(variables, dec, 30.0)["params"]["first"]["kernel"])
 
 
@@ -93,8 +97,15 @@ def test_eval_splits_are_scored_at_every_alpha_and_never_choose(mlp):
   stats = sj.activation_stats(apply_fn, variables, [x[:32]])
   y_flip = (y + 1) % 4
   alphas = [1.0, 10.0, 1e4]
-  both = sj.sweep_alpha(apply_fn, variables, stats, alphas, x[32:], y[32:],
-                        eval_splits={"flipped": (x[32:], y_flip[32:]), "all": (x, y)})
+  both = sj.sweep_alpha(
+    apply_fn,
+    variables,
+    stats,
+    alphas,
+    x[32:],
+    y[32:],
+    eval_splits={"flipped": (x[32:], y_flip[32:]), "all": (x, y)},
+  )
   alone = sj.sweep_alpha(apply_fn, variables, stats, alphas, x[32:], y[32:])
   flipped = sj.sweep_alpha(apply_fn, variables, stats, alphas, x[32:], y_flip[32:])
   assert (both.best_alpha, both.best_accuracy) == (alone.best_alpha, alone.best_accuracy)
@@ -117,7 +128,10 @@ def test_sweep_accepts_a_decomposition(mlp):
   b = sj.sweep_alpha(apply_fn, variables, dec, [1.0, 10.0], x[32:], y[32:])
   np.testing.assert_array_equal(a.accuracies, b.accuracies)
   assert (a.baseline_accuracy, a.best_alpha, a.best_accuracy) == (
-      b.baseline_accuracy, b.best_alpha, b.best_accuracy)
+    b.baseline_accuracy,
+    b.best_alpha,
+    b.best_accuracy,
+  )
 
 
 def test_choose_alpha_rule():

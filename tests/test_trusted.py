@@ -12,7 +12,6 @@ import sap_jax as sj
 
 
 class _Linear(nn.Module):
-
   @nn.compact
   def __call__(self, x, train=False):
     return nn.Dense(3, name="head")(x)
@@ -57,9 +56,13 @@ def test_select_trusted_lowest_scores():
   labels = np.asarray([0, 0, 1, 1, 2, 2])
   np.testing.assert_array_equal(sj.select_trusted(scores, labels, 3), [1, 3, 4])
   # Class balanced: one per class (the lowest in each), in score order.
-  np.testing.assert_array_equal(sj.select_trusted(scores, labels, 3, class_balanced=True), [1, 3, 4])
+  np.testing.assert_array_equal(
+    sj.select_trusted(scores, labels, 3, class_balanced=True), [1, 3, 4]
+  )
   # 4 over 3 classes: one each, then the next-lowest overall (index 2, score 3.0).
-  np.testing.assert_array_equal(sj.select_trusted(scores, labels, 4, class_balanced=True), [1, 3, 4, 2])
+  np.testing.assert_array_equal(
+    sj.select_trusted(scores, labels, 4, class_balanced=True), [1, 3, 4, 2]
+  )
 
 
 def test_class_balanced_with_a_small_class():

@@ -33,21 +33,25 @@ def get_config():
   sap = [MethodSpec("sap", {"n_trusted": 1000}, "SAP (loss, N_trust=1000; digits 585)")]
   sap += [MethodSpec("sap", {"n_trusted": n}, f"SAP N_trust={n}") for n in N_TRUST[:-1]]
   sap += [
-      MethodSpec("sap", {"n_trusted": 1000, "score": "curvature"}, "SAP curvature"),
-      MethodSpec("sap", {"n_trusted": 1000, "class_balanced": True}, "SAP class-balanced"),
-      MethodSpec("sap", {"n_trusted": 1000, "score": "curvature", "class_balanced": True},
-                 "SAP curvature + class-balanced"),
-      MethodSpec("sap", {"n_trusted": 1000, "exclude": ["head"]}, "SAP, classifier not projected"),
+    MethodSpec("sap", {"n_trusted": 1000, "score": "curvature"}, "SAP curvature"),
+    MethodSpec("sap", {"n_trusted": 1000, "class_balanced": True}, "SAP class-balanced"),
+    MethodSpec(
+      "sap",
+      {"n_trusted": 1000, "score": "curvature", "class_balanced": True},
+      "SAP curvature + class-balanced",
+    ),
+    MethodSpec("sap", {"n_trusted": 1000, "exclude": ["head"]}, "SAP, classifier not projected"),
   ]
   return dataclasses.replace(
-      base,
-      name="ablations",
-      description="SAP ablations: N_trust, trusted-set selection, classifier projection "
-                  "(25 % symmetric noise)",
-      noises=("symmetric:0.25",),
-      methods=(MethodSpec("vanilla"), *sap),
-      table=TableSpec(rows=("method",), columns=("setup", "noise"), reference_rows=(),
-                      oracle_rows=False),
-      plots=("alpha_curve", "ntrust"),
-      record_spectra=False,
+    base,
+    name="ablations",
+    description="SAP ablations: N_trust, trusted-set selection, classifier projection "
+    "(25 % symmetric noise)",
+    noises=("symmetric:0.25",),
+    methods=(MethodSpec("vanilla"), *sap),
+    table=TableSpec(
+      rows=("method",), columns=("setup", "noise"), reference_rows=(), oracle_rows=False
+    ),
+    plots=("alpha_curve", "ntrust"),
+    record_spectra=False,
   )

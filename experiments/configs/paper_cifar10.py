@@ -31,42 +31,49 @@ PAPER_ALPHAS = (1e4, 3e4, 1e5, 3e5, 1e6)
 
 # SCRUB's paper-scale grid (5 lr × 5 α × 3 γ × 3 msteps × 3 epochs = 675).
 SCRUB_GRID = {
-    "lr": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
-    "alpha": (1e-3, 1e-2, 0.1, 0.5, 1.0),
-    "gamma": (0.5, 0.99, 1.0),
-    "msteps": (1, 2, 3),
-    "epochs": (3, 5, 10),
+  "lr": (1e-4, 5e-4, 1e-3, 5e-3, 1e-2),
+  "alpha": (1e-3, 1e-2, 0.1, 0.5, 1.0),
+  "gamma": (0.5, 0.99, 1.0),
+  "msteps": (1, 2, 3),
+  "epochs": (3, 5, 10),
 }
 
 METHODS = (
-    MethodSpec("vanilla"),
-    MethodSpec("retrain"),
-    MethodSpec("finetune", {"n_retain": 5000}),
-    MethodSpec("ssd", {"n_retain": 5000, "n_forget": 1000}),
-    MethodSpec("scrub", {"n_retain": 1000, "n_forget": 200, "grid": SCRUB_GRID}),
-    MethodSpec("sap", {"n_trusted": 1000, "alphas": PAPER_ALPHAS}),
+  MethodSpec("vanilla"),
+  MethodSpec("retrain"),
+  MethodSpec("finetune", {"n_retain": 5000}),
+  MethodSpec("ssd", {"n_retain": 5000, "n_forget": 1000}),
+  MethodSpec("scrub", {"n_retain": 1000, "n_forget": 200, "grid": SCRUB_GRID}),
+  MethodSpec("sap", {"n_trusted": 1000, "alphas": PAPER_ALPHAS}),
 )
 
 SETUPS = (
-    Setup(dataset="cifar10", model="vgg11", label="VGG11-BN"),
-    Setup(dataset="cifar10", model="resnet18", model_kwargs={"stem": "cifar"}, label="ResNet18"),
-    Setup(dataset="cifar10", model="resnet50", model_kwargs={"stem": "cifar"}, label="ResNet50"),
+  Setup(dataset="cifar10", model="vgg11", label="VGG11-BN"),
+  Setup(dataset="cifar10", model="resnet18", model_kwargs={"stem": "cifar"}, label="ResNet18"),
+  Setup(dataset="cifar10", model="resnet50", model_kwargs={"stem": "cifar"}, label="ResNet50"),
 )
 
-TRAIN = {"epochs": 350, "batch_size": 128, "learning_rate": 0.05, "momentum": 0.9,
-         "weight_decay": 5e-4, "schedule": "cosine", "eval_every": 10}
+TRAIN = {
+  "epochs": 350,
+  "batch_size": 128,
+  "learning_rate": 0.05,
+  "momentum": 0.9,
+  "weight_decay": 5e-4,
+  "schedule": "cosine",
+  "eval_every": 10,
+}
 
 
 def get_config() -> Config:
   return Config(
-      name="paper_cifar10",
-      description="CIFAR-10 at the paper's settings (Table 1)",
-      version=1,
-      setups=SETUPS,
-      noises=("symmetric:0.1", "symmetric:0.25", "asymmetric:0.1", "asymmetric:0.25"),
-      train=TRAIN,
-      methods=METHODS,
-      table=TableSpec(rows=("method",), columns=("setup", "noise")),
-      plots=("alpha_curve", "spectra"),
-      record_spectra=True,
+    name="paper_cifar10",
+    description="CIFAR-10 at the paper's settings (Table 1)",
+    version=1,
+    setups=SETUPS,
+    noises=("symmetric:0.1", "symmetric:0.25", "asymmetric:0.1", "asymmetric:0.25"),
+    train=TRAIN,
+    methods=METHODS,
+    table=TableSpec(rows=("method",), columns=("setup", "noise")),
+    plots=("alpha_curve", "spectra"),
+    record_spectra=True,
   )

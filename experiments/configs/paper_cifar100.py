@@ -23,10 +23,15 @@ def get_config():
   base = paper_cifar10.get_config()
   setups = tuple(dataclasses.replace(s, dataset="cifar100") for s in base.setups)
   return dataclasses.replace(
-      base,
-      name="paper_cifar100",
-      description="CIFAR-100 at the paper's settings (Table 1)",
-      setups=setups,
-      noises=("symmetric:0.1", "symmetric:0.25", "asymmetric:0.1", "asymmetric:0.25",
-              "hierarchical:0.25"),
+    base,
+    name="paper_cifar100",
+    description="CIFAR-100 at the paper's settings (Table 1)",
+    setups=setups,
+    noises=(
+      "symmetric:0.1",
+      "symmetric:0.25",
+      "asymmetric:0.1",
+      "asymmetric:0.25",
+      "hierarchical:0.25",
+    ),
   )

@@ -27,26 +27,37 @@ DATA = {"image_size": 224, "dataset_name": "clothing1m"}
 
 def get_config() -> Config:
   return Config(
-      name="paper_clothing1m",
-      description="Clothing1M (real label noise) at the paper's settings",
-      version=1,
-      setups=(
-          Setup(dataset="folder", model="resnet50", model_kwargs={"stem": "imagenet"},
-                data_options=DATA, label="ResNet50"),
-          Setup(dataset="folder", model="vit_b16", data_options=DATA, label="ViT-B/16"),
+    name="paper_clothing1m",
+    description="Clothing1M (real label noise) at the paper's settings",
+    version=1,
+    setups=(
+      Setup(
+        dataset="folder",
+        model="resnet50",
+        model_kwargs={"stem": "imagenet"},
+        data_options=DATA,
+        label="ResNet50",
       ),
-      noises=("none",),
-      train={"epochs": 10, "batch_size": 256, "learning_rate": 1e-2, "momentum": 0.9,
-             "weight_decay": 4e-5, "schedule": "cosine", "eval_every": 1},
-      methods=(
-          MethodSpec("vanilla"),
-          MethodSpec("finetune", {"n_retain": 5000}),
-          MethodSpec("ssd", {"n_retain": 5000, "n_forget": 1000}),
-          MethodSpec("scrub", {"n_retain": 1000, "n_forget": 200}),
-          MethodSpec("sap", {"n_trusted": 1000, "alphas": PAPER_ALPHAS}),
-      ),
-      table=TableSpec(rows=("method",), columns=("setup",), reference_rows=(),
-                      oracle_rows=False),
-      oracle=False,
-      plots=("alpha_curve",),
+      Setup(dataset="folder", model="vit_b16", data_options=DATA, label="ViT-B/16"),
+    ),
+    noises=("none",),
+    train={
+      "epochs": 10,
+      "batch_size": 256,
+      "learning_rate": 1e-2,
+      "momentum": 0.9,
+      "weight_decay": 4e-5,
+      "schedule": "cosine",
+      "eval_every": 1,
+    },
+    methods=(
+      MethodSpec("vanilla"),
+      MethodSpec("finetune", {"n_retain": 5000}),
+      MethodSpec("ssd", {"n_retain": 5000, "n_forget": 1000}),
+      MethodSpec("scrub", {"n_retain": 1000, "n_forget": 200}),
+      MethodSpec("sap", {"n_trusted": 1000, "alphas": PAPER_ALPHAS}),
+    ),
+    table=TableSpec(rows=("method",), columns=("setup",), reference_rows=(), oracle_rows=False),
+    oracle=False,
+    plots=("alpha_curve",),
   )

@@ -21,29 +21,39 @@ from experiments.config import MethodSpec, TableSpec, Variant
 from experiments.configs import paper_cifar10
 
 VARIANTS = (
-    Variant("ERM"),
-    Variant("MixUp (α=0.2)", {"mixup_alpha": 0.2}),
-    Variant("SAM (ρ=0.05)", {"sam_rho": 0.05}),
-    Variant("Logit clipping (τ=5)", {"logit_clip": 5.0}),
-    Variant("GLS (r=0.2)", {"label_smoothing": 0.2}),
-    Variant("MentorMix (γp=0.85, α=0.2)",
-            {"mentormix": True, "mentormix_gamma": 0.85, "mentormix_alpha": 0.2}),
+  Variant("ERM"),
+  Variant("MixUp (α=0.2)", {"mixup_alpha": 0.2}),
+  Variant("SAM (ρ=0.05)", {"sam_rho": 0.05}),
+  Variant("Logit clipping (τ=5)", {"logit_clip": 5.0}),
+  Variant("GLS (r=0.2)", {"label_smoothing": 0.2}),
+  Variant(
+    "MentorMix (γp=0.85, α=0.2)",
+    {"mentormix": True, "mentormix_gamma": 0.85, "mentormix_alpha": 0.2},
+  ),
 )
 
 
 def get_config():
   base = paper_cifar10.get_config()
   return dataclasses.replace(
-      base,
-      name="paper_table2",
-      description="SAP on top of noise-robust training, CIFAR-10 25 % symmetric (Table 2)",
-      setups=base.setups[:2],
-      noises=("symmetric:0.25",),
-      variants=VARIANTS,
-      methods=(MethodSpec("vanilla"),
-               MethodSpec("sap", {"n_trusted": 1000, "alphas": paper_cifar10.PAPER_ALPHAS})),
-      table=TableSpec(rows=("variant",), columns=("setup", "method"), reference_rows=(),
-                      oracle_rows=False, average=False, delta=("Vanilla", "SAP")),
-      plots=(),
-      record_spectra=False,
+    base,
+    name="paper_table2",
+    description="SAP on top of noise-robust training, CIFAR-10 25 % symmetric (Table 2)",
+    setups=base.setups[:2],
+    noises=("symmetric:0.25",),
+    variants=VARIANTS,
+    methods=(
+      MethodSpec("vanilla"),
+      MethodSpec("sap", {"n_trusted": 1000, "alphas": paper_cifar10.PAPER_ALPHAS}),
+    ),
+    table=TableSpec(
+      rows=("variant",),
+      columns=("setup", "method"),
+      reference_rows=(),
+      oracle_rows=False,
+      average=False,
+      delta=("Vanilla", "SAP"),
+    ),
+    plots=(),
+    record_spectra=False,
   )

@@ -23,28 +23,34 @@ separable and the only errors to fit are the flipped labels.
 from experiments.config import Config, MethodSpec, Setup, TableSpec
 
 SPIRAL = Setup(
-    dataset="spiral",
-    model="mlp",
-    model_kwargs={"depth": 8, "width": 256, "batch_norm": False},
-    data_options={"n_per_class": 250, "noise": 0.03},
-    val_fraction=0.2,
-    label="spirals",
+  dataset="spiral",
+  model="mlp",
+  model_kwargs={"depth": 8, "width": 256, "batch_norm": False},
+  data_options={"n_per_class": 250, "noise": 0.03},
+  val_fraction=0.2,
+  label="spirals",
 )
 
 
 def get_config() -> Config:
   return Config(
-      name="spiral",
-      description="Two-spiral demo: noisy MLP vs SAP vs Retrain",
-      version=1,
-      setups=(SPIRAL,),
-      noises=("symmetric:0.1",),
-      seeds=(12484, 32087, 35416),
-      train={"epochs": 1500, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9,
-             "weight_decay": 0.0, "schedule": "cosine", "eval_every": 100},
-      methods=(MethodSpec("vanilla"), MethodSpec("sap", {"n_trusted": 1000}),
-               MethodSpec("retrain")),
-      table=TableSpec(rows=("method",), columns=("setup", "noise")),
-      plots=("decision_boundary", "alpha_curve"),
-      save_variables=("SAP", "Retrain"),
+    name="spiral",
+    description="Two-spiral demo: noisy MLP vs SAP vs Retrain",
+    version=1,
+    setups=(SPIRAL,),
+    noises=("symmetric:0.1",),
+    seeds=(12484, 32087, 35416),
+    train={
+      "epochs": 1500,
+      "batch_size": 32,
+      "learning_rate": 0.05,
+      "momentum": 0.9,
+      "weight_decay": 0.0,
+      "schedule": "cosine",
+      "eval_every": 100,
+    },
+    methods=(MethodSpec("vanilla"), MethodSpec("sap", {"n_trusted": 1000}), MethodSpec("retrain")),
+    table=TableSpec(rows=("method",), columns=("setup", "noise")),
+    plots=("decision_boundary", "alpha_curve"),
+    save_variables=("SAP", "Retrain"),
   )

@@ -32,35 +32,46 @@ SEEDS = (12484, 32087, 35416)
 # training set have near-zero gradients, so every parameter looks
 # forget-specific and SSD dampens the model to chance (seen on digits: 9.7 %).
 METHODS = (
-    MethodSpec("vanilla"),
-    MethodSpec("retrain"),
-    MethodSpec("finetune", {"n_retain": 5000}),
-    MethodSpec("ssd", {"n_forget": 1000}),
-    MethodSpec("scrub", {"n_retain": 1000, "n_forget": 200}),
-    MethodSpec("sap", {"n_trusted": 1000}),
-    MethodSpec("cleaning", {"k_folds": 5}),
+  MethodSpec("vanilla"),
+  MethodSpec("retrain"),
+  MethodSpec("finetune", {"n_retain": 5000}),
+  MethodSpec("ssd", {"n_forget": 1000}),
+  MethodSpec("scrub", {"n_retain": 1000, "n_forget": 200}),
+  MethodSpec("sap", {"n_trusted": 1000}),
+  MethodSpec("cleaning", {"k_folds": 5}),
 )
 
-DIGITS = Setup(dataset="digits", model="cnn", model_kwargs={"width": 32},
-               train={"epochs": 80}, label="digits")
-MNIST1D = Setup(dataset="mnist1d", model="cnn1d", model_kwargs={"width": 32},
-                train={"epochs": 60}, label="MNIST-1D")
+DIGITS = Setup(
+  dataset="digits", model="cnn", model_kwargs={"width": 32}, train={"epochs": 80}, label="digits"
+)
+MNIST1D = Setup(
+  dataset="mnist1d",
+  model="cnn1d",
+  model_kwargs={"width": 32},
+  train={"epochs": 60},
+  label="MNIST-1D",
+)
 
 
 def get_config() -> Config:
   return Config(
-      name="table1",
-      description="Table 1 analogue: label-noise correction on digits (CNN) and MNIST-1D "
-                  "(1-D CNN)",
-      version=1,
-      setups=(DIGITS, MNIST1D),
-      noises=("symmetric:0.1", "symmetric:0.25", "asymmetric:0.1", "asymmetric:0.25"),
-      seeds=SEEDS,
-      # TrainConfig fields shared by both setups.
-      train={"batch_size": 64, "learning_rate": 0.05, "momentum": 0.9,
-             "weight_decay": 5e-4, "schedule": "constant", "eval_every": 10},
-      methods=METHODS,
-      table=TableSpec(rows=("method",), columns=("setup", "noise")),
-      plots=("alpha_curve", "spectra"),
-      record_spectra=True,
+    name="table1",
+    description="Table 1 analogue: label-noise correction on digits (CNN) and MNIST-1D (1-D CNN)",
+    version=1,
+    setups=(DIGITS, MNIST1D),
+    noises=("symmetric:0.1", "symmetric:0.25", "asymmetric:0.1", "asymmetric:0.25"),
+    seeds=SEEDS,
+    # TrainConfig fields shared by both setups.
+    train={
+      "batch_size": 64,
+      "learning_rate": 0.05,
+      "momentum": 0.9,
+      "weight_decay": 5e-4,
+      "schedule": "constant",
+      "eval_every": 10,
+    },
+    methods=METHODS,
+    table=TableSpec(rows=("method",), columns=("setup", "noise")),
+    plots=("alpha_curve", "spectra"),
+    record_spectra=True,
   )

@@ -19,25 +19,31 @@ from experiments.config import MethodSpec, TableSpec, Variant
 from experiments.configs import table1
 
 VARIANTS = (
-    Variant("ERM"),
-    Variant("MixUp (α=0.2)", {"mixup_alpha": 0.2}),
-    Variant("SAM (ρ=0.05)", {"sam_rho": 0.05}),
-    Variant("Logit clipping (τ=5)", {"logit_clip": 5.0}),
-    Variant("Label smoothing (r=0.2)", {"label_smoothing": 0.2}),
+  Variant("ERM"),
+  Variant("MixUp (α=0.2)", {"mixup_alpha": 0.2}),
+  Variant("SAM (ρ=0.05)", {"sam_rho": 0.05}),
+  Variant("Logit clipping (τ=5)", {"logit_clip": 5.0}),
+  Variant("Label smoothing (r=0.2)", {"label_smoothing": 0.2}),
 )
 
 
 def get_config():
   base = table1.get_config()
   return dataclasses.replace(
-      base,
-      name="table2",
-      description="Table 2 analogue: SAP on top of noise-robust training (25 % symmetric noise)",
-      noises=("symmetric:0.25",),
-      variants=VARIANTS,
-      methods=(MethodSpec("vanilla"), MethodSpec("sap", {"n_trusted": 1000})),
-      table=TableSpec(rows=("variant",), columns=("setup", "method"), reference_rows=(),
-                      oracle_rows=False, average=False, delta=("Vanilla", "SAP")),
-      plots=(),
-      record_spectra=False,
+    base,
+    name="table2",
+    description="Table 2 analogue: SAP on top of noise-robust training (25 % symmetric noise)",
+    noises=("symmetric:0.25",),
+    variants=VARIANTS,
+    methods=(MethodSpec("vanilla"), MethodSpec("sap", {"n_trusted": 1000})),
+    table=TableSpec(
+      rows=("variant",),
+      columns=("setup", "method"),
+      reference_rows=(),
+      oracle_rows=False,
+      average=False,
+      delta=("Vanilla", "SAP"),
+    ),
+    plots=(),
+    record_spectra=False,
   )

@@ -24,7 +24,7 @@ New families slot in with :func:`register`::
 import dataclasses
 import functools
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 
@@ -33,12 +33,12 @@ from sap_jax.models.inception_resnet import InceptionResNetV2
 from sap_jax.models.lenet import LeNet5
 from sap_jax.models.mlp import MLP
 from sap_jax.models.resnet import (
-    BottleneckResNetBlock,
-    ResNet,
-    ResNet18,
-    ResNet34,
-    ResNet50,
-    ResNetBlock,
+  BottleneckResNetBlock,
+  ResNet,
+  ResNet18,
+  ResNet34,
+  ResNet50,
+  ResNetBlock,
 )
 from sap_jax.models.vgg import VGG, VGG11, VGG13, VGG16
 from sap_jax.models.vit import ViT, VitB16, VitTiny
@@ -125,8 +125,8 @@ def get(name: str, num_classes: int, **kwargs) -> nn.Module:
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
       raise TypeError(
-          f"model {name!r} got unexpected keyword argument(s) {unknown}; "
-          f"it accepts {sorted(accepted)}"
+        f"model {name!r} got unexpected keyword argument(s) {unknown}; "
+        f"it accepts {sorted(accepted)}"
       )
   return factory(num_classes=num_classes, **kwargs)
 
@@ -147,25 +147,25 @@ register("vit_tiny", VitTiny)
 register("inception_resnet_v2", InceptionResNetV2)
 
 __all__ = [
-    "BottleneckResNetBlock",
-    "CNN",
-    "CNN1D",
-    "InceptionResNetV2",
-    "LeNet5",
-    "MLP",
-    "ResNet",
-    "ResNet18",
-    "ResNet34",
-    "ResNet50",
-    "ResNetBlock",
-    "VGG",
-    "VGG11",
-    "VGG13",
-    "VGG16",
-    "ViT",
-    "VitB16",
-    "VitTiny",
-    "get",
-    "known_models",
-    "register",
+  "BottleneckResNetBlock",
+  "CNN",
+  "CNN1D",
+  "InceptionResNetV2",
+  "LeNet5",
+  "MLP",
+  "ResNet",
+  "ResNet18",
+  "ResNet34",
+  "ResNet50",
+  "ResNetBlock",
+  "VGG",
+  "VGG11",
+  "VGG13",
+  "VGG16",
+  "ViT",
+  "VitB16",
+  "VitTiny",
+  "get",
+  "known_models",
+  "register",
 ]

@@ -12,7 +12,8 @@ PyTorch's ``padding=k // 2``), so a stride-2 layer maps length L to ceil(L / 2).
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -48,12 +49,12 @@ class ConvBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = nn.Conv(
-        self.features,
-        tuple(self.kernel_size),
-        strides=tuple(self.strides),
-        padding=_same_padding(self.kernel_size),
-        use_bias=not self.batch_norm,
-        name="conv",
+      self.features,
+      tuple(self.kernel_size),
+      strides=tuple(self.strides),
+      padding=_same_padding(self.kernel_size),
+      use_bias=not self.batch_norm,
+      name="conv",
     )(x)
     if self.batch_norm:
       x = self.norm(use_running_average=not train, name="bn")(x)
@@ -79,7 +80,7 @@ class CNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     """Returns logits of shape ``(N, num_classes)`` for images ``(N, H, W, C)``."""
     block = functools.partial(
-        ConvBlock, kernel_size=(3, 3), batch_norm=self.batch_norm, act=self.act
+      ConvBlock, kernel_size=(3, 3), batch_norm=self.batch_norm, act=self.act
     )
     x = block(self.width, strides=(1, 1), name="block1")(x, train)
     x = block(2 * self.width, strides=(2, 2), name="block2")(x, train)
@@ -114,7 +115,7 @@ class CNN1D(nn.Module):
     if x.ndim == 2:
       x = x[..., None]
     block = functools.partial(
-        ConvBlock, kernel_size=(self.kernel_size,), batch_norm=self.batch_norm, act=self.act
+      ConvBlock, kernel_size=(self.kernel_size,), batch_norm=self.batch_norm, act=self.act
     )
     x = block(self.width, strides=(1,), name="block1")(x, train)
     x = block(2 * self.width, strides=(2,), name="block2")(x, train)

@@ -18,7 +18,8 @@ Inputs must be at least 75×75 (299×299 in the reference).
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -59,12 +60,12 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = nn.Conv(
-        self.features,
-        tuple(self.kernel_size),
-        strides=tuple(self.strides),
-        padding=self.padding,
-        use_bias=False,
-        name="conv",
+      self.features,
+      tuple(self.kernel_size),
+      strides=tuple(self.strides),
+      padding=self.padding,
+      use_bias=False,
+      name="conv",
     )(x)
     return self.act(self.norm(name="bn")(x))
 
@@ -155,15 +156,15 @@ class InceptionResidual(nn.Module):
       y = x
       for j, (channels, kernel) in enumerate(branch):
         y = ConvBN(
-            _scaled(channels, self.width_multiplier),
-            kernel,
-            norm=self.norm,
-            padding=_pad(kernel),
-            name=f"branch{i}_{j + 1}",
+          _scaled(channels, self.width_multiplier),
+          kernel,
+          norm=self.norm,
+          padding=_pad(kernel),
+          name=f"branch{i}_{j + 1}",
         )(y)
       outs.append(y)
     y = nn.Conv(x.shape[-1], (1, 1), padding="VALID", name="conv_up")(
-        jnp.concatenate(outs, axis=-1)
+      jnp.concatenate(outs, axis=-1)
     )
     x = x + self.scale * y
     return nn.relu(x) if self.activate else x
@@ -171,17 +172,17 @@ class InceptionResidual(nn.Module):
 
 #: Branches of the three residual block types, as (channels, kernel) units.
 BLOCK35 = (
-    ((32, (1, 1)),),
-    ((32, (1, 1)), (32, (3, 3))),
-    ((32, (1, 1)), (48, (3, 3)), (64, (3, 3))),
+  ((32, (1, 1)),),
+  ((32, (1, 1)), (32, (3, 3))),
+  ((32, (1, 1)), (48, (3, 3)), (64, (3, 3))),
 )
 BLOCK17 = (
-    ((192, (1, 1)),),
-    ((128, (1, 1)), (160, (1, 7)), (192, (7, 1))),
+  ((192, (1, 1)),),
+  ((128, (1, 1)), (160, (1, 7)), (192, (7, 1))),
 )
 BLOCK8 = (
-    ((192, (1, 1)),),
-    ((192, (1, 1)), (224, (1, 3)), (256, (3, 1))),
+  ((192, (1, 1)),),
+  ((192, (1, 1)), (224, (1, 3)), (256, (3, 1))),
 )
 
 
@@ -204,7 +205,7 @@ class InceptionResNetV2(nn.Module):
   def __post_init__(self):
     if len(self.block_repeats) != 3:
       raise ValueError(
-          f"block_repeats needs 3 entries (Block35, Block17, Block8), got {self.block_repeats}"
+        f"block_repeats needs 3 entries (Block35, Block17, Block8), got {self.block_repeats}"
       )
     super().__post_init__()
 
@@ -235,7 +236,7 @@ class InceptionResNetV2(nn.Module):
     for i in range(n8):
       x = InceptionResidual(BLOCK8, norm, 0.20, width_multiplier=m, name=f"block8_{i + 1}")(x)
     x = InceptionResidual(
-        BLOCK8, norm, 1.0, activate=False, width_multiplier=m, name="block8_final"
+      BLOCK8, norm, 1.0, activate=False, width_multiplier=m, name="block8_final"
     )(x)
     x = unit(c(1536), (1, 1), name="conv2d_7b")(x)
     x = jnp.mean(x, axis=(1, 2))

@@ -7,7 +7,7 @@ padding does the same in the 1998 paper); the parameter count is then the
 classic 61,706 for 10 classes and one input channel.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax

@@ -5,7 +5,8 @@ or images (N×H×W×C).
 """
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -15,7 +15,8 @@ layer on an even-sized map matches the references exactly.
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -146,12 +147,12 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(
-            self.width * 2**i,
-            conv=conv,
-            norm=norm,
-            act=self.act,
-            strides=strides,
-            name=f"stage{i + 1}_block{j + 1}",
+          self.width * 2**i,
+          conv=conv,
+          norm=norm,
+          act=self.act,
+          strides=strides,
+          name=f"stage{i + 1}_block{j + 1}",
         )(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="head")(x)

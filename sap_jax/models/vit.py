@@ -11,7 +11,7 @@ whose query/key/value/out projections are ``nn.DenseGeneral`` layers.
 """
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -59,10 +59,10 @@ class EncoderBlock(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     y = nn.LayerNorm(epsilon=1e-6, name="ln1")(x)
     y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads,
-        dropout_rate=self.attention_dropout_rate,
-        deterministic=not train,
-        name="attn",
+      num_heads=self.num_heads,
+      dropout_rate=self.attention_dropout_rate,
+      deterministic=not train,
+      name="attn",
     )(y, y)
     y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     x = x + y
@@ -100,7 +100,7 @@ class ViT(nn.Module):
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(
-          f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+        f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
       )
     super().__post_init__()
 
@@ -119,24 +119,24 @@ class ViT(nn.Module):
     cls = self.param("cls", nn.initializers.zeros, (1, 1, self.hidden_size), x.dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.hidden_size)), x], axis=1)
     pos = self.param(
-        "pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:], x.dtype
+      "pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:], x.dtype
     )
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x + pos)
     for i in range(self.num_layers):
       x = EncoderBlock(
-          self.num_heads,
-          self.mlp_dim,
-          self.dropout_rate,
-          self.attention_dropout_rate,
-          name=f"encoderblock_{i}",
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout_rate,
+        self.attention_dropout_rate,
+        name=f"encoderblock_{i}",
       )(x, train)
     x = nn.LayerNorm(epsilon=1e-6, name="encoder_norm")(x)
     return nn.Dense(self.num_classes, name="head")(x[:, 0])
 
 
 VitB16 = functools.partial(
-    ViT, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072
+  ViT, patch_size=16, hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072
 )
 VitTiny = functools.partial(
-    ViT, patch_size=4, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128
+  ViT, patch_size=4, hidden_size=64, num_layers=2, num_heads=4, mlp_dim=128
 )
