@@ -8,10 +8,11 @@ Every method is a :class:`Method` (``name``, ``run(task) -> CorrectionResult``,
     for name in baselines.known_methods():
       result = baselines.get_method(name).run(task)
 
-The factories ``finetune``, ``ssd`` and ``scrub`` share their names with their
-modules; the package attribute is the factory, and the modules' grids are
-re-exported as ``FINETUNE_GRID``, ``SSD_GRID``, ``SCRUB_GRID`` and
-``SCRUB_PAPER_SCALE_GRID``.
+One module per method, named for what it does so that no module shadows its factory:
+``finetuning`` (``finetune``), ``dampening`` (``ssd``), ``scrubbing`` (``scrub``),
+``retraining`` (``retrain``), ``cleaning`` (``confident_learning``), ``sap``
+(``sap_method``); their grids are re-exported as ``FINETUNE_GRID``, ``SSD_GRID``,
+``SCRUB_GRID`` and ``SCRUB_PAPER_SCALE_GRID``.
 
 ========== ============================================== ====================
 name       what                                           default settings
@@ -40,13 +41,15 @@ from sap_jax.baselines.base import (
   vanilla,
 )
 from sap_jax.baselines.cleaning import confident_learning, cross_val_probs, find_label_issues
-from sap_jax.baselines.finetune import DEFAULT_GRID as FINETUNE_GRID
-from sap_jax.baselines.finetune import finetune, finetune_step, finetune_variables
-from sap_jax.baselines.retrain import retrain
+from sap_jax.baselines.dampening import DEFAULT_GRID as SSD_GRID
+from sap_jax.baselines.dampening import fisher_diagonal, ssd, ssd_dampen, ssd_dampen_params
+from sap_jax.baselines.finetuning import DEFAULT_GRID as FINETUNE_GRID
+from sap_jax.baselines.finetuning import finetune, finetune_step, finetune_variables
+from sap_jax.baselines.retraining import retrain
 from sap_jax.baselines.sap import sap_method
-from sap_jax.baselines.scrub import DEFAULT_GRID as SCRUB_GRID
-from sap_jax.baselines.scrub import PAPER_SCALE_GRID as SCRUB_PAPER_SCALE_GRID
-from sap_jax.baselines.scrub import (
+from sap_jax.baselines.scrubbing import DEFAULT_GRID as SCRUB_GRID
+from sap_jax.baselines.scrubbing import PAPER_SCALE_GRID as SCRUB_PAPER_SCALE_GRID
+from sap_jax.baselines.scrubbing import (
   scrub,
   scrub_kl,
   scrub_max_step,
@@ -54,8 +57,6 @@ from sap_jax.baselines.scrub import (
   scrub_min_step,
   scrub_variables,
 )
-from sap_jax.baselines.ssd import DEFAULT_GRID as SSD_GRID
-from sap_jax.baselines.ssd import fisher_diagonal, ssd, ssd_dampen, ssd_dampen_params
 
 _FACTORIES: dict[str, Callable[..., Method]] = {
   "vanilla": vanilla,
