@@ -52,7 +52,10 @@ def require_params(variables: Mapping[str, Any]) -> None:
 def kernel_at(variables: Mapping[str, Any], path: Path) -> jax.Array:
   """``variables['params'][path]['kernel']``, with an error that names the layer."""
   try:
-    return _get_path(variables["params"], path)["kernel"]
+    layer = _get_path(variables["params"], path)
+    if not isinstance(layer, Mapping) or "kernel" not in layer:
+      raise KeyError(path)
+    return layer["kernel"]
   except KeyError:
     raise ValueError(
       f"Layer {'/'.join(path)!r} of the projections has no kernel in "

@@ -16,17 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax.batching import padded_batches
+from sap_jax.evaluation import check_xy
 from sap_jax.hashable import hashable
 from sap_jax.losses import model_cross_entropy
 from sap_jax.types import ApplyFn
-
-
-def _check_xy(x: Any, y: Any) -> None:
-  if len(x) == 0:
-    raise ValueError("Empty input: x has no samples.")
-  if len(x) != len(y):
-    raise ValueError(f"x has {len(x)} samples but y has {len(y)} labels.")
-
 
 # Module-level: one compilation per (model, batch shape), reused by later calls.
 _losses_jit = jax.jit(model_cross_entropy, static_argnums=0)
@@ -52,8 +45,8 @@ def per_example_loss(
   Returns:
     float32[N] losses.
   """
-  _check_xy(x, y)
-  x, y = np.asarray(x), np.asarray(y, np.int32)
+  x, y = check_xy(x, y)
+  y = y.astype(np.int32)
   fn = hashable(apply_fn)
   out = [
     np.asarray(_losses_jit(fn, variables, xb, yb))[:real]
@@ -117,7 +110,7 @@ def input_curvature(
   Returns:
     float32[N] curvature scores (lower = more trusted).
   """
-  _check_xy(x, y)
+  x, y = check_xy(x, y)
   if h <= 0 or num_probes < 1:
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)

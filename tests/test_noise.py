@@ -1,4 +1,4 @@
-"""Tests for sap_jax.noise: exact counts, distributions, determinism, maps and errors."""
+"""Tests for sap_jax.noise: exact counts, distributions, determinism, specs and errors."""
 
 import numpy as np
 import pytest
@@ -6,12 +6,7 @@ from scipy import stats
 
 from sap_jax import noise as nz
 from sap_jax.noise import NoiseSpec
-
-
-def _balanced(num_classes, per_class, seed=0):
-  labels = np.repeat(np.arange(num_classes), per_class)
-  return np.random.default_rng(seed).permutation(labels).astype(np.int32)
-
+from tests.noise_cases import balanced, permuted_hierarchy
 
 # ---------------------------------------------------------------------------- symmetric
 
@@ -28,7 +23,7 @@ def test_symmetric_flips_exactly_round_rate_n(rate, n):
 
 def test_symmetric_never_keeps_label_and_is_uniform_over_other_classes():
   c = 10
-  labels = _balanced(c, 10_000)
+  labels = balanced(c, 10_000)
   noisy, mask = nz.symmetric(labels, c, 0.5, seed=0)
   assert np.all(noisy[mask] != labels[mask])
   # The flipped samples themselves are uniform over the data set...
@@ -43,13 +38,13 @@ def test_symmetric_never_keeps_label_and_is_uniform_over_other_classes():
 
 
 def test_symmetric_two_classes_swaps():
-  labels = _balanced(2, 50)
+  labels = balanced(2, 50)
   noisy, mask = nz.symmetric(labels, 2, 0.3, seed=0)
   np.testing.assert_array_equal(noisy[mask], 1 - labels[mask])
 
 
 def test_symmetric_deterministic_per_seed():
-  labels = _balanced(10, 100)
+  labels = balanced(10, 100)
   a = nz.symmetric(labels, 10, 0.25, seed=7)
   b = nz.symmetric(labels, 10, 0.25, seed=7)
   c = nz.symmetric(labels, 10, 0.25, seed=8)
@@ -59,7 +54,7 @@ def test_symmetric_deterministic_per_seed():
 
 
 def test_symmetric_does_not_modify_input():
-  labels = _balanced(10, 20)
+  labels = balanced(10, 20)
   before = labels.copy()
   nz.symmetric(labels, 10, 0.5, seed=0)
   np.testing.assert_array_equal(labels, before)
@@ -69,7 +64,7 @@ def test_symmetric_does_not_modify_input():
 
 
 def test_asymmetric_cifar10_map_touches_only_sources_and_sends_to_targets():
-  labels = _balanced(10, 101)
+  labels = balanced(10, 101)
   rate = 0.3
   noisy, mask = nz.asymmetric(labels, 10, rate, seed=0, class_map=nz.CIFAR10_ASYMMETRIC_MAP)
   np.testing.assert_array_equal(mask, noisy != labels)
@@ -84,25 +79,16 @@ def test_asymmetric_cifar10_map_touches_only_sources_and_sends_to_targets():
 
 def test_asymmetric_swap_uses_clean_labels():
   # cat<->dog: every cat flipped becomes dog and vice versa, independently.
-  labels = _balanced(10, 40)
+  labels = balanced(10, 40)
   noisy, mask = nz.asymmetric(labels, 10, 0.5, seed=1, class_map={3: 5, 5: 3})
   assert np.all(noisy[mask & (labels == 3)] == 5)
   assert np.all(noisy[mask & (labels == 5)] == 3)
   assert mask.sum() == 40
 
 
-def test_known_maps():
-  assert nz.CIFAR10_ASYMMETRIC_MAP == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
-  assert nz.MNIST_ASYMMETRIC_MAP == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
-  for name in ("cifar10", "cifar10n", "CIFAR10", "tfds:cifar10_n"):
-    assert nz.known_class_map(name) == dict(nz.CIFAR10_ASYMMETRIC_MAP)
-  for name in ("digits", "mnist1d", "tfds:mnist"):
-    assert nz.known_class_map(name) == dict(nz.MNIST_ASYMMETRIC_MAP)
-
-
 def test_asymmetric_transition_matrix():
   c = 4
-  labels = _balanced(c, 5000)
+  labels = balanced(c, 5000)
   t = np.eye(c) * 0.6
   t[0, 1] = 0.4
   t[1, 2] = 0.4
@@ -118,7 +104,7 @@ def test_asymmetric_transition_matrix():
 
 
 def test_asymmetric_deterministic():
-  labels = _balanced(10, 30)
+  labels = balanced(10, 30)
   a = nz.asymmetric(labels, 10, 0.4, 5, class_map=nz.MNIST_ASYMMETRIC_MAP)
   b = nz.asymmetric(labels, 10, 0.4, 5, class_map=nz.MNIST_ASYMMETRIC_MAP)
   np.testing.assert_array_equal(a[0], b[0])
@@ -127,35 +113,8 @@ def test_asymmetric_deterministic():
 # ---------------------------------------------------------------------------- CIFAR-100
 
 
-def _permuted_hierarchy(num_coarse=20, per_coarse=5, per_fine=30, seed=0):
-  """Fine labels whose superclass is a random permutation, not index blocks of 5."""
-  rng = np.random.default_rng(seed)
-  fine_to_coarse = rng.permutation(np.repeat(np.arange(num_coarse), per_coarse))
-  fine = _balanced(num_coarse * per_coarse, per_fine, seed)
-  return fine, fine_to_coarse[fine].astype(np.int32), fine_to_coarse
-
-
-def test_cifar100_map_stays_in_true_superclass_under_permutation():
-  fine, coarse, f2c = _permuted_hierarchy()
-  cmap = nz.cifar100_asymmetric_map(fine, coarse)
-  assert sorted(cmap) == list(range(100))
-  for src, dst in cmap.items():
-    assert src != dst
-    assert f2c[src] == f2c[dst]
-  # Within each superclass the map is one cycle through all 5 members.
-  for c in range(20):
-    members = sorted(np.flatnonzero(f2c == c))
-    seen, cur = [], members[0]
-    for _ in members:
-      seen.append(cur)
-      cur = cmap[cur]
-    assert cur == members[0] and sorted(seen) == members
-  # Index blocks of 5 would (with overwhelming probability) leave the superclass.
-  assert any(f2c[i] != f2c[(i // 5) * 5 + (i + 1) % 5] for i in range(100))
-
-
 def test_cifar100_known_map_and_noise():
-  fine, coarse, f2c = _permuted_hierarchy(seed=1)
+  fine, coarse, f2c = permuted_hierarchy(seed=1)
   cmap = nz.known_class_map("cifar100", fine=fine, coarse=coarse)
   noisy, mask = nz.apply_noise(
     "asymmetric:0.2", fine, 100, seed=0, coarse_labels=coarse, dataset_name="cifar100n"
@@ -169,7 +128,7 @@ def test_cifar100_known_map_and_noise():
 
 
 def test_hierarchical_stays_in_coarse_class_with_exact_count():
-  fine, coarse, f2c = _permuted_hierarchy(seed=2)
+  fine, coarse, f2c = permuted_hierarchy(seed=2)
   noisy, mask = nz.hierarchical(fine, coarse, 0.25, seed=0)
   assert mask.sum() == round(0.25 * fine.size)
   np.testing.assert_array_equal(mask, noisy != fine)
@@ -185,7 +144,7 @@ def test_hierarchical_stays_in_coarse_class_with_exact_count():
 
 
 def test_hierarchical_deterministic_and_seed_dependent():
-  fine, coarse, _ = _permuted_hierarchy(seed=3)
+  fine, coarse, _ = permuted_hierarchy(seed=3)
   a = nz.hierarchical(fine, coarse, 0.1, 4)
   b = nz.hierarchical(fine, coarse, 0.1, 4)
   c = nz.hierarchical(fine, coarse, 0.1, 5)
@@ -211,7 +170,7 @@ def test_inconsistent_fine_to_coarse_raises():
 
 
 def test_apply_noise_none_returns_copy_and_empty_mask():
-  labels = _balanced(3, 4)
+  labels = balanced(3, 4)
   noisy, mask = nz.apply_noise("none", labels, 3, 0)
   np.testing.assert_array_equal(noisy, labels)
   assert noisy is not labels and noisy.dtype == np.int32
@@ -219,7 +178,7 @@ def test_apply_noise_none_returns_copy_and_empty_mask():
 
 
 def test_apply_noise_dispatch_matches_functions():
-  labels = _balanced(10, 50)
+  labels = balanced(10, 50)
   np.testing.assert_array_equal(
     nz.apply_noise(NoiseSpec("symmetric", 0.2), labels, 10, 3)[0],
     nz.symmetric(labels, 10, 0.2, 3)[0],
@@ -361,12 +320,7 @@ def test_noisespec_parse_errors(text, match):
 )
 def test_documented_errors(call, match):
   with pytest.raises(ValueError, match=match):
-    call(_balanced(10, 5))
-
-
-def test_known_class_map_error_lists_datasets():
-  with pytest.raises(ValueError, match="maps exist for: .*cifar10.*digits.*mnist1d"):
-    nz.known_class_map("imagenet")
+    call(balanced(10, 5))
 
 
 # ---------------------------------------------------------------------------- modules
@@ -378,17 +332,3 @@ def test_class_maps_are_importable_from_noise():
   for name in noise_maps.__all__:
     assert getattr(nz, name) is getattr(noise_maps, name), name
   assert set(nz.__all__) >= {"CIFAR10_ASYMMETRIC_MAP", "known_class_map", "NoiseSpec"}
-
-
-def test_superclass_relation():
-  from sap_jax import noise_maps
-
-  fine = np.array([0, 1, 2, 3, 0, 3])
-  coarse = np.array([5, 5, 7, 7, 5, 7])
-  relation = noise_maps.fine_to_coarse(fine, coarse)
-  assert relation == {0: 5, 1: 5, 2: 7, 3: 7}
-  assert noise_maps.superclass_members(relation) == {5: [0, 1], 7: [2, 3]}
-  with pytest.raises(ValueError, match="more than one coarse"):
-    noise_maps.fine_to_coarse(np.array([0, 0]), np.array([1, 2]))
-  with pytest.raises(ValueError, match="single fine class"):
-    noise_maps.superclass_members({0: 1, 1: 2, 2: 2})

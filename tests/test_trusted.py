@@ -90,3 +90,11 @@ def test_select_trusted_errors():
     sj.select_trusted(np.asarray([0.0, np.nan]), np.zeros(2), 1)
   with pytest.raises(ValueError, match="Unknown score"):
     sj.trust_scores(None, None, np.zeros((2, 1)), np.zeros(2), score="entropy")
+
+
+def test_float_labels_are_refused_not_truncated(mlp):
+  apply_fn, variables, x, _ = mlp
+  with pytest.raises(ValueError, match="integer"):
+    sj.per_example_loss(apply_fn, variables, x[:2], np.asarray([0.9, 1.7]))
+  with pytest.raises(ValueError, match="2 inputs but 1 labels"):
+    sj.input_curvature(apply_fn, variables, x[:2], np.asarray([0]))
