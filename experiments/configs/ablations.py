@@ -1,6 +1,7 @@
 """SAP ablations on CPU: N_trust, trusted-set selection, projecting the classifier, α curve.
 
-Command (≈ 10 min on 2 CPU cores; reuses table1's vanilla checkpoints):
+Command (measured 2 min on 2 CPU cores as two `--shard` runners, after table1; reuses table1's
+vanilla checkpoints):
 
     python -m experiments.run experiments/configs/ablations.py
 

@@ -1,6 +1,6 @@
 """The two-spiral demo: decision boundaries of the noisy model, SAP and Retrain.
 
-Command (≈ 4–5 min per seed on 2 CPU cores; 3 seeds):
+Command (measured 5 min for the 3 seeds on 2 CPU cores as two `--shard` runners):
 
     python -m experiments.run experiments/configs/spiral.py
 
