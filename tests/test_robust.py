@@ -1,6 +1,5 @@
 """Tests for sap_jax.robust: the maths of each noise-robust piece."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,18 +8,7 @@ import pytest
 
 from sap_jax import robust, train
 from tests import fake_data
-
-
-class TinyMLP(nn.Module):
-  num_classes: int = 3
-  bn: bool = False
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.Dense(16)(x)
-    if self.bn:
-      x = nn.BatchNorm(use_running_average=not train)(x)
-    return nn.Dense(self.num_classes)(nn.relu(x))
+from tests.train_cases import TinyMLP
 
 
 def blobs(n=192, seed=0, k=3):
