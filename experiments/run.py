@@ -43,6 +43,7 @@ import numpy as np
 
 from experiments import config as cfg
 from experiments import grid, oracle
+from sap_jax import compilation
 from sap_jax.jsonio import write_json_atomic
 from sap_jax.metrics import split_metrics
 
@@ -613,6 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
     help="run only the cells of every N-th vanilla model from the I-th (0-based), "
     "to share one workdir between N runners",
   )
+  p.add_argument(
+    "--compilation-cache",
+    default=None,
+    metavar="DIR|off",
+    help="JAX persistent compilation cache folder shared by runs; 'off' disables it "
+    f"(default: ${compilation.ENV_VAR}, else {compilation.default_cache_dir()})",
+  )
   return p
 
 
@@ -642,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only_table:
       check_workdir(config, workdir, write=False)
     else:
+      compilation.enable_persistent_cache(args.compilation_cache)
       summary = run_grid(
         config,
         workdir,

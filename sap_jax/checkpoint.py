@@ -4,8 +4,9 @@ A checkpoint is a directory::
 
   <path>/
     metadata.json   format tag, the caller's metadata (dataset, noise spec,
-                    seed, model name and kwargs, train config, metrics), and
-                    the shape/dtype of every array
+                    seed, model name and kwargs, train config, metrics), the
+                    shape/dtype of every array and a SHA-256 checksum of
+                    every array
     variables/      the variables tree, written by orbax-checkpoint
 
 Loading needs no model object: the raw tree is restored (arrays saved from
@@ -13,12 +14,22 @@ numpy come back as numpy, jax arrays as jax arrays, with identical values
 and dtypes). Writes go to a temporary sibling directory that is renamed into
 place, so an interrupted save never leaves a half-written checkpoint at
 ``path``.
+
+Integrity: at save, ``metadata.json`` records under ``"checksums"`` the
+SHA-256 of each array (its dtype, shape and bytes in C order), keyed by the
+same path strings as ``"arrays"``. At load the restored arrays are hashed
+again and any difference raises :class:`DamagedCheckpoint` before anything
+is returned; read errors from orbax are raised as :class:`DamagedCheckpoint`
+too. Checkpoints written before checksums were added have no ``"checksums"``
+entry; they load as before, with only the shape/dtype check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -31,12 +42,24 @@ import orbax.checkpoint as ocp
 
 from sap_jax import jsonio
 
-__all__ = ["FORMAT", "METADATA_FILE", "VARIABLES_DIR", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+  "FORMAT",
+  "METADATA_FILE",
+  "VARIABLES_DIR",
+  "DamagedCheckpoint",
+  "load_checkpoint",
+  "save_checkpoint",
+]
 
 FORMAT = "sap_jax.checkpoint"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
+CHECKSUM_ALGORITHM = "sha256"
+
+
+class DamagedCheckpoint(ValueError):
+  """A checkpoint's files are damaged: unreadable, or not what was saved."""
 
 
 def _path_str(path: tuple) -> str:
@@ -53,6 +76,29 @@ def _array_specs(variables: Any) -> dict[str, dict[str, Any]]:
     }
     for p, v in leaves
   }
+
+
+def _array_checksum(value: Any) -> str:
+  """``"sha256:<hex>"`` of an array's dtype, shape and bytes in C order."""
+  a = np.ascontiguousarray(np.asarray(value))
+  h = hashlib.sha256(f"{a.dtype.str}|{list(a.shape)}|".encode())
+  h.update(a.reshape(-1).view(np.uint8).data)
+  return f"{CHECKSUM_ALGORITHM}:{h.hexdigest()}"
+
+
+def _array_checksums(variables: Any) -> dict[str, str]:
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  return {_path_str(p): _array_checksum(v) for p, v in leaves}
+
+
+def _short(checksum: Any) -> str:
+  text = str(checksum)
+  return text.split(":", 1)[-1][:12]
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+  text = re.sub(r"\s+", " ", text).strip()
+  return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fsync_dir(path: Path) -> None:
@@ -116,6 +162,7 @@ def save_checkpoint(
         "version": FORMAT_VERSION,
         "metadata": metadata,
         "arrays": _array_specs(variables),
+        "checksums": _array_checksums(variables),
       },
       indent=2,
       sort_keys=True,
@@ -172,9 +219,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
 
   Raises:
     FileNotFoundError: ``path`` does not exist.
-    ValueError: ``path`` is not a sap_jax checkpoint or is damaged (missing
-      or unreadable metadata, missing or unreadable arrays, arrays that do
-      not match the recorded shapes/dtypes).
+    DamagedCheckpoint: (a ``ValueError``) the checkpoint is damaged:
+      missing or unreadable metadata, missing or unreadable arrays, arrays
+      that do not match the recorded shapes/dtypes or checksums.
+    ValueError: ``path`` is not a sap_jax checkpoint.
+
+  Checkpoints saved before checksums were recorded (no ``"checksums"`` in
+  ``metadata.json``) load without the checksum comparison.
   """
   path = Path(path).absolute()
   if not path.exists():
@@ -187,7 +238,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
   try:
     record = json.loads(meta_file.read_text(encoding="utf-8"))
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(
+    raise DamagedCheckpoint(
       f"Damaged checkpoint {path}: {METADATA_FILE} is not readable JSON ({e})."
     ) from e
   if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -202,21 +253,32 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     )
   specs = record.get("arrays")
   metadata = record.get("metadata")
+  checksums = record.get("checksums")  # None: saved before checksums existed.
   if not isinstance(specs, dict) or not isinstance(metadata, dict):
-    raise ValueError(
+    raise DamagedCheckpoint(
       f"Damaged checkpoint {path}: {METADATA_FILE} lacks the 'arrays' or 'metadata' entry."
+    )
+  if checksums is not None and (
+    not isinstance(checksums, dict)
+    or set(checksums) != set(specs)
+    or not all(isinstance(v, str) for v in checksums.values())
+  ):
+    raise DamagedCheckpoint(
+      f"damaged checkpoint {path}: the 'checksums' entry of {METADATA_FILE} does "
+      "not list one checksum per array; restore it from a copy"
     )
   var_dir = path / VARIABLES_DIR
   if not var_dir.is_dir():
-    raise ValueError(f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ directory is missing.")
+    raise DamagedCheckpoint(
+      f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ directory is missing."
+    )
   checkpointer = ocp.StandardCheckpointer()
   try:
     variables = checkpointer.restore(var_dir)
   except Exception as e:  # orbax/tensorstore raise many types.
-    raise ValueError(
-      f"Damaged checkpoint {path}: the arrays in "
-      f"{VARIABLES_DIR}/ cannot be read ({type(e).__name__}: "
-      f"{e})."
+    raise DamagedCheckpoint(
+      f"damaged checkpoint {path}: the arrays in {VARIABLES_DIR}/ cannot be read "
+      f"({type(e).__name__}: {_one_line(str(e))}); restore it from a copy"
     ) from e
   finally:
     checkpointer.close()
@@ -227,9 +289,18 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
   if found != expected:
     missing = sorted(set(expected) - set(found))
     changed = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-    raise ValueError(
+    raise DamagedCheckpoint(
       f"Damaged checkpoint {path}: restored arrays do not "
       f"match {METADATA_FILE} (missing {missing[:5]}, "
       f"different {changed[:5]})."
     )
+  if checksums is not None:
+    for name, value in jax.tree_util.tree_flatten_with_path(variables)[0]:
+      name = _path_str(name)
+      read = _array_checksum(value)
+      if read != checksums[name]:
+        raise DamagedCheckpoint(
+          f"damaged checkpoint {path}: array {name} does not match its checksum "
+          f"(saved {_short(checksums[name])}, read {_short(read)}); restore it from a copy"
+        )
   return variables, metadata

@@ -1,7 +1,9 @@
 """Tests for sap_jax.checkpoint: round trips, refusals, damage detection."""
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import flax.linen as nn
@@ -177,4 +179,98 @@ def test_damaged_checkpoint(tmp_path, damage, match):
     record["arrays"]["params/head/kernel"]["shape"] = [4, 3]
     meta_file.write_text(json.dumps(record))
   with pytest.raises(ValueError, match=match):
+    checkpoint.load_checkpoint(path)
+
+
+def _sha256(path: Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_metadata_records_one_checksum_per_array(tmp_path):
+  variables = make_variables()
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", variables, METADATA)
+  record = json.loads((path / checkpoint.METADATA_FILE).read_text())
+  assert set(record["checksums"]) == set(record["arrays"])
+  assert len(record["checksums"]) == len(jax.tree.leaves(variables))
+  assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", v) for v in record["checksums"].values())
+  # Same bytes, dtype and shape give the same checksum; any of them differing does not.
+  kernel = np.asarray(variables["params"]["head"]["kernel"])
+  assert record["checksums"]["params/head/kernel"] == checkpoint._array_checksum(kernel)
+  assert checkpoint._array_checksum(kernel.reshape(4, 3)) != checkpoint._array_checksum(kernel)
+  assert checkpoint._array_checksum(kernel.view(np.int32)) != checkpoint._array_checksum(kernel)
+  restored, _ = checkpoint.load_checkpoint(path)
+  for name, value in jax.tree_util.tree_flatten_with_path(restored)[0]:
+    assert checkpoint._array_checksum(value) == record["checksums"][checkpoint._path_str(name)]
+
+
+def test_flipped_bytes_on_disk_are_detected(tmp_path):
+  rng = np.random.default_rng(0)
+  variables = make_variables()
+  variables["params"]["big"] = {"kernel": rng.normal(size=(64, 64)).astype(np.float32)}
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", variables, METADATA)
+  files = [
+    p
+    for p in (path / checkpoint.VARIABLES_DIR).rglob("*")
+    if p.is_file() and "d" in p.relative_to(path / checkpoint.VARIABLES_DIR).parts[:-1]
+  ]
+  assert files, "no orbax data files found"
+  largest = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  size = len(data)
+  mid = size // 2
+  for i in range(mid, mid + 4):
+    data[i] ^= 0xFF
+  largest.write_bytes(bytes(data))
+  assert largest.stat().st_size == size
+  before = _sha256(largest)
+  with pytest.raises(checkpoint.DamagedCheckpoint) as err:
+    checkpoint.load_checkpoint(path)
+  message = str(err.value)
+  assert isinstance(err.value, ValueError)
+  assert message.startswith(f"damaged checkpoint {path}: ")
+  assert message.endswith("; restore it from a copy")
+  # Either the checksum catches the silently changed array, or orbax fails to
+  # read it and its error is reported the same way.
+  assert re.search(
+    r"array params/big/kernel does not match its checksum \(saved [0-9a-f]{12}, "
+    r"read [0-9a-f]{12}\)|cannot be read",
+    message,
+  ), message
+  assert _sha256(largest) == before and largest.stat().st_size == size
+  # A ValueError on one line: the CLI prints it as a single ``error:`` line.
+  assert "\n" not in message
+
+
+def test_unreadable_arrays_are_reported_as_damaged(tmp_path):
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  for p in (path / checkpoint.VARIABLES_DIR).rglob("*"):
+    if p.is_file() and p.name != "_CHECKPOINT_METADATA":
+      p.write_bytes(b"\x00garbage")
+  with pytest.raises(checkpoint.DamagedCheckpoint) as err:
+    checkpoint.load_checkpoint(path)
+  message = str(err.value)
+  assert message.startswith(f"damaged checkpoint {path}: the arrays in variables/ cannot be read")
+  assert message.endswith("; restore it from a copy") and "\n" not in message
+
+
+def test_checkpoint_without_checksums_still_loads(tmp_path):
+  variables = make_variables()
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", variables, METADATA)
+  meta_file = path / checkpoint.METADATA_FILE
+  record = json.loads(meta_file.read_text())
+  del record["checksums"]  # As written before checksums were recorded.
+  meta_file.write_text(json.dumps(record, indent=2, sort_keys=True))
+  restored, meta = checkpoint.load_checkpoint(path)
+  assert meta["noise"] == "sym:0.25"
+  for want, got in zip(jax.tree.leaves(variables), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_incomplete_checksums_entry_is_damaged(tmp_path):
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  meta_file = path / checkpoint.METADATA_FILE
+  record = json.loads(meta_file.read_text())
+  del record["checksums"]["params/head/kernel"]
+  meta_file.write_text(json.dumps(record))
+  with pytest.raises(checkpoint.DamagedCheckpoint, match="one checksum per array"):
     checkpoint.load_checkpoint(path)

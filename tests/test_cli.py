@@ -4,24 +4,28 @@ import argparse
 import dataclasses
 import inspect
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 import sap_jax
-from sap_jax import checkpoint, cli, trusted
+from sap_jax import checkpoint, cli, compilation, trusted
 from sap_jax.metrics import METRIC_KEYS
 from sap_jax.train import TrainConfig
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, cache="off"):
+  # The commands never write the user's compilation cache (see test_compilation_cache_option).
+  env = {**os.environ, compilation.ENV_VAR: str(cache)}
   return subprocess.run(
     [sys.executable, "-m", "sap_jax", *map(str, args)],
     cwd=cwd,
     capture_output=True,
     text=True,
     timeout=600,
+    env=env,
   )
 
 
@@ -166,3 +170,17 @@ def test_bad_schedule_is_refused_with_the_known_names(tmp_path):
   assert result.returncode == 2
   assert "schedule='linear'" in result.stderr and "cosine" in result.stderr
   assert not (tmp_path / "x").exists()
+
+
+def test_compilation_cache_option(trained, tmp_path):
+  ckpt = trained / "ckpt"
+  cache = tmp_path / "cache"
+  result = _cli("--compilation-cache", cache, "evaluate", ckpt, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert any(cache.iterdir())  # the compiled programs were written there
+  off = tmp_path / "off"
+  result = _cli("--compilation-cache", "off", "evaluate", ckpt, cwd=tmp_path, cache=off)
+  assert result.returncode == 0, result.stderr
+  assert not off.exists()  # the option wins over the environment variable
+  text = " ".join(cli.build_parser().format_help().split())
+  assert "--compilation-cache DIR|off" in text and compilation.ENV_VAR in text
