@@ -5,22 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from sap_jax import projection as proj
 from sap_jax.batching import batched
+from sap_jax.evaluation import check_finite_inputs
 from sap_jax.layers import select_layers
 from sap_jax.stats import activation_stats
 from sap_jax.sweep import apply_alpha, decompose
 from sap_jax.types import ApplyFn, Variables
-
-
-def check_inputs(x: Any, what: str) -> None:
-  """Raises ValueError for an empty input set or one holding NaN/Inf."""
-  if x is None or len(x) == 0:
-    raise ValueError(f"{what} is empty: SAP needs at least one input sample.")
-  if not np.all(np.isfinite(np.asarray(x, np.float32))):
-    raise ValueError(f"{what} contains NaN or Inf; clean the inputs first.")
 
 
 def correct(
@@ -54,7 +45,7 @@ def correct(
   Returns:
     Corrected variables.
   """
-  check_inputs(x_trusted, "x_trusted")
+  x_trusted = check_finite_inputs(x_trusted, "x_trusted")
   proj.check_alpha(alpha)
   if rounds < 1:
     raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
@@ -63,7 +54,7 @@ def correct(
     stats = activation_stats(
       apply_fn,
       current,
-      batched(np.asarray(x_trusted), batch_size),
+      batched(x_trusted, batch_size),
       rows_per_batch=rows_per_batch,
       seed=seed + r,
     )

@@ -39,6 +39,17 @@ JITTED = {"evaluation.eval_batch": _eval_batch, "evaluation.predict_batch": _pre
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
+def check_finite_inputs(x: Any, what: str) -> np.ndarray:
+  """``x`` as a host array, refused when empty or holding NaN/Inf (``what`` names it in
+  the error). The check SAP's entry points make once on their inputs."""
+  if x is None or len(x) == 0:
+    raise ValueError(f"{what} is empty: SAP needs at least one input sample.")
+  x = np.asarray(x)
+  if not np.all(np.isfinite(np.asarray(x, np.float32))):
+    raise ValueError(f"{what} contains NaN or Inf; clean the inputs first.")
+  return x
+
+
 def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray | None]:
   """``(x, y)`` as host arrays, after checking one integer label per input.
 

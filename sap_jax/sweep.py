@@ -29,7 +29,7 @@ import numpy as np
 from flax import struct
 
 from sap_jax import projection as proj
-from sap_jax.evaluation import evaluate
+from sap_jax.evaluation import check_finite_inputs, evaluate
 from sap_jax.kernels import kernels_of, with_kernels
 from sap_jax.stats import LayerStats, Layout
 from sap_jax.types import ApplyFn, Path, Variables
@@ -230,13 +230,9 @@ class SweepResult(NamedTuple):
 
 def check_split(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
   """A labelled split as host arrays, refused when empty, non-finite or mismatched."""
-  if x is None or len(x) == 0:
-    raise ValueError(f"split {name!r} is empty: give at least one sample.")
+  x = check_finite_inputs(x, f"split {name!r}")
   if len(x) != len(y):
     raise ValueError(f"split {name!r} has {len(x)} samples but {len(y)} labels.")
-  x = np.asarray(x)
-  if not np.all(np.isfinite(np.asarray(x, np.float32))):
-    raise ValueError(f"split {name!r} contains NaN or Inf; clean the inputs first.")
   return x, np.asarray(y, np.int32)
 
 
@@ -268,8 +264,13 @@ def score_alphas(
   Returns:
     name → `SplitScores`.
   """
-  alphas_np = np.asarray(alphas, np.float64).reshape(-1)
   splits = {name: check_split(x, y, name) for name, (x, y) in splits.items()}
+  return _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size)
+
+
+def _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size):
+  """`score_alphas` on splits already checked (host arrays, int32 labels)."""
+  alphas_np = np.asarray(alphas, np.float64).reshape(-1)
 
   def accuracies(v) -> dict[str, float]:
     return {
@@ -321,10 +322,9 @@ def sweep_alpha(
   named = {CHOICE_SPLIT: (x_val, y_val), **dict(eval_splits or {})}
   if eval_splits and CHOICE_SPLIT in eval_splits:
     raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
-  for name, (x, y) in named.items():
-    check_split(x, y, name)
+  named = {name: check_split(x, y, name) for name, (x, y) in named.items()}  # before any work
   decomposition = stats if isinstance(stats, Decomposition) else decompose(variables, stats)
-  scores = score_alphas(apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size)
+  scores = _score_checked(apply_fn, variables, decomposition, alphas_np, named, batch_size)
   choice = scores[CHOICE_SPLIT]
   best_alpha, best_acc = choose_alpha(alphas_np, choice.accuracies, choice.baseline)
   return SweepResult(

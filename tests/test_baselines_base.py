@@ -1,6 +1,8 @@
 """sap_jax.baselines.base: the task, budgets, grids, loss ranking, and the interface
 contract every method keeps."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -52,16 +54,7 @@ def test_lowest_and_highest_loss_break_ties_by_index():
 def test_task_validates_inputs(problem):
   _, task = problem
   with pytest.raises(ValueError, match="y_train_clean"):
-    bl.CorrectionTask(
-      task.model,
-      task.variables,
-      task.x_train,
-      task.y_train,
-      task.x_val,
-      task.y_val,
-      task.train_config,
-      y_train_clean=task.y_train[:-1],
-    )
+    dataclasses.replace(task, y_train_clean=task.y_train[:-1])
   with pytest.raises(ValueError, match="labels"):
     bl.CorrectionTask(
       task.model,
@@ -117,17 +110,7 @@ def test_method_contract(problem, runs, name, kwargs, num_settings):
 
   if name == "retrain":
     with pytest.raises(ValueError, match="clean"):
-      method.run(
-        bl.CorrectionTask(
-          task.model,
-          task.variables,
-          task.x_train,
-          task.y_train,
-          task.x_val,
-          task.y_val,
-          task.train_config,
-        )
-      )
+      method.run(dataclasses.replace(task, y_train_clean=None))
     return
   # Every other method ignores the clean labels: garbage gives the same result.
   garbage = np.random.default_rng(1).integers(0, 10, task.n_train)

@@ -17,21 +17,10 @@ from sap_jax.data import Dataset, NoisySplits, known_datasets, load_dataset, mak
 from sap_jax.data import cifar as cifar_mod
 from sap_jax.data.base import IMAGENET_MEAN, IMAGENET_STD
 from sap_jax.noise import CIFAR10_ASYMMETRIC_MAP, NoiseSpec
+from tests.fake_data import CIFAR10_NAMES
 
 # ------------------------------------------------------------------ CIFAR file writers
 
-CIFAR10_NAMES = [
-  "airplane",
-  "automobile",
-  "bird",
-  "cat",
-  "deer",
-  "dog",
-  "frog",
-  "horse",
-  "ship",
-  "truck",
-]
 PER_BATCH = 4  # images per CIFAR-10 batch -> 20 train, 4 test
 
 
