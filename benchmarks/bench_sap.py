@@ -79,7 +79,7 @@ QUICK = dict(
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 min on 2 cores)")
-  p.add_argument("--models", help="comma list of resnet18, vgg11, vit, cnn")
+  p.add_argument("--models", help="comma list of resnet18, vgg11, vit, cnn, vgglike")
   p.add_argument("--model", dest="models", help="alias of --models")
   p.add_argument("--n-trusted", type=int, help="N_trust (default 1000)")
   p.add_argument("--batch-size", type=int, help="samples per forward pass (default 125)")
@@ -119,6 +119,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     "(default: a fresh temporary dir per run; 'off' to disable)",
   )
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument(
+    "--paths",
+    action="store_true",
+    help="also time every decomposition path (eigh, auto, rows+auto, qr) per model",
+  )
+  p.add_argument(
+    "--paths-stats",
+    default="auto,qr",
+    help="statistics bases timed by --paths besides the Gram (comma list of auto, qr)",
+  )
   p.add_argument("--no-digits", action="store_true", help="skip the digits training comparison")
   p.add_argument("--no-svd", action="store_true")
   p.add_argument("--no-budget", action="store_true")
@@ -131,6 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   if args.scaling_model is None:
     args.scaling_model = "cnn" if args.quick else "resnet18"
   args.models = [m for m in args.models.split(",") if m]
+  args.paths_stats = [b for b in args.paths_stats.split(",") if b]
   args.alphas = [float(a) for a in args.alphas.split(",") if a]
   args.scaling = [int(n) for n in str(args.scaling).split(",") if n.strip()]
   return args
@@ -332,7 +343,34 @@ def build_model(name: str, args):
     )
   if name == "cnn":
     return models.get("cnn", 10, width=32), (8, 8, 1), 10, "digits CNN (width 32)"
-  raise ValueError(f"unknown model {name!r}; choose resnet18, vgg11, vit, cnn")
+  if name == "vgglike":
+    widths = tuple(max(4, int(w * s)) for w in (64, 128, 256, 512, 512))
+    return VGGLike(widths), (32, 32, 3), 10, f"VGG-like 3×3 convs {widths}, max-pool after each"
+  raise ValueError(f"unknown model {name!r}; choose resnet18, vgg11, vit, cnn, vgglike")
+
+
+def _vgglike():
+  import flax.linen as nn
+
+  class VGGLike(nn.Module):
+    """3×3 convs (each followed by ReLU and a 2×2 max-pool), then a Dense head: on
+    32×32×3 inputs the layer input widths d are 27, 576, 1152, 2304 and 4608."""
+
+    widths: tuple[int, ...] = (64, 128, 256, 512, 512)
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      for i, w in enumerate(self.widths):
+        x = nn.relu(nn.Conv(w, (3, 3), name=f"conv{i + 1}")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+      return nn.Dense(self.num_classes, name="head")(x.reshape(x.shape[0], -1))
+
+  return VGGLike
+
+
+def VGGLike(widths):  # noqa: N802 (a model constructor)
+  return _vgglike()(widths)
 
 
 def random_setup(name: str, args, n_trusted: int, seed: int):
@@ -629,6 +667,8 @@ def bench_model(name: str, args, meter) -> dict:
     note="sweep_alpha also evaluates the unchanged model once (K+1 evaluations)",
   )
   log(f"[{name}] sweep K={k}: {sw:.2f}s vs decompose + K evals {ideal:.2f}s")
+  if args.paths:
+    out["paths"] = bench_paths(name, args, meter, s, batches, stats, sweep, out, dtype)
   del stats, dec
 
   # Row budget like the published code (≤ row_budget random rows per layer).
@@ -665,6 +705,168 @@ def bench_model(name: str, args, meter) -> dict:
     r = out["svd_vs_eigh"]
     log(f"[{name}] svd {r['svd_s']:.2f}s vs eigh {r['eigh_s']:.2f}s on {len(r['layers'])} layers")
   return out
+
+
+def bench_paths(name, args, meter, s, batches, stats, sweep, out, dtype) -> dict:
+  """Every decomposition path on this model, in one run: the correction at one α and
+  the sweep over K α values, each as time, forward passes (the same unit as above),
+  chosen α, accuracies against today's path (eigh), and the cost model's choice per
+  layer. Paths: "eigh" (statistics C, one eigh per layer: today's default), "auto"
+  (statistics C, the cost model chooses eigh or solve per layer), "rows+auto"
+  (``activation_stats(basis="auto")``: exact rows where a layer sees ≤ d rows, C
+  elsewhere, then the cost model), "qr" (TSQR statistics, thin SVD per layer)."""
+  import numpy as np
+
+  import sap_jax as sj
+  from sap_jax import stats as st
+  from sap_jax.sweep import layer_methods
+
+  apply_fn, v = s["apply_fn"], s["variables"]
+  unit = out["unit_forward"]["time_s"]
+  k = len(args.alphas)
+  alpha = args.alphas[len(args.alphas) // 2]
+  base_acc = np.asarray(sweep.accuracies)
+  res: dict = dict(
+    note="time_s excludes compilation (jax.monitoring events subtracted); forward passes "
+    "in unit_forward_s, a unit measured right before each path (eigh: the model's unit "
+    "above); stats_s: the path's own statistics pass (gram for eigh/auto)",
+    alphas=args.alphas,
+  )
+
+  def methods_of(st_, m, n):
+    ch = layer_methods(st_, method=m, n_alphas=n)
+    return {
+      "/".join(p): ("svd" if not isinstance(x, st.LayerStats) else ch[p]) for p, x in st_.items()
+    }
+
+  stat_sets = {"auto": (stats, out["stats"]["time_s"])}
+  for basis in [b for b in ("auto", "qr") if b in args.paths_stats]:
+    log(f"[{name}] statistics, basis={basis}")
+    st_b, wall, comp = timed(
+      meter, st.activation_stats, apply_fn, v, batches, dtype=dtype, basis=basis
+    )
+    stat_sets["rows+auto" if basis == "auto" else "qr"] = (st_b, max(wall - comp, 0.0))
+  # eigh: today's path, measured above (correction and sweep).
+  res["eigh"] = dict(
+    stats_s=out["stats"]["time_s"],
+    unit_forward_s=unit,
+    correction=dict(
+      decompose_s=out["decompose"]["time_s"],
+      apply_alpha_s=out["apply_alpha"]["time_s"],
+      time_s=out["correction"]["time_s"],
+      forward_passes=out["correction"]["forward_passes"],
+      methods=methods_of(stats, "eigh", 1),
+    ),
+    sweep=dict(
+      time_s=out["sweep"]["time_s"],
+      stats_plus_sweep_s=round(out["stats"]["time_s"] + out["sweep"]["time_s"], 4),
+      stats_plus_sweep_forward_passes=round(
+        (out["stats"]["time_s"] + out["sweep"]["time_s"]) / unit, 2
+      ),
+      best_alpha=sweep.best_alpha,
+      best_accuracy=sweep.best_accuracy,
+      accuracies=[round(float(a), 6) for a in base_acc],
+      same_choice_as_eigh=True,
+      max_accuracy_diff_vs_eigh=0.0,
+      methods=methods_of(stats, "eigh", k),
+    ),
+  )
+  for path in [p for p in ("auto", "rows+auto", "qr") if p in stat_sets]:
+    st_p, stats_s = stat_sets[path]
+    method = "eigh" if path in ("eigh", "qr") else "auto"
+    # A unit measured next to this path: the machine's load drifts during a run.
+    unit = forward_unit(meter, apply_fn, v, batches, reps=1)["time_s"]
+    entry = dict(stats_s=round(stats_s, 4), unit_forward_s=round(unit, 4))
+    # One correction at one α (K = 1): decompose + apply_alpha.
+    dec, w1, c1 = timed(meter, sj.decompose, v, dict(st_p), method=method, n_alphas=1)
+    new, w2, c2 = timed(meter, sj.apply_alpha, v, dec, alpha)
+    corr = stats_s + (w1 - c1) + (w2 - c2)
+    entry["correction"] = dict(
+      decompose_s=round(w1 - c1, 4),
+      apply_alpha_s=round(w2 - c2, 4),
+      time_s=round(corr, 4),
+      forward_passes=round(corr / unit, 2),
+      methods=methods_of(st_p, method, 1),
+    )
+    del dec, new
+    if k == 1:  # the sweep of one α is the correction above plus two evaluations
+      res[path] = entry
+      log(f"[{name}] path {path}: correction {corr:.2f}s = {corr / unit:.2f} fwd")
+      continue
+    # The sweep over K α values (decompose inside, with K known to the cost model).
+    sw_p, wall, comp = timed(
+      meter,
+      sj.sweep_alpha,
+      apply_fn,
+      v,
+      dict(st_p),
+      args.alphas,
+      s["x_val"],
+      s["y_val"],
+      batch_size=args.batch_size,
+      method=method,
+    )
+    sw_s = max(wall - comp, 0.0)
+    acc = np.asarray(sw_p.accuracies)
+    entry["sweep"] = dict(
+      time_s=round(sw_s, 4),
+      stats_plus_sweep_s=round(stats_s + sw_s, 4),
+      stats_plus_sweep_forward_passes=round((stats_s + sw_s) / unit, 2),
+      best_alpha=sw_p.best_alpha,
+      best_accuracy=sw_p.best_accuracy,
+      accuracies=[round(float(a), 6) for a in acc],
+      same_choice_as_eigh=sw_p.best_alpha == sweep.best_alpha,
+      max_accuracy_diff_vs_eigh=round(float(np.max(np.abs(acc - base_acc))), 6),
+      methods=methods_of(st_p, method, k),
+    )
+    res[path] = entry
+    log(
+      f"[{name}] path {path}: correction {corr:.2f}s = {corr / unit:.2f} fwd; "
+      f"stats+sweep {stats_s + sw_s:.2f}s = {(stats_s + sw_s) / unit:.2f} fwd, "
+      f"α {sw_p.best_alpha}, max |Δacc| {entry['sweep']['max_accuracy_diff_vs_eigh']}"
+    )
+  return res
+
+
+def basis_accuracy() -> dict:
+  """gram (eigh / solve of the float32 Gram) vs qr (TSQR factor) vs svd (float32 rows)
+  against a float64 SVD, on rows whose σ² spans 12 decades (4,000 × 48)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from sap_jax import projection as proj
+  from sap_jax import solve as slv
+  from sap_jax.stats.qr import combine_factors
+
+  rng = np.random.default_rng(0)
+  n, d = 4000, 48
+  q1, _ = np.linalg.qr(rng.normal(size=(n, d)))
+  q2, _ = np.linalg.qr(rng.normal(size=(d, d)))
+  rows = (q1 * np.logspace(0, -6, d)) @ q2.T
+  _, sv, vt = np.linalg.svd(rows, full_matrices=False)
+  r32 = jnp.asarray(rows, jnp.float32)
+  gram = jnp.matmul(r32.T, r32, precision=jax.lax.Precision.HIGHEST)
+  factor = combine_factors([r32[i : i + 250] for i in range(0, n, 250)])
+  out = {}
+  for alpha in (1e2, 3e4, 1e6):
+    sig = sv**2 / np.sum(sv**2)
+    ref = (vt.T * (alpha * sig / ((alpha - 1) * sig + 1))) @ vt
+    paths = {
+      "gram_eigh": proj.projection_matrix(proj.eigh_basis(gram), alpha),
+      "gram_solve": slv.projection_matrix(gram, alpha),
+      "qr": proj.projection_matrix(proj.svd_basis(factor), alpha),
+      "svd": proj.projection_matrix(proj.svd_basis(r32), alpha),
+    }
+    out[f"{alpha:g}"] = {
+      k: float(f"{np.linalg.norm(np.asarray(p, np.float64) - ref) / np.linalg.norm(ref):.3g}")
+      for k, p in paths.items()
+    }
+  return dict(
+    note="relative Frobenius error of P(α) against a float64 SVD of the same rows; "
+    "rows 4,000 × 48, σ² log-spaced over 12 decades; float32 everywhere else",
+    errors=out,
+  )
 
 
 def svd_vs_eigh(apply_fn, variables, batches, args, meter) -> dict:
@@ -1076,6 +1278,32 @@ def _goals(result: dict) -> dict:
       r["correction"]["memory"]["peak_rss_mb"] < 1536,
       "main benchmark process (not clean)",
     )
+  for name, r in m.items():
+    paths = r.get("paths", {})
+    if name == "resnet18" and "auto" in paths:
+      c = paths["auto"]["correction"]
+      add(
+        "resnet18_correction_auto_forward_passes",
+        c["forward_passes"],
+        "<= 5",
+        c["forward_passes"] <= 5,
+        "activation_stats + decompose(method='auto', n_alphas=1) + apply_alpha",
+      )
+    if name == "vgglike":
+      scored = [
+        (p["sweep"]["stats_plus_sweep_forward_passes"], k)
+        for k, p in paths.items()
+        if isinstance(p, dict) and "sweep" in p and k != "eigh"
+      ]
+      best = min(scored) if scored else None
+      if best:
+        add(
+          "vgglike_stats_plus_sweep_forward_passes",
+          best[0],
+          "<= 25",
+          best[0] <= 25,
+          f"best path: {best[1]}; eigh: {paths['eigh']['sweep']['stats_plus_sweep_forward_passes']}",
+        )
   sc = result.get("scaling")
   if sc and sc.get("points"):
     pts = {p["n_trusted"]: p for p in sc["points"]}
@@ -1196,6 +1424,7 @@ def main(argv=None) -> dict:
     result["eigh_blas_threads"] = bench_eigh_threads(args, 1152)
   if not args.no_digits and "cnn" in args.models:
     result["digits"] = bench_digits(args, meter)
+  result["basis_accuracy"] = basis_accuracy()
   result["goals"] = _goals(result)
   result["device"]["loadavg_end"] = list(os.getloadavg())
   result["total_wall_s"] = round(time.perf_counter() - t_start, 2)

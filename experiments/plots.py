@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from experiments import config as cfg
 from experiments import grid
+from experiments.outputs import write_generated
 
 __all__ = ["PLOTS", "draw"]
 
@@ -63,8 +65,10 @@ def _save(plt, fig, workdir, name: str) -> Path:
   """Lays out, writes ``workdir/name`` (PNG, 110 dpi) and closes the figure."""
   fig.tight_layout()
   path = Path(workdir) / name
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()
+  fig.savefig(buf, dpi=110, format="png")
   plt.close(fig)
+  write_generated(path, buf.getvalue())
   return path
 
 

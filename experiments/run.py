@@ -20,7 +20,11 @@ For every cell of the grid (:mod:`experiments.grid`) the runner
 A rerun skips every cell whose record exists, so an interrupted grid resumes
 where it stopped. The tables and plots are derived from the records and are
 rewritten on every run. A workdir holding records of another config (name) or
-config version is refused.
+config version is refused, and so is an existing folder that holds anything but
+the runner's files (no ``config.json``, no records): its table/plot names would
+replace the user's files. Every write follows the overwrite rule of
+`sap_jax.safe_write` (records and checkpoints are never replaced by anything but
+their own kind; vanilla checkpoints and records are never replaced at all).
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ import numpy as np
 
 from experiments import config as cfg
 from experiments import grid, oracle
-from sap_jax import compilation
-from sap_jax.jsonio import write_json_atomic
+from sap_jax import compilation, safe_write
+from sap_jax.jsonio import json_object, write_json
 from sap_jax.metrics import split_metrics
 
 __all__ = [
@@ -83,7 +87,23 @@ _DROP_DETAILS = {
 
 
 class IncompatibleWorkdir(RuntimeError):
-  """The workdir holds records of another config or config version."""
+  """The workdir holds records of another config or config version, or is not a workdir."""
+
+
+def _has_keys(*keys: str) -> Callable[[Path], bool]:
+  def recognise(path: Path) -> bool:
+    doc = json_object(path)
+    return doc is not None and all(k in doc for k in keys)
+
+  return recognise
+
+
+CONFIG_KIND = safe_write.Kind("experiment config record", _has_keys("name", "version"))
+"""``<workdir>/config.json``: which config (name, version) the workdir's records belong to."""
+RECORD_KIND = safe_write.Kind("experiment cell record", _has_keys("record_version", "cell_key"))
+"""``<workdir>/cells/<key>.json``."""
+# What the runner itself puts in a workdir (besides the files the tables and plots write).
+_RUNNER_FILES = {"config.json", "cells", "checkpoints", "run.log"}
 
 
 def default_workdir(config: cfg.Config) -> Path:
@@ -137,6 +157,15 @@ def check_workdir(config: cfg.Config, workdir: Path, *, write: bool = True) -> N
   workdir = Path(workdir)
   meta_path = workdir / "config.json"
   found = None
+  if workdir.is_dir() and not meta_path.exists() and not any((workdir / "cells").glob("*.json")):
+    foreign = sorted(set(os.listdir(workdir)) - _RUNNER_FILES)
+    if foreign:
+      raise IncompatibleWorkdir(
+        f"{workdir} is not an experiment workdir: it holds {', '.join(foreign[:5])}"
+        f"{', …' if len(foreign) > 5 else ''} and no config.json or records, and the tables "
+        "and plots would be written over files of the same names. Pass an empty or new "
+        "--workdir."
+      )
   if meta_path.is_file():
     found = json.loads(meta_path.read_text(encoding="utf-8"))
     found = (found.get("name"), found.get("version"), found.get("record_version"))
@@ -154,7 +183,7 @@ def check_workdir(config: cfg.Config, workdir: Path, *, write: bool = True) -> N
       f"{workdir / 'cells'} to start over."
     )
   if write:
-    write_json_atomic(
+    write_json(
       meta_path,
       {
         "name": config.name,
@@ -162,6 +191,8 @@ def check_workdir(config: cfg.Config, workdir: Path, *, write: bool = True) -> N
         "record_version": RECORD_VERSION,
         "config": cfg.to_dict(config),
       },
+      CONFIG_KIND,
+      overwrite=True,
     )
 
 
@@ -208,8 +239,8 @@ def load_vanilla(
   echo: Callable[[str], None] = print,
 ) -> Vanilla:
   """Loads ``<checkpoint_dir>/<key>``, or trains the model and saves it there."""
-  from sap_jax import checkpoint, train
-  from sap_jax.spec import RunSpec, build_model, build_splits
+  from sap_jax import checkpoint, provenance, train
+  from sap_jax.spec import RunSpec, build_model, build_splits, load_data
 
   splits = build_splits(spec)
   model = build_model(spec, splits.num_classes)
@@ -249,6 +280,12 @@ def load_vanilla(
           "kind": "trained",
           "vanilla_key": key,
           "spec": spec.to_dict(),
+          "data": {
+            "dataset": spec.dataset,
+            "root": spec.data_root,
+            "options": dict(spec.data_options),
+            "fingerprint": provenance.data_fingerprint(load_data(spec)),
+          },
           "metrics": {**metrics, "train_time_s": train_time},
           "history": result.history,
         },
@@ -517,7 +554,14 @@ def run_grid(
         failed.append(cell.key)
         bar.update(1)
         continue
-      write_json_atomic(record_path(workdir, cell.key), rec)
+      path = record_path(workdir, cell.key)
+      try:
+        write_json(path, rec, RECORD_KIND)
+      except FileExistsError:
+        if not RECORD_KIND.recognise(path):
+          raise
+        # Another runner on this workdir (a shard sharing the cell) wrote it first.
+        say(f"note: {path} was written by another process meanwhile; kept that one.")
       ran += 1
       elapsed = time.perf_counter() - start
       eta = elapsed / ran * (len(todo) - ran - len(failed))

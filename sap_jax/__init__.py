@@ -22,6 +22,7 @@ patches, Gram statistics), `projection` (σ̃ → λ(α) → P and the kernel up
 from sap_jax.batching import batched
 from sap_jax.correction import correct
 from sap_jax.evaluation import evaluate
+from sap_jax.influence import Influence, trusted_influence
 from sap_jax.layers import select_layers
 from sap_jax.pipeline import SAPResult, run_sap
 from sap_jax.projection import (
@@ -38,6 +39,7 @@ from sap_jax.projection import (
   projections_from_bases,
   svd_basis,
 )
+from sap_jax.sensitivity import Sensitivity, SensitivityCurve, alpha_sensitivity, sensitivity_curve
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import LayerStats, Layout, activation_rows, activation_stats, conv_patches
 from sap_jax.sweep import (
@@ -58,6 +60,7 @@ from sap_jax.trusted import (
   select_trusted,
   trust_scores,
 )
+from sap_jax.tuning import TuneResult, tune_alpha, tuning_report
 from sap_jax.types import ApplyFn, Path, Variables
 
 __version__ = "0.1.0"
@@ -67,16 +70,21 @@ __all__ = [
   "ApplyFn",
   "Basis",
   "Decomposition",
+  "Influence",
   "LayerStats",
   "Layout",
   "Path",
   "Projection",
   "SAPResult",
+  "Sensitivity",
+  "SensitivityCurve",
   "SplitScores",
   "SweepResult",
+  "TuneResult",
   "Variables",
   "activation_rows",
   "activation_stats",
+  "alpha_sensitivity",
   "apply_alpha",
   "bases",
   "batched",
@@ -100,8 +108,12 @@ __all__ = [
   "score_alphas",
   "select_layers",
   "select_trusted",
+  "sensitivity_curve",
   "stats_summary",
   "svd_basis",
   "sweep_alpha",
   "trust_scores",
+  "trusted_influence",
+  "tune_alpha",
+  "tuning_report",
 ]

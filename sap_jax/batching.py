@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from sap_jax import sharding as shd
+
 
 def padded_batches(
   *arrays: np.ndarray, batch_size: int
@@ -51,9 +53,18 @@ def padded_batches(
 
 
 def batched(x: Any, batch_size: int) -> list[Any]:
-  """Splits an array along its first axis into consecutive batches (the last may be short)."""
+  """Splits an array along its first axis into consecutive batches (the last may be short).
+
+  A global array sharded over a mesh's data axis (`sap_jax.sharding`) becomes its
+  `sap_jax.sharding.local_batches` instead (each device cutting its own samples, no data
+  moved), of ⌈batch_size / devices⌉ samples per device: what `activation_stats` takes.
+  """
   if batch_size < 1:
     raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  if shd.is_global(x):
+    mesh, axis = shd.data_axis_of(x)
+    shards = shd.num_shards(mesh, axis)
+    return list(shd.local_batches(x, -(-batch_size // shards) * shards))
   n = len(x)
   return [x[i : i + batch_size] for i in range(0, n, batch_size)]
 

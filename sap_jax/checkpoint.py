@@ -11,9 +11,14 @@ A checkpoint is a directory::
 
 Loading needs no model object: the raw tree is restored (arrays saved from
 numpy come back as numpy, jax arrays as jax arrays, with identical values
-and dtypes). Writes go to a temporary sibling directory that is renamed into
-place, so an interrupted save never leaves a half-written checkpoint at
-``path``.
+and dtypes). Writes follow the overwrite rule of :mod:`sap_jax.safe_write`:
+nothing existing is touched without ``overwrite``; with it only an existing
+sap_jax checkpoint (recognised by the format tag of its ``metadata.json``) is
+replaced, never a ``protect``-ed path (the input of a correction), anything
+inside it or containing it. The checkpoint is written into a temporary sibling
+``.<name>.sap_jax-tmp-<pid>-<hex>`` and renamed into place, so an interrupted
+save never leaves a half-written checkpoint at ``path``; its leftover is
+removed at the next save to that place.
 
 Integrity: at save, ``metadata.json`` records under ``"checksums"`` the
 SHA-256 of each array (its dtype, shape and bytes in C order), keyed by the
@@ -26,12 +31,10 @@ entry; they load as before, with only the shape/dtype check.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +43,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sap_jax import jsonio
+from sap_jax import jsonio, safe_write
+from sap_jax.provenance import array_digest
 
 __all__ = [
   "FORMAT",
+  "KIND",
   "METADATA_FILE",
   "VARIABLES_DIR",
   "DamagedCheckpoint",
+  "is_checkpoint",
   "load_checkpoint",
   "save_checkpoint",
 ]
@@ -80,10 +86,7 @@ def _array_specs(variables: Any) -> dict[str, dict[str, Any]]:
 
 def _array_checksum(value: Any) -> str:
   """``"sha256:<hex>"`` of an array's dtype, shape and bytes in C order."""
-  a = np.ascontiguousarray(np.asarray(value))
-  h = hashlib.sha256(f"{a.dtype.str}|{list(a.shape)}|".encode())
-  h.update(a.reshape(-1).view(np.uint8).data)
-  return f"{CHECKSUM_ALGORITHM}:{h.hexdigest()}"
+  return array_digest(value)
 
 
 def _array_checksums(variables: Any) -> dict[str, str]:
@@ -101,21 +104,26 @@ def _one_line(text: str, limit: int = 300) -> str:
   return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _fsync_dir(path: Path) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+def is_checkpoint(path: str | os.PathLike) -> bool:
+  """Whether ``path`` is a folder whose ``metadata.json`` carries the sap_jax format tag."""
+  meta = Path(path) / METADATA_FILE
+  if not Path(path).is_dir() or Path(path).is_symlink() or not meta.is_file():
+    return False
+  record = jsonio.json_object(meta)
+  return record is not None and record.get("format") == FORMAT
+
+
+KIND = safe_write.Kind("sap_jax checkpoint", is_checkpoint)
+"""What `save_checkpoint` writes, for `sap_jax.safe_write.check_targets`."""
 
 
 def save_checkpoint(
-  path: str | os.PathLike, variables: Any, metadata: dict[str, Any], *, overwrite: bool = False
+  path: str | os.PathLike,
+  variables: Any,
+  metadata: dict[str, Any],
+  *,
+  overwrite: bool = False,
+  protect: Iterable[str | os.PathLike] = (),
 ) -> Path:
   """Saves ``variables`` and ``metadata`` to the directory ``path``.
 
@@ -126,23 +134,25 @@ def save_checkpoint(
     metadata: a JSON-serialisable dict (numpy scalars/arrays, Paths,
       dataclasses and sets are converted), e.g. dataset, noise spec, seed,
       model name and kwargs, ``TrainConfig.to_dict()``, metrics.
-    overwrite: replace an existing checkpoint at ``path``.
+    overwrite: replace an existing sap_jax checkpoint at ``path`` (anything
+      else there is refused).
+    protect: paths never written, written into, or replaced by a parent (e.g.
+      the checkpoint a correction reads).
 
   Returns:
     The absolute checkpoint path.
 
   Raises:
-    FileExistsError: ``path`` exists and ``overwrite`` is false (nothing is
-      written).
+    FileExistsError: (`sap_jax.safe_write.RefusedWrite`) ``path`` exists and
+      ``overwrite`` is false, or is not a sap_jax checkpoint, or overlaps a
+      protected path (nothing is written).
     ValueError: ``metadata`` is not a JSON-serialisable dict, or
       ``variables`` holds something other than arrays (nothing is written).
   """
-  path = Path(path).absolute()
-  if path.exists() and not overwrite:
-    raise FileExistsError(
-      f"Checkpoint path {path} already exists; pass --overwrite "
-      "(overwrite=True) to replace it, or choose another path."
-    )
+  protect = list(protect)
+  path = safe_write.check_target(
+    path, KIND, overwrite=overwrite, protect=protect, what="checkpoint"
+  )
   if not isinstance(metadata, dict):
     raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
   variables = flax.core.unfreeze(variables)
@@ -172,12 +182,7 @@ def save_checkpoint(
       f"metadata is not JSON serialisable ({e}); pass plain numbers, strings, lists and dicts."
     ) from e
 
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tag = uuid.uuid4().hex[:8]
-  tmp = path.parent / f".{path.name}.tmp-{tag}"
-  old = path.parent / f".{path.name}.old-{tag}"
-  try:
-    tmp.mkdir()
+  def fill(tmp: Path) -> None:
     checkpointer = ocp.StandardCheckpointer()
     try:
       checkpointer.save(tmp / VARIABLES_DIR, variables)
@@ -188,22 +193,8 @@ def save_checkpoint(
       f.write(text + "\n")
       f.flush()
       os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    if path.exists():
-      if not overwrite:  # Appeared while we were writing.
-        raise FileExistsError(
-          f"Checkpoint path {path} appeared during the save; pass "
-          "--overwrite (overwrite=True) or choose another path."
-        )
-      os.rename(path, old)
-    os.rename(tmp, path)
-    _fsync_dir(path.parent)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old.is_dir() and not old.is_symlink():
-      shutil.rmtree(old, ignore_errors=True)
-    elif old.exists() or old.is_symlink():
-      old.unlink()
+
+  safe_write.write_dir(path, fill, KIND, overwrite=overwrite, protect=protect)
   return path
 
 
@@ -229,11 +220,31 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
   """
   path = Path(path).absolute()
   if not path.exists():
+    left = safe_write.interrupted_saves(path)
+    if left:
+      raise FileNotFoundError(
+        f"No checkpoint at {path}: its save was interrupted (the unfinished {left[0].name} "
+        "is left beside it, removed by the next save there); run the command that writes "
+        "it again."
+      )
     raise FileNotFoundError(f"No checkpoint at {path}.")
   if not path.is_dir():
-    raise ValueError(f"{path} is a file, not a sap_jax checkpoint directory.")
+    raise ValueError(
+      f"{path} is {safe_write.describe(path)}, not a sap_jax checkpoint directory; pass the "
+      "folder written by `sap-jax train` or `save_checkpoint`."
+    )
   meta_file = path / METADATA_FILE
   if not meta_file.is_file():
+    if safe_write.TMP_TAG in path.name:
+      raise ValueError(
+        f"{path} is the unfinished folder of an interrupted save, not a checkpoint; "
+        "run the command that writes the checkpoint again (the next save there removes it)."
+      )
+    if (path / VARIABLES_DIR).is_dir():
+      raise DamagedCheckpoint(
+        f"damaged checkpoint {path}: it has {VARIABLES_DIR}/ but no {METADATA_FILE} "
+        "(incomplete); restore it from a copy"
+      )
     raise ValueError(f"{path} is not a sap_jax checkpoint: {METADATA_FILE} is missing.")
   try:
     record = json.loads(meta_file.read_text(encoding="utf-8"))

@@ -14,9 +14,17 @@ from typing import Any
 
 def compiled_functions() -> dict[str, Callable[..., Any]]:
   """name → jitted function, for every module-level program of the SAP core."""
-  from sap_jax import evaluation, stats, sweep, trusted
+  from sap_jax import evaluation, spread_eigh, stats, sweep, trusted
+  from sap_jax.stats import qr
 
-  return {**trusted.JITTED, **stats.JITTED, **evaluation.JITTED, **sweep.JITTED}
+  return {
+    **trusted.JITTED,
+    **stats.JITTED,
+    **qr.JITTED,
+    **evaluation.JITTED,
+    **sweep.JITTED,
+    **spread_eigh.JITTED,
+  }
 
 
 def cache_sizes() -> dict[str, int]:

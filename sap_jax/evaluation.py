@@ -16,15 +16,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sap_jax import sharding as shd
 from sap_jax.batching import padded_batches
 from sap_jax.hashable import hashable
+from sap_jax.input_checks import (
+  check_inputs,
+  check_labelled,
+  check_labels,
+  check_logits_output,
+  output_width,
+)
 from sap_jax.losses import cross_entropy
 from sap_jax.types import ApplyFn, Variables
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_batch(apply_fn, variables, x, y, mask):
-  logits = apply_fn(variables, x)
+  logits = check_logits_output(apply_fn(variables, x))
   losses = cross_entropy(logits, y)
   correct = (jnp.argmax(logits, axis=-1) == y) & mask
   return jnp.sum(correct), jnp.sum(jnp.where(mask, losses, 0.0))
@@ -32,7 +40,7 @@ def _eval_batch(apply_fn, variables, x, y, mask):
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict_batch(apply_fn, variables, x):
-  return apply_fn(variables, x)
+  return check_logits_output(apply_fn(variables, x))
 
 
 JITTED = {"evaluation.eval_batch": _eval_batch, "evaluation.predict_batch": _predict_batch}
@@ -40,40 +48,39 @@ JITTED = {"evaluation.eval_batch": _eval_batch, "evaluation.predict_batch": _pre
 
 
 def check_finite_inputs(x: Any, what: str) -> np.ndarray:
-  """``x`` as a host array, refused when empty or holding NaN/Inf (``what`` names it in
-  the error). The check SAP's entry points make once on their inputs."""
-  if x is None or len(x) == 0:
-    raise ValueError(f"{what} is empty: SAP needs at least one input sample.")
-  x = np.asarray(x)
-  if not np.all(np.isfinite(np.asarray(x, np.float32))):
-    raise ValueError(f"{what} contains NaN or Inf; clean the inputs first.")
-  return x
+  """``x`` as a host array after `sap_jax.input_checks.check_inputs`: refused when
+  None, empty, of an integer dtype (``uint8`` images: the message says how to convert)
+  or holding NaN/Inf (``what`` names it in the error). The check SAP's entry points
+  make once on their inputs. A global array sharded over a data axis stays on its
+  devices (`sap_jax.sharding`)."""
+  x = check_inputs(x, what)
+  return x if shd.is_global(x) else np.asarray(x)
+
+
+def labels_as_array(y: Any) -> np.ndarray | jax.Array:
+  """int32 labels: a global array sharded over a data axis stays on its devices, anything
+  else becomes a host array."""
+  return y.astype(jnp.int32) if shd.is_global(y) else np.asarray(y, np.int32)
 
 
 def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray | None]:
-  """``(x, y)`` as host arrays, after checking one integer label per input.
+  """``(x, y)`` as host arrays, after the checks that need no model.
+
+  The inputs as `check_finite_inputs`; the labels one non-negative integer per input
+  (`sap_jax.input_checks.check_labels`). The upper bound K needs the model: see
+  `sap_jax.input_checks.check_labelled`, which `evaluate` uses.
 
   Args:
-    x: ``(N, ...)`` inputs, N ≥ 1.
+    x: ``(N, ...)`` floating inputs, N ≥ 1, all finite.
     y: ``(N,)`` integer labels, or None (inputs only).
     what: the names used in error messages.
 
   Raises:
-    ValueError: empty inputs, non-integer or non-1-D labels, mismatched lengths.
+    ValueError: empty, integer or non-finite inputs; non-integer, non-1-D or negative
+      labels; mismatched lengths.
   """
-  x = np.asarray(x)
-  if y is not None:
-    y = np.asarray(y)
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-      raise ValueError(
-        f"{what}: labels must be a 1-D integer array, got shape {y.shape} dtype "
-        f"{y.dtype}; pass class indices."
-      )
-    if len(x) != len(y):
-      raise ValueError(f"{what}: {len(x)} inputs but {len(y)} labels; pass one label per input.")
-  if len(x) == 0:
-    raise ValueError(f"{what}: no samples; pass at least one.")
-  return x, y
+  x = check_finite_inputs(x, what)
+  return x, None if y is None else check_labels(y, len(x), None, what)
 
 
 def evaluate(
@@ -87,14 +94,23 @@ def evaluate(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
-    x: ``(N, ...)`` inputs.
-    y: ``(N,)`` integer labels.
-    batch_size: evaluation batch size.
+    x: ``(N, ...)`` inputs: a host array, or a global array sharded over a mesh's data
+      axis (each device evaluates its own samples; only the sums cross to the host).
+    y: ``(N,)`` integer labels (host, or sharded like ``x``).
+    batch_size: evaluation batch size (sharded ``x``: over all devices together).
 
   Returns:
     ``{"accuracy": float, "loss": float}``.
+
+  Raises:
+    ValueError: inputs or labels refused by `sap_jax.input_checks.check_labelled`
+      (labels outside ``[0, K)`` for the model's K outputs, NaN inputs, ``uint8``
+      images, a forward that does not return logits, …).
   """
-  x, y = check_xy(x, y)
+  if shd.is_global(x):
+    return _sharded_evaluate(apply_fn, variables, x, y, batch_size)
+  x, y = check_labelled(apply_fn, variables, x, y, "x/y")
+  x = np.asarray(x)
   n = len(x)
   fn = hashable(apply_fn)
   sums = []
@@ -102,6 +118,35 @@ def evaluate(
     mask = np.arange(len(xb)) < real
     sums.append(_eval_batch(fn, variables, xb, yb, mask))
   sums = jax.device_get(sums)
+  correct = sum(int(c) for c, _ in sums)
+  loss = sum(float(s) for _, s in sums)
+  return {"accuracy": correct / n, "loss": loss / n}
+
+
+def _sharded_setup(apply_fn, variables, x, y, what):
+  """(x, sharded int32 y or None, replicated variables) for a sharded ``x``."""
+  mesh, axis = shd.data_axis_of(x)
+  shd.check_divides(x.shape[0], mesh, axis, what)
+  if y is None:
+    check_inputs(x, what)
+    output_width(apply_fn, variables, x)
+    return x, None, shd.replicate(variables, mesh)
+  x, y_host = check_labelled(apply_fn, variables, x, shd.to_host(y), what)
+  y = y if shd.data_axis_of(y) == (mesh, axis) else shd.shard_batch(y_host, mesh, axis)
+  return x, y.astype(jnp.int32), shd.replicate(variables, mesh)
+
+
+def _sharded_evaluate(apply_fn, variables, x, y, batch_size):
+  """`evaluate` of a global array sharded over a data axis: each device evaluates its own
+  samples; only the two sums cross to the host."""
+  x, y, variables = _sharded_setup(apply_fn, variables, x, y, "x/y")
+  fn = hashable(apply_fn)
+  sums = [
+    _eval_batch(fn, variables, xb, yb, jnp.ones(len(yb), bool))
+    for (xb, yb), _ in shd.sample_batches((x, y), batch_size)
+  ]
+  sums = jax.device_get(sums)
+  n = x.shape[0]
   correct = sum(int(c) for c, _ in sums)
   loss = sum(float(s) for _, s in sums)
   return {"accuracy": correct / n, "loss": loss / n}
@@ -121,7 +166,17 @@ def predict_logits(
   Returns:
     ``np.ndarray`` of logits.
   """
+  if shd.is_global(x):
+    x, _, variables = _sharded_setup(apply_fn, variables, x, None, "x")
+    fn = hashable(apply_fn)
+    out = None
+    for (xb,), index in shd.sample_batches((x,), batch_size):
+      logits = shd.to_host(_predict_batch(fn, variables, xb))
+      out = np.empty((x.shape[0], *logits.shape[1:]), logits.dtype) if out is None else out
+      out[index] = logits
+    return out
   x, _ = check_xy(x, None, "x")
+  output_width(apply_fn, variables, x)  # the forward returns logits, before any batch
   fn = hashable(apply_fn)
   outs = [
     (_predict_batch(fn, variables, xb), k) for (xb,), k in padded_batches(x, batch_size=batch_size)

@@ -3,8 +3,13 @@
 `json_default` converts the non-JSON types that metadata and records hold (numpy
 scalars and arrays, jax arrays, paths, dataclass instances, sets); anything else
 raises ``TypeError``, so a value that cannot be read back is never written
-silently. `dumps` and `write_json_atomic` use it; `to_jsonable` gives the plain
+silently. `dumps` and `write_json` use it; `to_jsonable` gives the plain
 dicts/lists/numbers a document would load back as.
+
+Files are written by `write_json` under the overwrite rule of `sap_jax.safe_write`
+(atomic; nothing existing touched without ``overwrite``; with it only a document of
+the writer's `Kind`). A report of the command line carries ``"format":
+"sap_jax.report"`` (`REPORT_FORMAT`), which is how `REPORT` recognises one.
 """
 
 from __future__ import annotations
@@ -13,13 +18,27 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["dumps", "json_default", "to_jsonable", "write_json_atomic"]
+from sap_jax import safe_write
+
+__all__ = [
+  "REPORT",
+  "REPORT_FORMAT",
+  "dumps",
+  "is_report",
+  "json_default",
+  "json_object",
+  "to_jsonable",
+  "write_json",
+  "write_report",
+]
+
+REPORT_FORMAT = "sap_jax.report"
 
 
 def _is_jax_array(obj: Any) -> bool:
@@ -75,8 +94,38 @@ def to_jsonable(obj: Any) -> Any:
   return json.loads(dumps(obj))
 
 
-def write_json_atomic(
-  path: str | os.PathLike, obj: Any, *, indent: int | None = 1, sort_keys: bool = True
+def json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The JSON object stored in the file ``path``, or None when it holds anything else
+  (not a file, not UTF-8 JSON, not an object). Reads at most 64 MiB."""
+  path = Path(path)
+  try:
+    if not path.is_file() or path.stat().st_size > 64 << 20:
+      return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, UnicodeDecodeError, ValueError):
+    return None
+  return doc if isinstance(doc, dict) else None
+
+
+def is_report(path: str | os.PathLike) -> bool:
+  """Whether ``path`` is a JSON report written by `write_report` (its format tag)."""
+  doc = json_object(path)
+  return doc is not None and doc.get("format") == REPORT_FORMAT
+
+
+REPORT = safe_write.Kind("sap_jax report", is_report)
+"""What `write_report` writes, for `sap_jax.safe_write.check_targets`."""
+
+
+def write_json(
+  path: str | os.PathLike,
+  obj: Any,
+  kind: safe_write.Kind,
+  *,
+  overwrite: bool = False,
+  protect: Iterable[str | os.PathLike] = (),
+  indent: int | None = 1,
+  sort_keys: bool = True,
 ) -> Path:
   """Writes ``obj`` as JSON (and a final newline) to ``path``, atomically.
 
@@ -85,28 +134,37 @@ def write_json_atomic(
   created.
 
   Args:
-    path: the file to write (replaced if it exists).
+    path: the file to write.
     obj: the document; converted by `json_default`.
+    kind: what the document is (how an existing one is recognised).
+    overwrite: replace an existing document of ``kind`` (anything else is refused).
+    protect: paths never written (see `sap_jax.safe_write.check_target`).
     indent: JSON indentation (None: one line).
     sort_keys: write dict keys sorted.
 
   Returns:
-    ``path`` as a `Path`.
+    ``path`` made absolute.
 
   Raises:
     TypeError: ``obj`` holds a value `json_default` does not convert (nothing is
       written).
+    FileExistsError: (`sap_jax.safe_write.RefusedWrite`) the overwrite rule refuses
+      ``path`` (nothing is written).
   """
-  path = Path(path)
   text = dumps(obj, indent=indent, sort_keys=sort_keys) + "\n"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  return path
+  return safe_write.write_file(path, text, kind, overwrite=overwrite, protect=protect)
+
+
+def write_report(
+  path: str | os.PathLike,
+  report: dict[str, Any],
+  *,
+  overwrite: bool = False,
+  protect: Iterable[str | os.PathLike] = (),
+  indent: int | None = 2,
+) -> Path:
+  """`write_json` of ``{"format": REPORT_FORMAT, **report}``, keys in insertion order."""
+  doc = {"format": REPORT_FORMAT, **report}
+  return write_json(
+    path, doc, REPORT, overwrite=overwrite, protect=protect, indent=indent, sort_keys=False
+  )

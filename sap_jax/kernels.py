@@ -10,14 +10,16 @@ code (Linen variables here; NNX state elsewhere) stays in this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sap_jax.layers import path_name, skipped_layers
 from sap_jax.stats import CONV, Layout
+from sap_jax.stats.collect import module_calls
 from sap_jax.types import Path
 
 
@@ -25,13 +27,16 @@ def _get_path(tree: Mapping[str, Any], path: Path) -> Any:
   node = tree
   for name in path:
     if not isinstance(node, Mapping) or name not in node:
-      raise KeyError("/".join(path))
+      raise KeyError(path_name(path))
     node = node[name]
   return node
 
 
 def _set_path(tree: Mapping[str, Any], path: Path, value: Any) -> dict[str, Any]:
-  """Returns a copy of ``tree`` with ``tree[path]`` replaced (copy on the path only)."""
+  """Returns a copy of ``tree`` with ``tree[path]`` replaced (copy on the path only);
+  the empty path (a model that is a single layer) replaces the whole tree."""
+  if not path:
+    return value
   new = dict(tree)
   if len(path) == 1:
     new[path[0]] = value
@@ -58,7 +63,7 @@ def kernel_at(variables: Mapping[str, Any], path: Path) -> jax.Array:
     return layer["kernel"]
   except KeyError:
     raise ValueError(
-      f"Layer {'/'.join(path)!r} of the projections has no kernel in "
+      f"Layer {path_name(path)!r} of the projections has no kernel in "
       "variables['params']: the statistics come from a different model."
     ) from None
 
@@ -77,6 +82,59 @@ def with_kernels(variables: Mapping[str, Any], kernels: Mapping[Path, jax.Array]
   for path, k in kernels.items():
     params = _set_path(params, path, {**_get_path(params, path), "kernel": k})
   return {**variables, "params": params}
+
+
+WEIGHT_NAMES = ("kernel", "embedding")
+"""Parameter names of a layer's weight matrix (``embedding``: `nn.Embed`, listed so that
+`skipped_kernels` says why it is left alone)."""
+
+
+def kernel_paths(variables: Mapping[str, Any]) -> list[Path]:
+  """The path of every layer with a ``kernel`` (or ``embedding``) in
+  ``variables['params']``, in tree order."""
+  require_params(variables)
+  out: list[Path] = []
+
+  def walk(node: Any, path: Path) -> None:
+    if isinstance(node, Mapping):
+      if any(k in node and not isinstance(node[k], Mapping) for k in WEIGHT_NAMES):
+        out.append(path)
+      for key, child in node.items():
+        if key not in WEIGHT_NAMES:
+          walk(child, (*path, key))
+
+  walk(variables["params"], ())
+  return out
+
+
+def skipped_kernels(
+  apply_fn: Any,
+  variables: Mapping[str, Any],
+  x: Any,
+  kept: Iterable[Path],
+  *,
+  exclude: Sequence[str] = (),
+  layer_range: tuple[int | None, int | None] | None = None,
+) -> dict[str, str]:
+  """Every layer of a Linen model with a kernel that SAP leaves alone, and why.
+
+  One shape-only trace of ``apply_fn(variables, x)`` (`module_calls`), then
+  `sap_jax.layers.skipped_layers`.
+
+  Args:
+    apply_fn: the eval-mode forward.
+    variables: the model variables.
+    x: a batch of inputs (one sample is enough).
+    kept: the layers projected.
+    exclude, layer_range: the selection applied (see `sap_jax.select_layers`).
+
+  Returns:
+    ``{"/"-joined path: reason}``.
+  """
+  calls = module_calls(apply_fn, variables, x)
+  kinds = {p: (calls[p][0] if p in calls else None) for p in kernel_paths(variables)}
+  called = [p for p, (_, covered) in calls.items() if covered]
+  return skipped_layers(kinds, called, kept, exclude=exclude, layer_range=layer_range)
 
 
 def check_kernel(kernel: jax.Array, layout: Layout) -> None:

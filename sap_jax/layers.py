@@ -1,16 +1,25 @@
-"""Which layers SAP corrects: selection by path pattern and by position."""
+"""Which layers SAP corrects: selection by path pattern and by position, and the list
+of the layers with a kernel that it leaves alone, each with the reason (`skipped_layers`)."""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from sap_jax.stats import LayerStats
 from sap_jax.types import Path
+
+if TYPE_CHECKING:  # a type only: `sap_jax.stats` imports `path_name` from here
+  from sap_jax.stats import LayerStats
 
 
 def path_name(path: Path) -> str:
-  """A layer path as the "/"-joined name that patterns and reports use."""
+  """A layer path as the "/"-joined name that patterns and reports use.
+
+  Elements may be strings (Linen module names, NNX attribute names) or integers (the
+  index of a layer in an NNX ``nnx.List`` / ``nnx.Sequential``): ``("layers", 0,
+  "kernel")`` → ``"layers/0/kernel"``.
+  """
   return "/".join(str(p) for p in path)
 
 
@@ -50,3 +59,58 @@ def select_layers(
   if not kept:
     raise ValueError("No layer left to project after exclude/layer_range; loosen the selection.")
   return kept
+
+
+NOT_SUPPORTED_WHY = {
+  "Embed": "an index lookup: its input is a token id, not an activation to project",
+  "ConvLocal": "one kernel per output position (a d×d projection per position)",
+  "ConvTranspose": "with transpose_kernel=True, a kernel mask or CIRCULAR padding",
+  "Einsum": "an equation that is not a DenseGeneral over its contracting axes: a batch "
+  "axis shared by kernel and output, kernel output axes before the contracting ones, "
+  "or an ellipsis (see sap_jax.stats.einsum)",
+}
+"""Layer types SAP leaves alone on purpose, and why (the reason `skipped_layers` gives)."""
+
+
+def skipped_layers(
+  kernel_layers: Mapping[Path, str | None],
+  called: Iterable[Path],
+  kept: Iterable[Path],
+  *,
+  exclude: Sequence[str] = (),
+  layer_range: tuple[int | None, int | None] | None = None,
+) -> dict[str, str]:
+  """Every layer with a kernel that SAP does not project, with the reason.
+
+  Args:
+    kernel_layers: path → layer type name (None when unknown: the layer never ran) of
+      every layer that holds a ``kernel`` parameter.
+    called: the covered layers the forward called (the statistics' paths, before any
+      selection), in call order.
+    kept: the layers projected (after `select_layers`).
+    exclude, layer_range: the selection that was applied.
+
+  Returns:
+    ``{"/"-joined path: reason}``, in ``kernel_layers``' order: "excluded by pattern
+    'p'", "outside layer_range (a, b)", "layer type T is not supported (…)" or "never
+    called in the forward".
+  """
+  called, kept = list(called), set(kept)
+  out = {}
+  for path, kind in kernel_layers.items():
+    if path in kept:
+      continue
+    name = path_name(path)
+    if path in called:
+      pattern = next((p for p in exclude if fnmatch.fnmatchcase(name, p)), None)
+      out[name] = (
+        f"excluded by pattern {pattern!r}"
+        if pattern is not None
+        else f"outside layer_range {tuple(layer_range or ())}"
+      )
+    elif kind is not None:
+      why = NOT_SUPPORTED_WHY.get(kind)
+      out[name] = f"layer type {kind} is not supported" + (f" ({why})" if why else "")
+    else:
+      out[name] = "never called in the forward"
+  return out

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from sap_jax import projection as proj
+from sap_jax import sharding as shd
 from sap_jax import trusted as tr
 from sap_jax.batching import batched
+from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import select_layers
 from sap_jax.spectrum import stats_summary
+from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import activation_stats
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
@@ -23,7 +26,11 @@ from sap_jax.sweep import (
   decompose,
   sweep_alpha,
 )
+from sap_jax.tuning import TuneResult, tune_alpha
 from sap_jax.types import ApplyFn
+
+TUNE_MODES = (None, "per_layer")
+"""What `run_sap`'s ``tune`` accepts: None (the grid's α) or "per_layer" (`tune_alpha`)."""
 
 
 class SAPResult(NamedTuple):
@@ -36,9 +43,17 @@ class SAPResult(NamedTuple):
       (``sweep.splits["val"]``) and on every ``eval_splits`` entry.
     trusted_indices: indices into the training set of the trusted samples.
     layers: per-layer summary of the statistics (kind, d, rows, effective rank).
-    timings: seconds per phase ("scores", "stats", "sweep", "project", "total").
+    timings: seconds per phase ("scores", "stats", "sweep", "project" (tuning
+      included), "total").
     decomposition: the per-layer bases the sweep used (`sap_jax.apply_alpha` turns it
       into the model at any other α, with no new statistics or eigendecompositions).
+    tuning: with ``tune="per_layer"``, the `sap_jax.TuneResult` (per-layer α, the
+      cross-validation's verdict); ``variables`` is then the model at ``tuning.alpha``.
+      None without tuning, or when no grid α beat the original model (nothing to
+      start from).
+    skipped: every layer with a kernel that SAP left alone, "/"-joined path → reason
+      ("excluded by pattern …", "layer type … is not supported", "never called in the
+      forward"; `sap_jax.kernels.skipped_kernels`).
   """
 
   variables: dict[str, Any]
@@ -48,10 +63,39 @@ class SAPResult(NamedTuple):
   layers: dict[str, dict[str, Any]]
   timings: dict[str, float]
   decomposition: Decomposition
+  tuning: TuneResult | None = None
+  skipped: dict[str, str] = {}
 
 
 def _block(tree):
   return jax.block_until_ready(tree)
+
+
+def trusted_batches(
+  x: Any, trusted: np.ndarray, batch_size: int, rows_per_batch: int | None
+) -> tuple[list[shd.LocalBatch], float | None]:
+  """The trusted samples of a sharded global array, selected in place, as the batches of
+  `activation_stats`, and the row budget that keeps the rows one process would keep.
+
+  A sharded gather (`sap_jax.sharding.gather_rows`): each device receives its share of the
+  trusted samples (only those move, once), padded to whole batches of b = ⌈batch_size /
+  shards⌉ per device and masked (`LocalBatch.valid`), so one compilation serves all; a
+  sample keeps its place in the trusted order as its global index. The statistics'
+  batches hold b · shards samples, so the budget is rescaled to keep each row with the
+  probability rows_per_batch / (rows of batch_size samples), as one process does.
+  """
+  mesh, axis = shd.data_axis_of(x)
+  shards = shd.num_shards(mesh, axis)
+  per = -(-batch_size // shards)
+  size = per * shards
+  n = len(trusted)
+  padded = -(-n // size) * size
+  index = np.concatenate([trusted, np.full(padded - n, trusted[0], trusted.dtype)])
+  gathered = shd.gather_rows(x, index)
+  budget = None if rows_per_batch is None else rows_per_batch * size / batch_size
+  if budget is not None and size == batch_size:
+    budget = rows_per_batch
+  return list(shd.local_batches(gathered, size, n_valid=n)), budget
 
 
 def run_sap(
@@ -72,6 +116,10 @@ def run_sap(
   rows_per_batch: int | None = None,
   seed: int = 0,
   eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
+  trusted: Sequence[int] | None = None,
+  progress: Callable[[str, int, int], None] | None = None,
+  tune: str | None = None,
+  tune_options: Mapping[str, Any] | None = None,
 ) -> SAPResult:
   """Runs SAP end to end without knowing which labels are wrong.
 
@@ -81,16 +129,24 @@ def run_sap(
   3. score every α in ``alphas`` on the validation split (one eigendecomposition
      per layer, then one projected evaluation per α) and keep the best, or the original model if no α
      beats it;
-  4. return the corrected variables.
+  4. optionally (``tune="per_layer"``) learn one α per layer from the chosen α on
+     the same validation split (`sap_jax.tune_alpha`, guarded by K-fold early
+     stopping; same bases);
+  5. return the corrected variables.
 
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the trained (noisy) model's variables.
-    x_train, y_train: training inputs and their (noisy) labels.
+    x_train, y_train: training inputs and their (noisy) labels. Host arrays, or global
+      arrays sharded over a mesh's data axis (`sap_jax.sharding`): then every step
+      runs where the data is (per-sample losses, statistics on the trusted samples
+      gathered in place, the sweep's evaluations); only the N losses, the labels, the
+      counts and α cross to the host, and the corrected variables are replicated.
     x_val, y_val: validation split used to choose α (honest protocol: noisy labels).
     n_trusted: size of the trusted set (paper: 1000).
     alphas: α grid.
-    score: "loss" (paper) or "curvature" (published code).
+    score: "loss" (paper), "curvature" or "curvature_published" (the published code's
+      estimator and its ``n_trusted // K + 1`` per class; `sap_jax.trusted.trusted_set`).
     class_balanced: pick ``n_trusted // K`` per class.
     exclude, layer_range: layers to leave alone (see `select_layers`).
     batch_size: samples per forward pass.
@@ -99,6 +155,16 @@ def run_sap(
     eval_splits: further name → ``(x, y)`` splits scored at every α in the same pass
       (e.g. clean validation labels for the oracle α, the test set for the α curve);
       they never influence the choice. Read them from ``result.sweep.splits``.
+    trusted: the trusted set's indices into the training set, chosen by the caller
+      (e.g. the published code's oracle, `sap_jax.trusted.trusted_set` on the clean
+      labels); skips step 1 (``score``, ``class_balanced`` and ``n_trusted`` unused).
+    progress: optional ``progress(phase, done, total)`` for a progress display, called at
+      the start (done 0) and end (done = total) of each phase ("trusted set",
+      "statistics", "decomposition") and, in the "α sweep", before each α and after the
+      last; None (default) reports nothing. It has no effect on the results.
+    tune: None, or "per_layer" to learn per-layer α after the sweep.
+    tune_options: keyword arguments of `sap_jax.tune_alpha` (``folds``, ``steps``,
+      ``learning_rate``, ``penalty``); its ``seed`` is ``seed``.
 
   Returns:
     A `SAPResult`.
@@ -109,22 +175,60 @@ def run_sap(
       f"use n_trusted ≤ {len(x_train)}."
     )
   proj.check_alpha(np.asarray(alphas, np.float64))
+  if tune not in TUNE_MODES:
+    raise ValueError(f"tune must be one of {TUNE_MODES}, got {tune!r}.")
+  tune_options = dict(tune_options or {})
+  unknown = sorted(set(tune_options) - {"folds", "steps", "learning_rate", "penalty"})
+  if unknown:
+    raise ValueError(
+      f"unknown tune_options {unknown}; tune_alpha takes folds, steps, learning_rate, penalty."
+    )
+  if tune_options and tune is None:
+    raise ValueError('tune_options were given without tune; pass tune="per_layer".')
+  found = shd.common_data_axis(x_train, y_train, x_val, y_val)
+  if found is not None:  # global arrays over a mesh: the data stays where it is
+    if score != "loss" and trusted is None:
+      raise ValueError(
+        f'score="{score}" is not available for sharded global arrays yet; use score="loss" '
+        "or pass trusted= indices."
+      )
+    if tune is not None:
+      raise ValueError("tune= is not available for sharded global arrays yet; use tune=None.")
+    variables = shd.replicate(variables, found[0])
+    y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
+  report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
-  scores = tr.trust_scores(
-    apply_fn, variables, x_train, y_train, score=score, batch_size=batch_size, seed=seed
-  )
-  trusted = tr.select_trusted(scores, y_train, n_trusted, class_balanced=class_balanced)
+  report("trusted set", 0, 1)
+  if trusted is None:
+    trusted = tr.trusted_set(
+      apply_fn,
+      variables,
+      x_train,
+      y_train,
+      n_trusted,
+      score=score,
+      class_balanced=class_balanced,
+      batch_size=batch_size,
+      seed=seed,
+    )
+  trusted = np.asarray(trusted, np.int64)
   t1 = time.perf_counter()
-  stats = activation_stats(
-    apply_fn,
-    variables,
-    batched(np.asarray(x_train)[trusted], batch_size),
-    rows_per_batch=rows_per_batch,
-    seed=seed,
-  )
+  report("trusted set", 1, 1)
+  report("statistics", 0, 1)
+  if found is None:
+    batches, budget = batched(np.asarray(x_train)[trusted], batch_size), rows_per_batch
+  else:
+    batches, budget = trusted_batches(x_train, trusted, batch_size, rows_per_batch)
+  stats = activation_stats(apply_fn, variables, batches, rows_per_batch=budget, seed=seed)
   stats = _block(select_layers(stats, exclude=exclude, layer_range=layer_range))
   t2 = time.perf_counter()
-  decomposition = decompose(variables, stats)
+  report("statistics", 1, 1)
+  report("decomposition", 0, 1)
+  bases = None
+  if found is not None:  # each layer's eigh on one device, the bases then shared
+    bases = spread_eigh({p: s.gram for p, s in stats.items()}, *found)
+  decomposition = decompose(variables, stats, bases=bases)
+  report("decomposition", 1, 1)
   sweep = sweep_alpha(
     apply_fn,
     variables,
@@ -134,10 +238,24 @@ def run_sap(
     y_val,
     batch_size=max(batch_size, 512),
     eval_splits=eval_splits,
+    progress=None if progress is None else lambda done, total: progress("α sweep", done, total),
   )
   t3 = time.perf_counter()
+  tuning = None
   if sweep.best_alpha is None:
     corrected = dict(variables)
+  elif tune == "per_layer":
+    tuning = tune_alpha(
+      apply_fn,
+      variables,
+      decomposition,
+      x_val,
+      y_val,
+      sweep.best_alpha,
+      seed=seed,
+      **tune_options,
+    )
+    corrected = _block(apply_alpha(variables, decomposition, tuning.alpha))
   else:  # the very model the sweep scored: same bases, same compiled projection
     corrected = _block(apply_alpha(variables, decomposition, sweep.best_alpha))
   t4 = time.perf_counter()
@@ -155,4 +273,13 @@ def run_sap(
       "total": t4 - t0,
     },
     decomposition=decomposition,
+    tuning=tuning,
+    skipped=skipped_kernels(
+      apply_fn,
+      variables,
+      np.zeros((1, *x_train.shape[1:]), x_train.dtype),  # shapes only
+      stats,
+      exclude=exclude,
+      layer_range=layer_range,
+    ),
   )

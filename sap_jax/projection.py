@@ -43,9 +43,10 @@ class Basis(NamedTuple):
   """Eigenbasis of a layer's input statistics.
 
   Attributes:
-    spectrum: normalised spectrum σ̃ (…, d), non-negative, summing to 1 (all zeros
-      when the layer's inputs were all zero).
-    vectors: orthonormal eigenvectors V (…, d, d), column i belongs to σ̃_i.
+    spectrum: normalised spectrum σ̃ (…, k), non-negative, summing to 1 (all zeros
+      when the layer's inputs were all zero); k = d, or fewer for a thin basis
+      (`svd_basis` of n < d rows), whose missing directions all get λ = 0.
+    vectors: orthonormal eigenvectors V (…, d, k), column i belongs to σ̃_i.
   """
 
   spectrum: jax.Array
@@ -99,17 +100,17 @@ def eigh_basis(gram: jax.Array, rcond: float | None = None) -> Basis:
 
 
 def svd_basis(rows: jax.Array) -> Basis:
-  """Basis from the SVD of the stacked rows R (n, d) or (G, n, d).
+  """Basis from the thin SVD of the stacked rows R (n, d) or (G, n, d).
 
-  This is the method as the paper writes it. It costs O(n d²) with a large
-  constant and needs all rows in memory; `eigh_basis` of the streamed Gram matrix
-  gives the same projection (up to round-off) and is what `bases` uses by default.
+  This is the method as the paper writes it (also the basis of a TSQR factor,
+  `sap_jax.stats.qr`). The thin SVD keeps memory O(n·d) (a full SVD's U is n × n:
+  3.3 GB at 20,000 rows). For n < d the basis is thin: k = n vectors (d, k) and a
+  spectrum of length k; every direction outside them gets λ = 0. `eigh_basis` of the
+  streamed Gram matrix gives the same projection (up to round-off) and is what
+  `bases` uses by default.
   """
-  _, s, vt = jnp.linalg.svd(rows, full_matrices=True)
-  d = rows.shape[-1]
-  sigma_sq = jnp.zeros(rows.shape[:-2] + (d,), rows.dtype)
-  sigma_sq = sigma_sq.at[..., : s.shape[-1]].set(s**2)
-  return Basis(normalised_spectrum(sigma_sq), jnp.swapaxes(vt, -1, -2))
+  _, s, vt = jnp.linalg.svd(rows, full_matrices=False)
+  return Basis(normalised_spectrum(s**2), jnp.swapaxes(vt, -1, -2))
 
 
 def bases(stats: Mapping[Path, LayerStats]) -> dict[Path, Basis]:
@@ -129,7 +130,8 @@ def projection_matrix(basis: Basis, alpha: jax.Array | float) -> jax.Array:
   )
 
 
-def _alpha_for(alpha: Any, path: Path) -> Any:
+def alpha_for(alpha: Any, path: Path) -> Any:
+  """The α of layer ``path``: ``alpha[path]`` for a per-layer dict, else ``alpha``."""
   if isinstance(alpha, Mapping):
     if path not in alpha:
       raise KeyError(
@@ -158,7 +160,7 @@ def projections_from_bases(
 ) -> dict[Path, Projection]:
   """Projections for one α (a scalar or a dict path → scalar) from precomputed bases."""
   return {
-    path: Projection(projection_matrix(b, _alpha_for(alpha, path)), layouts[path])
+    path: Projection(projection_matrix(b, alpha_for(alpha, path)), layouts[path])
     for path, b in layer_bases.items()
   }
 
@@ -199,13 +201,13 @@ def rotated_kernels(
   layer_bases: Mapping[Path, Basis],
   layouts: Mapping[Path, Layout],
 ) -> dict[Path, jax.Array]:
-  """Vᵀ K per layer, (G, d, O/G): the α-independent half of K̂ = V diag(λ) Vᵀ K."""
+  """Vᵀ K per layer, (G, k, O/G): the α-independent half of K̂ = V diag(λ) Vᵀ K."""
   hp = jax.lax.Precision.HIGHEST
   out = {}
   for path, b in layer_bases.items():
     kernel, layout = kernels[path], layouts[path]
     check_kernel(kernel, layout)
-    v = b.vectors.astype(kernel.dtype).reshape(layout.groups, layout.dim, layout.dim)
+    v = b.vectors.astype(kernel.dtype).reshape(layout.groups, layout.dim, -1)
     # Vᵀ K as a contraction over V's first axis (no transposed copy of V).
     out[path] = jnp.einsum("gij,gio->gjo", v, flat_kernel(kernel, layout), precision=hp)
   return out
@@ -234,13 +236,14 @@ def projected_kernels(
     layout, kernel = layouts[path], kernels[path]
     check_kernel(kernel, layout)
     d, groups = layout.dim, layout.groups
-    v = b.vectors.astype(kernel.dtype).reshape(groups, d, d)
+    v = b.vectors.astype(kernel.dtype).reshape(groups, d, -1)
     w = (
       rotated[path]
       if rotated is not None
       else jnp.einsum("gij,gio->gjo", v, flat_kernel(kernel, layout), precision=hp)
     )
-    lam = importance(b.spectrum, _alpha_for(alpha, path)).astype(kernel.dtype).reshape(groups, d, 1)
+    lam = importance(b.spectrum, alpha_for(alpha, path)).astype(kernel.dtype)
+    lam = lam.reshape(groups, v.shape[-1], 1)
     out[path] = unflat_kernel(jnp.matmul(v, lam * w, precision=hp), layout)
   return out
 

@@ -2,21 +2,37 @@
 
 A `RunSpec` is stored in every checkpoint's metadata, so a later `correct` or
 `evaluate` rebuilds exactly the same noisy splits and model from the checkpoint
-alone: data → noise → train → (checkpoint) → SAP → evaluate.
+alone: data → noise → train → (checkpoint) → SAP → evaluate. Its ``data_root`` is
+made absolute when the spec is made (``~`` expanded, relative to the working
+directory then), so the checkpoint finds its data from any working directory; the
+checkpoint also records the data's content fingerprint (`sap_jax.provenance`), so
+moved data can be pointed at and changed data are noticed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+from flax import nnx
 
 from sap_jax import data, models
+from sap_jax.models.nnx_zoo import NNX_MODELS
 from sap_jax.noise import NoiseSpec
 from sap_jax.train import TrainConfig
+
+APIS = ("linen", "nnx")
+"""The model APIs a run can use (`RunSpec.api`)."""
+
+_FLAT_INPUT = frozenset({"mlp"})
+"""NNX twins whose ``in_features`` is the flattened input size (the others: channels)."""
+_IMAGE_SIZED = frozenset({"vit", "vit_tiny"})
+"""NNX twins that also take ``image_size``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +46,13 @@ class RunSpec:
     model: a name from `sap_jax.models.known_models()`.
     seed: seeds the noise, the validation split and training.
     val_fraction: share of the noisy training set held out for validation.
-    data_root: folder or file for datasets read from disk (CIFAR, npz, folder).
+    data_root: folder or file for datasets read from disk (CIFAR, npz, folder),
+      stored absolute.
     data_options: extra `load_dataset` options.
     model_kwargs: extra `models.get` keyword arguments.
     train: the training configuration.
+    api: the Flax API of the model: "linen" (default; also every spec saved before
+      the field existed) or "nnx" (the NNX twin, `sap_jax.models.get(..., api="nnx")`).
   """
 
   dataset: str = "digits"
@@ -45,6 +64,7 @@ class RunSpec:
   data_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  api: str = "linen"
 
   def __post_init__(self):
     known = data.known_datasets()
@@ -54,18 +74,42 @@ class RunSpec:
       raise ValueError(
         f"Unknown model {self.model!r}; known models: {', '.join(models.known_models())}."
       )
+    if self.api not in APIS:
+      raise ValueError(f"api must be one of {', '.join(APIS)}, got {self.api!r}.")
+    if self.api == "nnx" and self.model not in NNX_MODELS:
+      raise ValueError(
+        f"model {self.model!r} has no NNX twin; with api 'nnx' use one of "
+        f"{', '.join(sorted(NNX_MODELS))}, or api 'linen'."
+      )
     NoiseSpec.parse(self.noise)  # raises a clear ValueError on a bad spec
     if not 0.0 < self.val_fraction < 1.0:
       raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}.")
+    if self.data_root is not None:
+      if not isinstance(self.data_root, (str, os.PathLike)):
+        raise ValueError(
+          f"data_root must be a path, got {type(self.data_root).__name__}; pass a folder or file."
+        )
+      root = os.path.abspath(os.path.expanduser(os.fspath(self.data_root)))
+      object.__setattr__(self, "data_root", root)
+    for name in ("data_options", "model_kwargs"):
+      if not isinstance(getattr(self, name), Mapping):
+        raise ValueError(f"{name} must be a mapping of option names to values.")
     if self.train.seed != self.seed:
       object.__setattr__(self, "train", dataclasses.replace(self.train, seed=self.seed))
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready dict; `RunSpec.from_dict` rebuilds it."""
+    """JSON-ready dict; `RunSpec.from_dict` rebuilds it.
+
+    ``api`` appears only when it is not "linen", so a Linen run's dict (and every key
+    or hash made from it, e.g. the experiment runner's) is what it was before the field
+    existed.
+    """
     out = dataclasses.asdict(self)
     out["train"] = self.train.to_dict()
     out["data_options"] = dict(self.data_options)
     out["model_kwargs"] = dict(self.model_kwargs)
+    if out["api"] == "linen":
+      del out["api"]
     return out
 
   @classmethod
@@ -80,13 +124,23 @@ class RunSpec:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(dataset: str, data_root: str | None, options: tuple) -> data.Dataset:
-  return data.load_dataset(dataset, root=data_root, **dict(options))
+def _load(dataset: str, data_root: str | None, options: str) -> data.Dataset:
+  return data.load_dataset(dataset, root=data_root, **json.loads(options))
 
 
 def load_data(spec: RunSpec) -> data.Dataset:
-  """The dataset of a run (cached in-process: the same spec loads once)."""
-  return _load(spec.dataset, spec.data_root, tuple(sorted(spec.data_options.items())))
+  """The dataset of a run (cached in-process: the same spec loads once).
+
+  Option values may be any JSON value (numbers, strings, lists, dicts).
+  """
+  try:
+    options = json.dumps(dict(spec.data_options), sort_keys=True)
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+      f"data options {dict(spec.data_options)!r} are not plain JSON values ({e}); pass "
+      "numbers, strings, lists or dicts."
+    ) from None
+  return _load(spec.dataset, spec.data_root, options)
 
 
 def build_splits(spec: RunSpec) -> data.NoisySplits:
@@ -96,6 +150,28 @@ def build_splits(spec: RunSpec) -> data.NoisySplits:
   )
 
 
-def build_model(spec: RunSpec, num_classes: int) -> nn.Module:
-  """The run's (untrained) model."""
-  return models.get(spec.model, num_classes=num_classes, **dict(spec.model_kwargs))
+def build_model(
+  spec: RunSpec, num_classes: int, input_shape: tuple[int, ...] | None = None
+) -> nn.Module | nnx.Module:
+  """The run's (untrained) model: an unbound Linen module, or with ``api="nnx"`` the
+  NNX twin, built and initialised from ``nnx.Rngs(spec.seed)``.
+
+  Args:
+    spec: the run.
+    num_classes: K.
+    input_shape: the shape of one input sample (NNX only, required there): gives the
+      twin's ``in_features`` (channels, or the flattened size for ``mlp``) and the
+      ViTs' ``image_size``, unless ``model_kwargs`` sets them.
+  """
+  kwargs = dict(spec.model_kwargs)
+  if spec.api == "linen":
+    return models.get(spec.model, num_classes=num_classes, **kwargs)
+  if input_shape is None:
+    raise ValueError("An NNX model is built for its inputs: pass input_shape (one sample's).")
+  size = 1
+  for n in input_shape:
+    size *= int(n)
+  kwargs.setdefault("in_features", size if spec.model in _FLAT_INPUT else int(input_shape[-1]))
+  if spec.model in _IMAGE_SIZED:
+    kwargs.setdefault("image_size", int(input_shape[0]))
+  return models.get(spec.model, num_classes, api="nnx", seed=spec.seed, **kwargs)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sap_jax.layers import path_name
 from sap_jax.types import Path
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def stats_summary(
       p = eig / np.maximum(eig.sum(-1, keepdims=True), np.finfo(np.float64).tiny)
     logp = np.log(np.where(p > 0, p, 1.0))
     entropy = -np.sum(p * logp, axis=-1)
-    out["/".join(path)] = {
+    out[path_name(path)] = {
       "kind": s.layout.kind,
       "dim": s.layout.dim,
       "groups": s.layout.groups,

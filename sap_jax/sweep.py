@@ -20,7 +20,8 @@ influence the choice.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -29,9 +30,13 @@ import numpy as np
 from flax import struct
 
 from sap_jax import projection as proj
-from sap_jax.evaluation import check_finite_inputs, evaluate
-from sap_jax.kernels import kernels_of, with_kernels
+from sap_jax import sharding as shd
+from sap_jax import solve as slv
+from sap_jax.evaluation import check_finite_inputs, evaluate, labels_as_array
+from sap_jax.input_checks import check_labels
+from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
 from sap_jax.stats import LayerStats, Layout
+from sap_jax.stats.qr import LayerFactor
 from sap_jax.types import ApplyFn, Path, Variables
 
 # The paper's grid is 1e3…1e6 (3e4 typical on CIFAR); small models on small data
@@ -46,17 +51,29 @@ CHOICE_SPLIT = "val"
 class Decomposition:
   """The α-independent part of a correction of one model.
 
+  Each layer is decomposed by one of two methods (``methods``): "eigh" (a `Basis` in
+  ``bases`` and Vᵀ K in ``rotated``; P(α) = V diag(λ) Vᵀ) or "solve" (`SolveData` in
+  ``solves``: C̃ and the filtered kernel; P(α)·K by one Cholesky per α, see
+  `sap_jax.solve`). A layer is in exactly one of ``bases`` and ``solves``.
+
   Attributes:
-    bases: path → `Basis` (normalised spectrum σ̃ and eigenvectors V) of each layer.
+    bases: path → `Basis` (normalised spectrum σ̃ and eigenvectors V) of each eigh layer.
     kernels: path → the layer's kernel in the variables it was made from.
-    rotated: path → Vᵀ K, (G, d, O/G).
+    rotated: path → Vᵀ K, (G, k, O/G), of each eigh layer.
     layouts: ``((path, Layout), …)`` in layer order (static).
+    solves: path → `sap_jax.solve.SolveData` of each solve layer.
   """
 
   bases: dict[Path, proj.Basis]
   kernels: dict[Path, jax.Array]
   rotated: dict[Path, jax.Array]
   layouts: tuple[tuple[Path, Layout], ...] = struct.field(pytree_node=False)
+  solves: dict[Path, slv.SolveData] = struct.field(default_factory=dict)
+
+  @property
+  def methods(self) -> dict[Path, str]:
+    """path → "eigh" or "solve", in layer order."""
+    return {p: slv.SOLVE if p in self.solves else slv.EIGH for p, _ in self.layouts}
 
   @property
   def paths(self) -> tuple[Path, ...]:
@@ -65,12 +82,19 @@ class Decomposition:
 
   @property
   def spectra(self) -> dict[Path, jax.Array]:
-    """path → normalised spectrum σ̃ (…, d)."""
+    """path → normalised spectrum σ̃ (…, k) of every eigh layer (solve layers have none)."""
     return {p: b.spectrum for p, b in self.bases.items()}
 
 
 _eigh_jit = jax.jit(proj.eigh_basis)
 _eigh_consume_jit = jax.jit(proj.eigh_basis, donate_argnums=0)
+_svd_jit = jax.jit(proj.svd_basis)
+
+
+@functools.partial(jax.jit, static_argnames=("layout",))
+def _prepare_jit(gram, kernel, *, layout):
+  d, g = layout.dim, layout.groups
+  return slv.prepare(gram.reshape(g, d, d), flat_kernel(kernel, layout))
 
 
 @functools.partial(jax.jit, static_argnames=("layouts",))
@@ -78,54 +102,135 @@ def _rotate_jit(kernels, layer_bases, *, layouts):
   return proj.rotated_kernels(kernels, layer_bases, dict(layouts))
 
 
-@functools.partial(jax.jit, static_argnames=("layouts",))
-def _project_jit(kernels, layer_bases, rotated, alpha, *, layouts):
-  """One compiled program for all layers' K̂ = V (λ ⊙ Vᵀ K) (eager dispatch would
-  compile every distinct op shape separately)."""
-  return proj.projected_kernels(kernels, layer_bases, dict(layouts), alpha, rotated)
+def corrected_kernels(decomposition: Decomposition, alpha: Any) -> dict[Path, jax.Array]:
+  """path → K̂ = P(α)·K of every decomposed layer, by its method (pure, traceable).
+
+  Args:
+    decomposition: from `decompose`.
+    alpha: scalar α or dict path → α, in any float dtype; jit, grad and vmap over α
+      work, and so does grad with respect to the decomposition's arrays (C̃ of a
+      solve layer, σ̃ and V of an eigh layer).
+  """
+  layouts = dict(decomposition.layouts)
+  eigh_layouts = {p: layouts[p] for p in decomposition.bases}
+  out = proj.projected_kernels(
+    decomposition.kernels, decomposition.bases, eigh_layouts, alpha, decomposition.rotated
+  )
+  for path, data in decomposition.solves.items():
+    layout, kernel = layouts[path], decomposition.kernels[path]
+    a = proj.alpha_for(alpha, path)
+    out[path] = unflat_kernel(slv.project(data, a).astype(kernel.dtype), layout)
+  return {p: out[p] for p in layouts}
+
+
+@jax.jit
+def _project_jit(decomposition, alpha):
+  """One compiled program for all layers' K̂ (eager dispatch would compile every
+  distinct op shape separately)."""
+  return corrected_kernels(decomposition, alpha)
 
 
 JITTED = {
   "sweep.eigh": _eigh_jit,
   "sweep.eigh_consume": _eigh_consume_jit,
+  "sweep.svd": _svd_jit,
+  "sweep.solve_prepare": _prepare_jit,
   "sweep.rotate": _rotate_jit,
   "sweep.project": _project_jit,
 }
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
-def decompose(
-  variables: Variables, stats: Mapping[Path, LayerStats], *, consume: bool = False
-) -> Decomposition:
-  """Eigendecomposes every layer's statistics once, and rotates its kernel into the basis.
+def layer_methods(
+  stats: Mapping[Path, LayerStats | LayerFactor],
+  *,
+  method: str = slv.EIGH,
+  n_alphas: int = 1,
+) -> dict[Path, str]:
+  """The method `decompose` uses for each layer ("eigh" or "solve"), from shapes alone.
 
-  The eigendecompositions run one layer at a time (one eigh workspace alive at a
-  time; a single program for all layers would hold every layer's scaled copy:
-  ResNet18 +173 MB). Each compiled program is module-level, so a later call on a model
-  of the same shapes compiles nothing.
+  ``method="auto"`` asks `sap_jax.solve.choose_method` (a cost model in K = ``n_alphas``,
+  d and the kernel's output width) per layer; "eigh" or "solve" applies to every layer.
+  A `LayerFactor` (TSQR statistics) always takes the eigh-like path: the thin SVD of
+  its factor.
+  """
+  if method not in slv.METHODS:
+    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
+  if n_alphas < 1:
+    raise ValueError(f"n_alphas must be ≥ 1 (how many α will be applied), got {n_alphas}.")
+  out = {}
+  for path, s in stats.items():
+    layout = s.layout
+    if isinstance(s, LayerFactor) or method == slv.EIGH:
+      out[path] = slv.EIGH
+    elif method == slv.SOLVE:
+      out[path] = slv.SOLVE
+    else:
+      width = math.prod(layout.kernel_shape[layout.num_in_axes :]) // layout.groups
+      out[path] = slv.choose_method(layout.dim, width, n_alphas, layout.groups)
+  return out
+
+
+def decompose(
+  variables: Variables,
+  stats: Mapping[Path, LayerStats | LayerFactor],
+  *,
+  consume: bool = False,
+  method: str = slv.EIGH,
+  n_alphas: int = 1,
+  bases: Mapping[Path, proj.Basis] | None = None,
+) -> Decomposition:
+  """Decomposes every layer's statistics once (the α-independent part of a correction).
+
+  Per layer (see `layer_methods`): "eigh", one eigendecomposition and the kernel in
+  its basis (Vᵀ K); or "solve", C̃ = C / tr C and the filtered kernel, after which each
+  α costs one Cholesky factorisation (`sap_jax.solve`). TSQR statistics
+  (`sap_jax.stats.qr.activation_factors`) are decomposed by the thin SVD of their
+  factor. The decompositions run one layer at a time (one workspace alive at a time; a
+  single program for all layers would hold every layer's scaled copy: ResNet18
+  +173 MB). Each compiled program is module-level, so a later call on a model of the
+  same shapes compiles nothing.
 
   Args:
     variables: the model variables (not modified) whose kernels will be corrected.
-    stats: per-layer statistics (`activation_stats`, optionally `select_layers`-filtered).
+    stats: per-layer statistics (`activation_stats`, optionally `select_layers`-filtered,
+      or `activation_factors`).
     consume: donate the Gram matrices and drop them from ``stats`` (a dict the caller
       owns and no longer needs) as they are decomposed: the eigenvectors reuse their
       memory.
+    method: "eigh" (default: every layer as before), "solve", or "auto" (the cost model
+      chooses per layer for ``n_alphas`` α values).
+    n_alphas: how many α values will be applied (1 for one correction, a sweep's grid
+      size for a sweep); only "auto" reads it.
+    bases: eigenbases already computed for some "eigh" layers (path → `Basis`, e.g.
+      `sap_jax.spread_eigh.spread_eigh` over a mesh), used instead of a new eigh.
 
   Returns:
     A `Decomposition`, computed (not pending) when this returns.
   """
+  methods = layer_methods(stats, method=method, n_alphas=n_alphas)
   layouts = tuple((p, s.layout) for p, s in stats.items())
-  layer_bases = {}
-  for path, _ in layouts:
-    if consume:
-      gram = stats.pop(path).gram
+  kernels = kernels_of(variables, [p for p, _ in layouts])
+  layer_bases, solves = {}, {}
+  for path, layout in layouts:
+    s = stats.pop(path) if consume else stats[path]
+    if isinstance(s, LayerFactor):
+      layer_bases[path] = _svd_jit(s.factor)
+    elif bases is not None and path in bases and methods[path] != slv.SOLVE:
+      layer_bases[path] = bases[path]
+    elif methods[path] == slv.SOLVE:
+      check_kernel(kernels[path], layout)
+      solves[path] = _prepare_jit(s.gram, kernels[path], layout=layout)
+    elif consume:
+      gram = s.gram
+      del s
       layer_bases[path] = _eigh_consume_jit(gram)
       del gram
     else:
-      layer_bases[path] = _eigh_jit(stats[path].gram)
-  kernels = kernels_of(variables, layer_bases)
-  rotated = _rotate_jit(kernels, layer_bases, layouts=layouts)
-  return jax.block_until_ready(Decomposition(layer_bases, kernels, rotated, layouts))
+      layer_bases[path] = _eigh_jit(s.gram)
+  eigh_layouts = tuple((p, lay) for p, lay in layouts if p in layer_bases)
+  rotated = _rotate_jit(kernels, layer_bases, layouts=eigh_layouts)
+  return jax.block_until_ready(Decomposition(layer_bases, kernels, rotated, layouts, solves))
 
 
 def apply_alpha(variables: Variables, decomposition: Decomposition, alpha: Any) -> Variables:
@@ -148,14 +253,7 @@ def apply_alpha(variables: Variables, decomposition: Decomposition, alpha: Any) 
     alpha = {p: jnp.asarray(a, jnp.float32) for p, a in alpha.items()}
   else:
     alpha = jnp.asarray(alpha, jnp.float32)
-  new = _project_jit(
-    decomposition.kernels,
-    decomposition.bases,
-    decomposition.rotated,
-    alpha,
-    layouts=decomposition.layouts,
-  )
-  return with_kernels(variables, new)
+  return with_kernels(variables, _project_jit(decomposition, alpha))
 
 
 def choose_alpha(
@@ -233,7 +331,9 @@ def check_split(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
   x = check_finite_inputs(x, f"split {name!r}")
   if len(x) != len(y):
     raise ValueError(f"split {name!r} has {len(x)} samples but {len(y)} labels.")
-  return x, np.asarray(y, np.int32)
+  if shd.is_global(y):  # a sharded global array stays on its devices
+    return x, labels_as_array(y)
+  return x, check_labels(y, len(x), None, f"split {name!r}")
 
 
 def score_alphas(
@@ -268,8 +368,9 @@ def score_alphas(
   return _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size)
 
 
-def _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size):
-  """`score_alphas` on splits already checked (host arrays, int32 labels)."""
+def _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size, progress=None):
+  """`score_alphas` on splits already checked (host arrays, int32 labels); ``progress(i, K)``
+  before each α and after the last (i: α values scored so far)."""
   alphas_np = np.asarray(alphas, np.float64).reshape(-1)
 
   def accuracies(v) -> dict[str, float]:
@@ -279,7 +380,13 @@ def _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_siz
     }
 
   baseline = accuracies(variables)
-  per_alpha = [accuracies(apply_alpha(variables, decomposition, a)) for a in alphas_np]
+  per_alpha = []
+  for a in alphas_np:
+    if progress is not None:
+      progress(len(per_alpha), len(alphas_np))
+    per_alpha.append(accuracies(apply_alpha(variables, decomposition, a)))
+  if progress is not None:
+    progress(len(per_alpha), len(alphas_np))
   return {
     name: SplitScores(np.asarray([acc[name] for acc in per_alpha], np.float64), baseline[name])
     for name in splits
@@ -296,6 +403,8 @@ def sweep_alpha(
   *,
   batch_size: int = 512,
   eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
+  progress: Callable[[int, int], None] | None = None,
+  method: str = slv.EIGH,
 ) -> SweepResult:
   """Scores every α with one eigendecomposition per layer and chooses the best.
 
@@ -311,6 +420,10 @@ def sweep_alpha(
     batch_size: samples per evaluation call.
     eval_splits: further name → ``(x, y)`` splits to score at every α in the same pass
       (e.g. ``{"val_clean": …, "test": …}``); they never influence the choice.
+    progress: optional ``progress(done, K)``, called before each α and after the last
+      with the number of α values scored so far (for a progress bar; no effect on results).
+    method: how `decompose` treats each layer when ``stats`` are statistics: "eigh"
+      (default), "solve", or "auto" (the cost model, for K = len(alphas) α values).
 
   Returns:
     A `SweepResult`; ``result.splits`` holds every split, the choosing one as "val".
@@ -323,8 +436,13 @@ def sweep_alpha(
   if eval_splits and CHOICE_SPLIT in eval_splits:
     raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
   named = {name: check_split(x, y, name) for name, (x, y) in named.items()}  # before any work
-  decomposition = stats if isinstance(stats, Decomposition) else decompose(variables, stats)
-  scores = _score_checked(apply_fn, variables, decomposition, alphas_np, named, batch_size)
+  if isinstance(stats, Decomposition):
+    decomposition = stats
+  else:
+    decomposition = decompose(variables, stats, method=method, n_alphas=len(alphas_np))
+  scores = _score_checked(
+    apply_fn, variables, decomposition, alphas_np, named, batch_size, progress
+  )
   choice = scores[CHOICE_SPLIT]
   best_alpha, best_acc = choose_alpha(alphas_np, choice.accuracies, choice.baseline)
   return SweepResult(

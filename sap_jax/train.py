@@ -35,14 +35,17 @@ import optax
 from tqdm.auto import tqdm
 
 from sap_jax import robust
+from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
 from sap_jax.evaluation import check_xy, evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply
+from sap_jax.input_checks import check_labels
 from sap_jax.optim import make_optimizer, make_schedule
 from sap_jax.train_config import TrainConfig
 from sap_jax.train_state import (
   TrainState,
   create_train_state,
+  model_output_width,
   state_from_variables,
   train_forward,
   variables_of,
@@ -62,6 +65,7 @@ __all__ = [
   "fit_fraction",
   "make_optimizer",
   "make_schedule",
+  "model_output_width",
   "predict_logits",
   "run_rngs",
   "state_from_variables",
@@ -259,6 +263,7 @@ def train_model(
   y_val: Any = None,
   progress: bool = True,
   log_fn: Callable[[dict[str, float]], None] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
   """Trains ``model`` on ``(x, y)`` with SGD and the configured options.
 
@@ -273,27 +278,38 @@ def train_model(
     config: the training config.
     x_val: optional validation inputs (noisy labels, like the training set).
     y_val: optional validation labels.
-    progress: show a tqdm bar over epochs with loss/accuracy.
+    progress: show a tqdm bar over epochs with loss/accuracy (on a terminal only).
     log_fn: called with each epoch's history dict.
+    mesh: data-parallel training over a mesh with a data axis
+      (`sap_jax.sharding.data_mesh`): each step's batch is sharded over the data axis
+      (``config.batch_size`` a multiple of its devices), the state replicated; the
+      compiled step's means (the loss, BatchNorm's batch statistics) are over the whole
+      batch, so the gradients and BatchNorm are synchronised and the result equals one
+      device's to float tolerance. Every process passes the same host ``(x, y)``.
 
   Returns:
     A :class:`TrainResult`.
   """
-  x, y, val = _checked_training_data(x, y, x_val, y_val, config)
+  if mesh is not None:
+    shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
+  x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
   start_time = time.perf_counter()
   steps_per_epoch = len(x) // config.batch_size
   rngs = run_rngs(config.seed)
   state = create_train_state(model, x[:1], config, rngs.init, steps_per_epoch=steps_per_epoch)
-  _check_label_range(state.num_classes, y, val)
+  if mesh is not None:
+    state = shd.replicate(state, mesh)
   schedule = make_schedule(config, steps_per_epoch)
   apply_eval = eval_apply_fn(model)
 
   history: list[dict[str, float]] = []
   best = _Best()
-  bar = tqdm(range(config.epochs), disable=not progress, desc="train", unit="epoch")
+  # disable=None: no bar when stderr is not a terminal (a pipe or a log file gets no
+  # carriage-return pile; pass log_fn for one line per epoch there).
+  bar = tqdm(range(config.epochs), disable=None if progress else True, desc="train", unit="epoch")
   for epoch in bar:
     lr = float(schedule(int(state.step)))
-    state, entry = _train_epoch(state, x, y, config, rngs, epoch)
+    state, entry = _train_epoch(state, x, y, config, rngs, epoch, mesh)
     entry = {"epoch": epoch + 1, **entry, "lr": lr}
     stop = False
     if val is not None and _validation_due(config, epoch):
@@ -316,12 +332,22 @@ def train_model(
   )
 
 
-def _checked_training_data(x, y, x_val, y_val, config: TrainConfig):
-  """``(x, y, (x_val, y_val) or None)`` as host arrays, after the input checks."""
+def _checked_training_data(model: nn.Module, x, y, x_val, y_val, config: TrainConfig):
+  """``(x, y, (x_val, y_val) or None)`` as host arrays, after the input checks.
+
+  Both splits as `sap_jax.evaluation.check_xy` (finite floating inputs, one integer
+  label per input), then every label, training and validation, in ``[0, K)`` for the
+  model's K outputs (`sap_jax.train_state.model_output_width`): all before any work.
+  """
   x, y = check_xy(x, y, "x/y")
   if (x_val is None) != (y_val is None):
     raise ValueError("Pass both x_val and y_val, or neither.")
   val = None if x_val is None else check_xy(x_val, y_val, "x_val/y_val")
+  if val is not None and val[0].shape[1:] != x.shape[1:]:
+    raise ValueError(
+      f"x_val samples have shape {val[0].shape[1:]} but x samples {x.shape[1:]}; "
+      "validation inputs must be shaped like the training inputs."
+    )
   if config.early_stopping_patience is not None and val is None:
     raise ValueError(
       "early_stopping_patience needs a validation set: pass x_val and y_val, "
@@ -332,21 +358,15 @@ def _checked_training_data(x, y, x_val, y_val, config: TrainConfig):
       f"batch_size={config.batch_size} exceeds the {len(x)} training samples; "
       "pass a smaller TrainConfig.batch_size."
     )
+  k = model_output_width(model, x)
+  y = check_labels(y, len(x), k, "x/y")
+  if val is not None:
+    val = (val[0], check_labels(val[1], len(val[0]), k, "x_val/y_val"))
   return x, y, val
 
 
-def _check_label_range(k: int, y: np.ndarray, val) -> None:
-  """Raises unless every label (training and validation) is a class of the model."""
-  named = [("y", y)] + ([] if val is None else [("y_val", val[1])])
-  for name, labels in named:
-    if labels.min() < 0 or labels.max() >= k:
-      raise ValueError(
-        f"{name} has labels outside [0, {k}) for a model with {k} outputs; check num_classes."
-      )
-
-
 def _train_epoch(
-  state: TrainState, x, y, config: TrainConfig, rngs: RunRngs, epoch: int
+  state: TrainState, x, y, config: TrainConfig, rngs: RunRngs, epoch: int, mesh=None
 ) -> tuple[TrainState, dict[str, float]]:
   """One pass over the full batches of a fresh order; mean loss and training accuracy."""
   steps_per_epoch = len(x) // config.batch_size
@@ -354,7 +374,10 @@ def _train_epoch(
   metrics = []
   for i, idx in enumerate(order):
     rng = jax.random.fold_in(rngs.steps, epoch * steps_per_epoch + i)
-    state, m = train_step(state, x[idx], y[idx], rng, epoch, config=config)
+    xb, yb = x[idx], y[idx]
+    if mesh is not None:  # the batch split over the data axis, where the step runs
+      xb, yb = shd.shard_batch(xb, mesh), shd.shard_batch(yb, mesh)
+    state, m = train_step(state, xb, yb, rng, epoch, config=config)
     metrics.append(m)
   metrics = jax.device_get(metrics)
   return state, {

@@ -18,6 +18,7 @@ from flax.training import train_state as flax_train_state
 
 from sap_jax import optim, robust
 from sap_jax.hashable import ModuleApply
+from sap_jax.input_checks import check_logits_output, traced_output
 from sap_jax.optim import make_optimizer
 from sap_jax.train_config import TrainConfig
 from sap_jax.types import Variables
@@ -27,12 +28,18 @@ Array = jax.Array
 __all__ = [
   "TrainState",
   "create_train_state",
+  "model_output_width",
   "state_from_variables",
   "train_forward",
   "variables_of",
 ]
 
 _COLLECTIONS = ("params", "batch_stats")
+
+MODULE_OUTPUT_FIX = (
+  "training needs a module whose __call__ returns the logits as one (N, K) array: wrap it, "
+  "e.g. a module whose __call__ returns inner(x, train){index}"
+)
 
 
 class TrainState(flax_train_state.TrainState):
@@ -57,6 +64,34 @@ def variables_of(state: TrainState) -> Variables:
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
   return variables
+
+
+def model_output_width(model: nn.Module, sample_x: Any) -> int:
+  """K, the number of logits ``model`` outputs, without initialising it.
+
+  A shape-only trace (``jax.eval_shape``) of ``model.init_with_output`` on one sample:
+  no parameters are made and nothing is compiled, so training checks its labels
+  against K before any work.
+
+  Args:
+    model: a Linen module called as ``model.apply(v, x, train=bool)``.
+    sample_x: inputs; only the shape and dtype of one sample are used.
+
+  Raises:
+    ValueError: the model fails on the sample, or returns anything but ``(N, K)`` logits.
+  """
+  sample = jax.ShapeDtypeStruct((1, *sample_x.shape[1:]), sample_x.dtype)
+
+  def init_logits(x):
+    key = jax.random.key(0)
+    return model.init_with_output({"params": key, "dropout": key}, x, train=False)[0]
+
+  out = traced_output(init_logits, sample, what="model.init(x[:1], train=False)")
+  return int(
+    check_logits_output(out, "model.apply(variables, x, train=False)", fix=MODULE_OUTPUT_FIX).shape[
+      -1
+    ]
+  )
 
 
 def create_train_state(
@@ -100,10 +135,7 @@ def create_train_state(
       f"Model has variable collections {extra}; train.py supports only {_COLLECTIONS}. "
       "Make those collections part of params or batch_stats."
     )
-  if logits.ndim != 2:
-    raise ValueError(
-      f"Model output has shape {logits.shape}; expected logits of shape (batch, num_classes)."
-    )
+  check_logits_output(logits, "model.apply(variables, x, train=False)", fix=MODULE_OUTPUT_FIX)
   state = TrainState.create(
     apply_fn=ModuleApply(model),
     params=variables["params"],

@@ -5,6 +5,24 @@ trained model. The published code ranks by an input-curvature score instead (a
 finite-difference estimate of how sharply the loss bends around the input: low
 curvature = typical, likely correctly labelled), per class. Both are here; loss
 is the default, class-balanced selection an option.
+
+Scores (`SCORES`, lower = more trusted):
+
+* ``"loss"`` (default, the paper): per-sample cross-entropy (`per_example_loss`).
+* ``"curvature"``: `input_curvature`, mean over probes of the *squared* norm of the
+  input-gradient difference of each sample's own loss: an estimate of h²‖H_x‖_F² per
+  sample, independent of the batching.
+* ``"curvature_published"``: `published_curvature`, the published code's estimator
+  exactly: mean over 10 Rademacher probes (h = 1e-3) of the *norm* (not squared) of
+  the input-gradient difference of the *batch-mean* loss, so a sample's score is divided
+  by its batch's size. With it, `trusted_set` selects the published code's
+  ``n // K + 1`` lowest-scoring samples of each class (`select_per_class`).
+
+Loss stays the default because it is the paper's method; "curvature" is kept as the
+batching-independent form of the curvature ranking (the two curvature scores give the
+same order within one batch, up to the probes' randomness, since the norm is a
+monotone function of the squared norm, but "curvature_published" scales each batch's
+scores by 1/batch size, so a short last batch ranks differently).
 """
 
 from __future__ import annotations
@@ -15,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sap_jax import sharding as shd
 from sap_jax.batching import padded_batches
-from sap_jax.evaluation import check_xy
 from sap_jax.hashable import hashable
+from sap_jax.input_checks import check_labelled, check_labels
 from sap_jax.losses import model_cross_entropy
 from sap_jax.types import ApplyFn
 
@@ -38,14 +57,20 @@ def per_example_loss(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: model variables.
-    x: inputs (N, …).
-    y: integer labels (N,), the labels the model was trained on.
-    batch_size: samples per jitted call (the last batch is padded, not recompiled).
+    x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis
+      (`sap_jax.sharding.shard_batch`); then each device computes its own samples'
+      losses and only the N losses cross to the host.
+    y: integer labels (N,), the labels the model was trained on (a host array, or
+      sharded like ``x``).
+    batch_size: samples per jitted call (the last batch is padded, not recompiled;
+      sharded ``x``: over all devices together).
 
   Returns:
     float32[N] losses.
   """
-  x, y = check_xy(x, y)
+  if shd.is_global(x):
+    return _sharded_losses(apply_fn, variables, x, y, batch_size)
+  x, y = check_labelled(apply_fn, variables, x, y)
   y = y.astype(np.int32)
   fn = hashable(apply_fn)
   out = [
@@ -53,6 +78,23 @@ def per_example_loss(
     for (xb, yb), real in padded_batches(x, y, batch_size=batch_size)
   ]
   return np.concatenate(out).astype(np.float32)
+
+
+def _sharded_losses(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: Any, batch_size: int):
+  """`per_example_loss` of a global array sharded over a data axis: every device runs the
+  forward on its own samples only; the N losses (and the labels, for their checks) are
+  the only things that reach the host."""
+  mesh, axis = shd.data_axis_of(x)
+  shd.check_divides(x.shape[0], mesh, axis, "per_example_loss x")
+  x, y_host = check_labelled(apply_fn, variables, x, shd.to_host(y))
+  y = y if shd.data_axis_of(y) == (mesh, axis) else shd.shard_batch(y_host, mesh, axis)
+  y = y.astype(jnp.int32)
+  variables = shd.replicate(variables, mesh)
+  fn = hashable(apply_fn)
+  out = np.empty(x.shape[0], np.float32)
+  for (xb, yb), index in shd.sample_batches((x, y), batch_size):
+    out[index] = shd.to_host(_losses_jit(fn, variables, xb, yb))
+  return out
 
 
 def _curvature(apply_fn, variables, x, y, key, h, num_probes):
@@ -71,9 +113,6 @@ def _curvature(apply_fn, variables, x, y, key, h, num_probes):
 
 
 _curvature_jit = jax.jit(_curvature, static_argnums=(0, 6))
-
-JITTED = {"trusted.losses": _losses_jit, "trusted.curvature": _curvature_jit}
-"""The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
 def input_curvature(
@@ -110,7 +149,7 @@ def input_curvature(
   Returns:
     float32[N] curvature scores (lower = more trusted).
   """
-  x, y = check_xy(x, y)
+  x, y = check_labelled(apply_fn, variables, x, y)
   if h <= 0 or num_probes < 1:
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
@@ -124,7 +163,93 @@ def input_curvature(
   return np.concatenate(out).astype(np.float32)
 
 
-SCORES = ("loss", "curvature")
+def rademacher_probes(key: jax.Array, num_probes: int, shape: tuple[int, ...]) -> jax.Array:
+  """The ±1 probes `published_curvature` draws for one batch: (num_probes, *shape) float32.
+
+  Batch ``i`` (in the order of `sap_jax.batching.padded_batches`) uses
+  ``key = jax.random.fold_in(jax.random.PRNGKey(seed), i)``.
+  """
+  return jax.random.rademacher(key, (num_probes, *shape), jnp.float32)
+
+
+def _published_curvature(apply_fn, variables, x, y, probes, real, h):
+  """Published estimator on one (padded) batch: only the first ``real`` samples count."""
+  mask = (jnp.arange(len(x)) < real).astype(x.dtype)
+
+  def mean_loss(z):
+    # The batch-mean cross-entropy over the real samples (PyTorch's F.cross_entropy).
+    return jnp.sum(model_cross_entropy(apply_fn, variables, z, y) * mask) / real
+
+  def probe(carry, v):
+    v = h * (v + 1e-7)  # the published code's probe: h · (±1 + 1e-7)
+    diff = jax.grad(lambda z: mean_loss(z + v) - mean_loss(z))(x)
+    return carry + jnp.linalg.norm(diff.reshape(len(x), -1), axis=1), None
+
+  total, _ = jax.lax.scan(probe, jnp.zeros(len(x), x.dtype), probes)
+  return total / probes.shape[0]
+
+
+_published_curvature_jit = jax.jit(_published_curvature, static_argnums=0)
+
+JITTED = {
+  "trusted.losses": _losses_jit,
+  "trusted.curvature": _curvature_jit,
+  "trusted.published_curvature": _published_curvature_jit,
+}
+"""The module-level compiled programs (see `sap_jax.compile_cache`)."""
+
+
+def published_curvature(
+  apply_fn: ApplyFn,
+  variables: Any,
+  x: Any,
+  y: Any,
+  *,
+  h: float = 1e-3,
+  num_probes: int = 10,
+  seed: int = 0,
+  batch_size: int = 128,
+) -> np.ndarray:
+  """The published code's input-curvature score of every sample, exactly.
+
+  For each batch B (consecutive samples, the last one short) and probe
+  v = h · (r + 1e-7), r ∈ {±1}^shape(x) Rademacher (`rademacher_probes`):
+
+      score(x_i) = mean_v ‖∇_{x_i} [L_B(x + v) − L_B(x)]‖,   L_B = (1/|B|) Σ_{j∈B} ℓ(x_j, y_j),
+
+  the ``regr_estimate`` of ``get_regularized_curvature_for_batch`` in
+  github.com/sangamesh-kodge/SAP (``h=1e-3, niter=10``). The batch-mean loss makes
+  every score of a batch of size |B| carry a factor 1/|B|, so the scores depend on
+  ``batch_size`` (the published code uses its training batch size).
+
+  Args:
+    apply_fn: eval-mode forward.
+    variables: model variables.
+    x: inputs (N, …).
+    y: integer labels (N,).
+    h: finite-difference step.
+    num_probes: number of probes averaged (published: 10).
+    seed: seed of the probes (batch i uses ``fold_in(PRNGKey(seed), i)``).
+    batch_size: samples per batch (the mean of the loss runs over a batch).
+
+  Returns:
+    float32[N] scores (lower = more trusted).
+  """
+  x, y = check_labelled(apply_fn, variables, x, y)
+  if h <= 0 or num_probes < 1:
+    raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  fn = hashable(apply_fn)
+  key = jax.random.PRNGKey(seed)
+  out = []
+  for i, ((xb, yb), real) in enumerate(padded_batches(x, y, batch_size=batch_size)):
+    probes = rademacher_probes(jax.random.fold_in(key, i), num_probes, xb.shape)
+    got = _published_curvature_jit(fn, variables, xb, yb, probes, jnp.float32(real), h)
+    out.append(np.asarray(got)[:real])
+  return np.concatenate(out).astype(np.float32)
+
+
+SCORES = ("loss", "curvature", "curvature_published")
 
 
 def trust_scores(
@@ -137,11 +262,19 @@ def trust_scores(
   batch_size: int = 512,
   seed: int = 0,
 ) -> np.ndarray:
-  """Per-sample scores to rank by (lower = more trusted): "loss" or "curvature"."""
+  """Per-sample scores to rank by (lower = more trusted), one of `SCORES`.
+
+  "curvature_published" uses ``min(batch_size, 128)`` samples per batch (its scores
+  depend on the batching; see `published_curvature`).
+  """
   if score == "loss":
     return per_example_loss(apply_fn, variables, x, y, batch_size=batch_size)
   if score == "curvature":
     return input_curvature(apply_fn, variables, x, y, seed=seed, batch_size=min(batch_size, 256))
+  if score == "curvature_published":
+    return published_curvature(
+      apply_fn, variables, x, y, seed=seed, batch_size=min(batch_size, 128)
+    )
   raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
 
 
@@ -204,6 +337,7 @@ def select_trusted(
   order = rank_by_score(scores)
   if not class_balanced:
     return order[:n].astype(np.int64)
+  labels = check_labels(labels, len(scores), None, "labels")
   classes = np.unique(labels)
   share = n // len(classes)
   chosen = np.zeros(len(scores), bool)
@@ -213,3 +347,67 @@ def select_trusted(
   rest = order[~chosen[order]][: n - int(chosen.sum())]
   chosen[rest] = True
   return order[chosen[order]].astype(np.int64)
+
+
+def select_per_class(scores: Any, labels: Any, per_class: int) -> np.ndarray:
+  """The ``per_class`` lowest-scoring samples of every class in ``labels`` (all of a
+  smaller class), the published code's class-balanced selection.
+
+  Returns:
+    int64 indices sorted by score (ties broken by index), no duplicates.
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels)
+  if scores.ndim != 1 or labels.shape != scores.shape:
+    raise ValueError(
+      f"scores and labels must be 1-D of equal length, got {scores.shape} and {labels.shape}."
+    )
+  if per_class < 1:
+    raise ValueError(f"per_class must be ≥ 1, got {per_class}.")
+  order = rank_by_score(scores)
+  chosen = np.zeros(len(scores), bool)
+  for c in np.unique(labels):
+    chosen[order[labels[order] == c][:per_class]] = True
+  return order[chosen[order]].astype(np.int64)
+
+
+def trusted_set(
+  apply_fn: ApplyFn,
+  variables: Any,
+  x: Any,
+  y: Any,
+  n: int,
+  *,
+  score: str = "loss",
+  class_balanced: bool = False,
+  batch_size: int = 512,
+  seed: int = 0,
+) -> np.ndarray:
+  """Scores the samples (`trust_scores`) and selects the trusted set.
+
+  "loss" and "curvature" take the ``n`` lowest (`select_trusted`, per class with
+  ``class_balanced``); "curvature_published" follows the published code: the
+  ``n // K + 1`` lowest of each of the K classes (`select_per_class`, always class
+  balanced, ``K · (n // K + 1)`` samples when every class has enough).
+
+  Args:
+    apply_fn, variables: the model.
+    x, y: the candidates and the labels to score them with (the noisy training labels
+      in the honest protocol; the clean ones for the published code's oracle).
+    n: trusted-set size, 1 ≤ n ≤ len(x).
+    score: one of `SCORES`.
+    class_balanced: per-class selection ("loss", "curvature").
+    batch_size: samples per scoring call.
+    seed: seed of the curvature probes.
+
+  Returns:
+    int64 indices into ``x``.
+  """
+  if score not in SCORES:
+    raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+  if not 1 <= n <= len(x):
+    raise ValueError(f"Cannot select n={n} trusted samples from {len(x)}: choose 1 ≤ n ≤ {len(x)}.")
+  scores = trust_scores(apply_fn, variables, x, y, score=score, batch_size=batch_size, seed=seed)
+  if score == "curvature_published":
+    return select_per_class(scores, y, n // len(np.unique(np.asarray(y))) + 1)
+  return select_trusted(scores, y, n, class_balanced=class_balanced)

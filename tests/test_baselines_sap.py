@@ -57,3 +57,62 @@ def test_sap_records_its_sweep_and_trusted_set(problem, runs):
     leaves_equal(result.variables, task.variables)
   else:
     assert r.alpha in (1e2, 1e3, 1e4)
+
+
+def test_sap_rounds_option_continues_from_the_sweep(problem, runs):
+  import sap_jax as sj
+
+  _, task = problem
+  one = runs("sap")
+  method = bl.sap_method(alphas=(1e2, 1e3, 1e4), rounds=3)
+  assert method.hparams["rounds"] == 3 and "rounds" not in bl.sap_method().hparams
+  result = method.run(task)
+  # Round 0 is the plain method's sweep, on the same trusted set.
+  assert result.details["settings"] == one.details["settings"]
+  np.testing.assert_array_equal(result.details["trusted_indices"], one.details["trusted_indices"])
+  want = sj.correction.sap_rounds(
+    task.apply_fn,
+    task.variables,
+    task.x_train[one.details["trusted_indices"]],
+    task.x_val,
+    task.y_val,
+    (1e2, 1e3, 1e4),
+    rounds=3,
+    seed=task.seed,
+  )
+  rounds = result.details["rounds"]
+  assert [rec["alpha"] for rec in rounds] == [rec.alpha for rec in want.records]
+  assert result.chosen["round_alphas"] == list(want.alphas)
+  assert result.num_settings == 3 * len(want.records)
+  leaves_equal(result.variables, want.variables)
+
+
+def test_sap_clean_trusted_set_is_the_published_oracle(problem):
+  import dataclasses
+
+  from sap_jax.trusted import trusted_set
+
+  _, task = problem
+  method = bl.sap_method(
+    alphas=(1e3,), score="curvature_published", trusted_labels="clean", n_trusted=100
+  )
+  assert method.hparams["trusted_labels"] == "clean"
+  result = method.run(task)
+  want = trusted_set(
+    task.apply_fn,
+    task.variables,
+    task.x_train,
+    task.y_train_clean,
+    100,
+    score="curvature_published",
+    batch_size=256,
+    seed=task.seed,
+  )
+  np.testing.assert_array_equal(result.details["trusted_indices"], want)
+  # 100 // 10 + 1 = 11 per (clean) class.
+  assert np.all(np.bincount(task.y_train_clean[want], minlength=10) == 11)
+  assert result.chosen["n_trusted"] == 110
+  with pytest.raises(ValueError, match="y_train_clean"):
+    method.run(dataclasses.replace(task, y_train_clean=None))
+  with pytest.raises(ValueError, match="trusted_labels"):
+    bl.sap_method(trusted_labels="oracle")

@@ -25,7 +25,7 @@ PHASES = ("losses", "select", "stats", "decompose", "apply_alpha")
 @pytest.fixture(scope="module")
 def report():
   proc = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sap.py"), "--quick"],
+    [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sap.py"), "--quick", "--paths"],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -124,3 +124,34 @@ def test_flops_match_independent_count_and_rates(report):
     assert sf["nominal_vs_matmul"] == pytest.approx(
       sf["nominal_gflops_per_s"] / sf["matmul"]["gflops"], rel=0.02
     )
+
+
+def test_every_path_is_timed_and_scored(report):
+  for name, m in report["models"].items():
+    paths = m["paths"]
+    for path in ("eigh", "auto", "rows+auto", "qr"):
+      e = paths[path]
+      unit = e.get("unit_forward_s", m["unit_forward"]["time_s"])  # each path's own unit
+      c, sw = e["correction"], e["sweep"]
+      assert c["time_s"] == pytest.approx(
+        e["stats_s"] + c["decompose_s"] + c["apply_alpha_s"], abs=2e-3
+      )
+      assert c["forward_passes"] == pytest.approx(c["time_s"] / unit, rel=0.02, abs=0.02)
+      assert sw["stats_plus_sweep_s"] == pytest.approx(e["stats_s"] + sw["time_s"], abs=2e-3)
+      assert len(sw["accuracies"]) == len(report["settings"]["alphas"])
+      assert set(sw["methods"]) == set(m["stats_flops"]["layers"])
+      assert set(sw["methods"].values()) <= {"eigh", "solve", "svd"}
+    assert set(paths["eigh"]["sweep"]["methods"].values()) == {"eigh"}
+    assert set(paths["qr"]["sweep"]["methods"].values()) == {"svd"}
+    # Every path scores the same model up to float tolerance: the same accuracies.
+    for path in ("auto", "rows+auto", "qr"):
+      assert paths[path]["sweep"]["max_accuracy_diff_vs_eigh"] <= 0.05, (name, path)
+
+
+def test_basis_accuracy_table(report):
+  errors = report["basis_accuracy"]["errors"]
+  assert set(errors) == {"100", "30000", "1e+06"}
+  for row in errors.values():
+    assert set(row) == {"gram_eigh", "gram_solve", "qr", "svd"}
+    assert row["qr"] < 1e-4 and row["svd"] < 1e-4
+  assert errors["1e+06"]["qr"] < 1e-3 * errors["1e+06"]["gram_eigh"]

@@ -274,3 +274,114 @@ def test_incomplete_checksums_entry_is_damaged(tmp_path):
   meta_file.write_text(json.dumps(record))
   with pytest.raises(checkpoint.DamagedCheckpoint, match="one checksum per array"):
     checkpoint.load_checkpoint(path)
+
+
+def test_overwrite_replaces_only_a_checkpoint(tmp_path):
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  (folder / "thesis.tex").write_text("years of work")
+  (tmp_path / "notes.txt").write_text("notes")
+  not_ours = tmp_path / "other"
+  not_ours.mkdir()
+  (not_ours / checkpoint.METADATA_FILE).write_text('{"format": "something else"}')
+  before = snapshot(tmp_path)
+  for target, match in [
+    (folder, r"a folder with 1 entry \(thesis.tex\), not a sap_jax checkpoint"),
+    (tmp_path / "notes.txt", "a file of 5 bytes, not a sap_jax checkpoint"),
+    (not_ours, "not a sap_jax checkpoint"),
+  ]:
+    with pytest.raises(FileExistsError, match=match):
+      checkpoint.save_checkpoint(target, make_variables(), METADATA, overwrite=True)
+  assert snapshot(tmp_path) == before
+  assert sorted(os.listdir(tmp_path)) == ["mine", "notes.txt", "other"]
+
+
+def test_protected_input_is_never_replaced_or_written_into(tmp_path):
+  source = checkpoint.save_checkpoint(tmp_path / "in", make_variables(), METADATA)
+  before = snapshot(tmp_path)
+  for target in (source, source / "variables", source / checkpoint.METADATA_FILE, tmp_path):
+    with pytest.raises(FileExistsError, match="input"):
+      checkpoint.save_checkpoint(target, make_variables(), {}, overwrite=True, protect=[source])
+  assert snapshot(tmp_path) == before
+
+
+def test_is_checkpoint(tmp_path):
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  assert checkpoint.is_checkpoint(path) and checkpoint.KIND.recognise(path)
+  assert not checkpoint.is_checkpoint(path / checkpoint.METADATA_FILE)
+  assert not checkpoint.is_checkpoint(tmp_path / "missing")
+  (tmp_path / "link").symlink_to(path)
+  assert not checkpoint.is_checkpoint(tmp_path / "link")
+
+
+def test_a_save_killed_midway_is_named_and_cleaned_by_the_next_save(tmp_path):
+  dead = 2**22 + 1  # above Linux's largest pid_max: never a live process
+  leftover = tmp_path / f".ckpt.sap_jax-tmp-{dead}-0123abcd"
+  (leftover / "variables").mkdir(parents=True)
+  (leftover / "variables" / "partial").write_bytes(b"\x00" * 10)
+  with pytest.raises(FileNotFoundError, match=r"its save was interrupted .*\.ckpt\.sap_jax-tmp"):
+    checkpoint.load_checkpoint(tmp_path / "ckpt")
+  with pytest.raises(ValueError, match="unfinished folder of an interrupted save"):
+    checkpoint.load_checkpoint(leftover)
+  assert leftover.exists()  # reading never removes anything
+  checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_incomplete_checkpoint_without_metadata_is_damaged(tmp_path):
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  (path / checkpoint.METADATA_FILE).unlink()
+  with pytest.raises(checkpoint.DamagedCheckpoint, match="no metadata.json .*restore it"):
+    checkpoint.load_checkpoint(path)
+
+
+def test_a_file_is_not_a_checkpoint(tmp_path):
+  (tmp_path / "x.npz").write_text("text")
+  with pytest.raises(ValueError, match="a file of 4 bytes, not a sap_jax checkpoint directory"):
+    checkpoint.load_checkpoint(tmp_path / "x.npz")
+
+
+# ------------------------------------------------------------------ NNX models
+
+
+def _nnx_cnn(seed: int = 0, width: int = 4):
+  from sap_jax import models
+
+  return models.get("cnn", 3, api="nnx", in_features=1, width=width, batch_norm=True, seed=seed)
+
+
+def test_nnx_model_round_trip_gives_the_same_state_and_outputs(tmp_path):
+  from flax import nnx
+
+  import sap_jax.nnx as snnx
+
+  model = _nnx_cnn(seed=1)
+  model.block1.bn.mean[...] = jnp.arange(4, dtype=jnp.float32)  # running stats are saved
+  path = snnx.save_checkpoint(tmp_path / "ckpt", model, {"api": "nnx"})
+  raw, meta = checkpoint.load_checkpoint(path)
+  assert meta == {"api": "nnx"}
+  assert set(raw) == {"params", "batch_stats"}  # the Linen twin's layout, no RNG state
+  template = _nnx_cnn(seed=2)
+  template_before = [np.asarray(a) for a in jax.tree.leaves(nnx.state(template))]
+  loaded, meta = snnx.load_checkpoint(path, template)
+  assert meta == {"api": "nnx"}
+  for a, b in zip(jax.tree.leaves(nnx.state(loaded)), jax.tree.leaves(nnx.state(model))):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(template_before, jax.tree.leaves(nnx.state(template))):
+    np.testing.assert_array_equal(a, b)  # the template is not modified
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 1)))
+  model.eval()
+  loaded.eval()
+  np.testing.assert_array_equal(loaded(x), model(x))
+  with pytest.raises(FileExistsError):
+    snnx.save_checkpoint(path, model, {})
+
+
+def test_nnx_checkpoint_refuses_a_model_it_does_not_fit(tmp_path):
+  import sap_jax.nnx as snnx
+
+  path = snnx.save_checkpoint(tmp_path / "ckpt", _nnx_cnn(), {})
+  with pytest.raises(ValueError, match=r"does not fit the model: .*params/block1/conv/kernel"):
+    snnx.load_checkpoint(path, _nnx_cnn(width=8))
+  with pytest.raises(TypeError, match=r"sap_jax\.checkpoint\.load_checkpoint\(path\)"):
+    snnx.load_checkpoint(path, nn.Dense(3))

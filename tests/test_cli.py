@@ -3,15 +3,19 @@
 import argparse
 import dataclasses
 import inspect
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import sap_jax
-from sap_jax import checkpoint, cli, compilation, trusted
+from sap_jax import checkpoint, cli, compilation, provenance, trusted
+from sap_jax.data import load_dataset
 from sap_jax.metrics import METRIC_KEYS
 from sap_jax.train import TrainConfig
 
@@ -70,6 +74,12 @@ def test_train_writes_checkpoint_with_run_metadata(trained):
   assert "params" in variables
 
 
+def test_train_records_the_data_fingerprint(trained):
+  _, meta = checkpoint.load_checkpoint(trained / "ckpt")
+  want = provenance.data_fingerprint(load_dataset("digits"))
+  assert meta["data"]["fingerprint"] == want and meta["data"]["dataset"] == "digits"
+
+
 def test_train_refuses_to_overwrite(trained):
   before = {p.name: p.stat().st_mtime_ns for p in (trained / "ckpt").rglob("*")}
   result = _cli(*TRAIN, "--out", trained / "ckpt", cwd=trained)
@@ -87,7 +97,8 @@ def test_evaluate_and_correct(trained):
   assert {k: metrics[k] for k in METRIC_KEYS} == {k: meta["metrics"][k] for k in METRIC_KEYS}
 
   refused = _cli("correct", trained / "ckpt", "--out", trained / "ckpt", cwd=trained)
-  assert refused.returncode != 0 and "never overwrites" in refused.stderr
+  assert refused.returncode == 2 and "it is the input" in refused.stderr
+  assert "never written" in refused.stderr
 
   result = _cli(
     "correct",
@@ -102,7 +113,15 @@ def test_evaluate_and_correct(trained):
   )
   assert result.returncode == 0, result.stderr
   report = json.loads((trained / "sap_report.json").read_text())
-  assert report["n_trusted"] == 200
+  assert report["format"] == "sap_jax.report" and report["n_trusted"] == 200
+  # progress went to stderr, one line per update (a pipe: no carriage returns)
+  assert "\r" not in result.stderr
+  lines = result.stderr.splitlines()
+  for phase in ("trusted set", "statistics", "decomposition"):
+    assert f"correct: {phase} …" in lines and any(f"correct: {phase} done" in x for x in lines)
+  assert [x for x in lines if "α sweep" in x] == [
+    f"correct: α sweep {i}/2 α values scored" for i in range(3)
+  ]
   assert set(report["sweep_noisy_val"]["per_alpha"]) == {"10.0", "1000.0"}
   assert report["chosen_alpha"] in (None, 10.0, 1000.0)
   assert "oracle_alpha_clean_val" in report and "layers" in report
@@ -121,6 +140,25 @@ def test_evaluate_and_correct(trained):
   assert meta["kind"] == "sap" and meta["sap"]["chosen_alpha"] == report["chosen_alpha"]
   again = _cli("correct", trained / "ckpt", "--out", trained / "sap", cwd=trained)
   assert again.returncode != 0 and "--overwrite" in again.stderr
+  # --overwrite replaces the checkpoint and the report this tool wrote, quietly
+  again = _cli(
+    "correct",
+    trained / "ckpt",
+    "--out",
+    trained / "sap",
+    "--n-trusted",
+    "100",
+    "--alphas",
+    "10",
+    "--overwrite",
+    "--quiet",
+    cwd=trained,
+  )
+  assert again.returncode == 0, again.stderr
+  assert again.stderr == ""
+  assert json.loads((trained / "sap_report.json").read_text())["n_trusted"] == 100
+  assert checkpoint.load_checkpoint(trained / "sap")[1]["sap"]["n_trusted"] == 100
+  assert not [p for p in os.listdir(trained) if "sap_jax-" in p]  # no temporaries left
 
 
 def test_unknown_names_list_the_known_ones(tmp_path):
@@ -130,6 +168,11 @@ def test_unknown_names_list_the_known_ones(tmp_path):
   result = _cli("train", "--model", "alexnet", "--out", tmp_path / "x", cwd=tmp_path)
   assert result.returncode != 0 and "resnet18" in result.stderr
   assert not (tmp_path / "x").exists()
+
+
+def test_version(tmp_path):
+  result = _cli("--version", cwd=tmp_path)
+  assert result.returncode == 0 and result.stdout.strip() == f"sap-jax {sap_jax.__version__}"
 
 
 def test_help_for_every_command(tmp_path):
@@ -184,3 +227,178 @@ def test_compilation_cache_option(trained, tmp_path):
   assert not off.exists()  # the option wins over the environment variable
   text = " ".join(cli.build_parser().format_help().split())
   assert "--compilation-cache DIR|off" in text and compilation.ENV_VAR in text
+
+
+def _npz(path, shift=0.0):
+  ds = load_dataset("digits")
+  x_test = ds.x_test.copy()
+  x_test[0, 0, 0, 0] += shift
+  np.savez(path, x_train=ds.x_train, y_train=ds.y_train, x_test=x_test, y_test=ds.y_test)
+
+
+NPZ_TRAIN = (*TRAIN[:2], "npz", *TRAIN[3:])
+
+
+def test_moved_and_changed_data(tmp_path):
+  data = tmp_path / "data"
+  data.mkdir()
+  _npz(data / "d.npz")
+  # a relative --data-root is recorded absolute
+  result = _cli(*NPZ_TRAIN, "--data-root", "data/d.npz", "--out", "ckpt", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  _, meta = checkpoint.load_checkpoint(tmp_path / "ckpt")
+  assert meta["spec"]["data_root"] == meta["data"]["root"] == str(data / "d.npz")
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  assert _cli("evaluate", tmp_path / "ckpt", cwd=elsewhere).returncode == 0
+  (data / "d.npz").rename(elsewhere / "moved.npz")
+  result = _cli("evaluate", tmp_path / "ckpt", cwd=elsewhere)
+  assert result.returncode == 2 and "pass --data-root NEW_PATH" in result.stderr
+  result = _cli("evaluate", tmp_path / "ckpt", "--data-root", "moved.npz", cwd=elsewhere)
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)["test_accuracy"] == meta["metrics"]["test_accuracy"]
+  _npz(elsewhere / "changed.npz", shift=0.5)
+  args = ("evaluate", tmp_path / "ckpt", "--data-root", "changed.npz")
+  result = _cli(*args, cwd=elsewhere)
+  assert result.returncode == 2 and "test split (inputs) changed" in result.stderr
+  assert "--allow-changed-data" in result.stderr
+  result = _cli(*args, "--allow-changed-data", cwd=elsewhere)
+  assert result.returncode == 0 and "warning: the data at" in result.stderr
+  assert json.loads(result.stdout)["data_changed"] == ["x_test"]
+
+
+def test_a_checkpoint_without_a_fingerprint_loads_with_a_note(trained, tmp_path):
+  variables, meta = checkpoint.load_checkpoint(trained / "ckpt")
+  del meta["data"]  # as written before fingerprints were recorded
+  checkpoint.save_checkpoint(tmp_path / "old", variables, meta)
+  result = _cli("evaluate", tmp_path / "old", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert "records no fingerprint of its data" in result.stderr
+
+
+def test_ctrl_c_says_nothing_was_written(tmp_path):
+  env = {**os.environ, compilation.ENV_VAR: "off"}
+  args = [a if a != "3" else "100000" for a in TRAIN if a != "--quiet"]  # --epochs 100000
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "sap_jax", *args, "--out", str(tmp_path / "out")],
+    cwd=tmp_path,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
+  first = proc.stderr.readline()  # training has started
+  assert first.startswith("training mlp on digits"), first
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130
+  assert err.strip().splitlines()[-1] == "interrupted: nothing was written."
+  assert "Traceback" not in err
+  assert os.listdir(tmp_path) == []
+
+
+class _Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_progress_is_lines_in_a_pipe_a_bar_on_a_terminal_and_nothing_when_quiet():
+  def drive(progress):
+    for phase in ("trusted set", "statistics", "decomposition"):
+      progress.phase(phase, 0, 1)
+      progress.phase(phase, 1, 1)
+    for i in range(4):
+      progress.phase("α sweep", i, 3)
+
+  pipe = io.StringIO()
+  drive(cli._Progress(quiet=False, stream=pipe))
+  lines = pipe.getvalue().splitlines()
+  assert "\r" not in pipe.getvalue() and len(lines) == 10
+  assert lines[0] == "correct: trusted set …" and lines[1].startswith("correct: trusted set done")
+  assert lines[-1] == "correct: α sweep 3/3 α values scored"
+  terminal = _Terminal()
+  drive(cli._Progress(quiet=False, stream=terminal))
+  assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()  # tqdm's live bar
+  quiet = io.StringIO()
+  drive(cli._Progress(quiet=True, stream=quiet))
+  assert quiet.getvalue() == ""
+
+
+def test_training_progress_in_a_pipe_is_one_line_every_twentieth_epoch():
+  pipe = io.StringIO()
+  options = cli._Progress(quiet=False, stream=pipe).train_options(epochs=100)
+  assert options["progress"] is False
+  for epoch in range(1, 101):
+    options["log_fn"]({"epoch": epoch, "loss": 0.5, "train_accuracy": 0.75})
+  lines = pipe.getvalue().splitlines()
+  assert len(lines) == 20 and lines[-1] == "train epoch 100/100: loss 0.5000, train acc 0.750"
+  assert cli._Progress(quiet=False, stream=_Terminal()).train_options(5) == {
+    "progress": True,
+    "log_fn": None,
+  }
+
+
+def test_user_errors_are_one_line_and_bugs_are_not_hidden(tmp_path, capsys, monkeypatch):
+  assert cli.main(["--compilation-cache", "off", "evaluate", str(tmp_path / "nope")]) == 2
+  assert capsys.readouterr().err == f"error: No checkpoint at {tmp_path / 'nope'}.\n"
+
+  def denied(args):
+    raise PermissionError(13, "Permission denied", "/root/secret")
+
+  parser = cli.build_parser()
+  monkeypatch.setattr(cli, "build_parser", lambda: parser)
+  for sub in parser._subparsers._group_actions[0].choices.values():
+    sub.set_defaults(func=denied)
+  assert cli.main(["--compilation-cache", "off", "evaluate", "x"]) == 2
+  err = capsys.readouterr().err
+  assert err == "error: Permission denied: /root/secret; check the path and its permissions.\n"
+
+  def bug(args):
+    raise RuntimeError("a bug")
+
+  for sub in parser._subparsers._group_actions[0].choices.values():
+    sub.set_defaults(func=bug)
+  with pytest.raises(RuntimeError, match="a bug"):
+    cli.main(["--compilation-cache", "off", "evaluate", "x"])
+
+
+def test_nnx_train_evaluate_correct(tmp_path):
+  from sap_jax import models, train
+  from sap_jax.metrics import split_metrics
+  from sap_jax.spec import RunSpec, build_splits
+
+  result = _cli(*TRAIN, "--api", "nnx", "--out", tmp_path / "ckpt", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  variables, meta = checkpoint.load_checkpoint(tmp_path / "ckpt")
+  assert meta["spec"]["api"] == "nnx" and len(meta["history"]) == 3
+  # The NNX twin's arrays in its Linen twin's layout: the Linen MLP scores them the same.
+  spec = RunSpec.from_dict(meta["spec"])
+  splits = build_splits(spec)
+  linen = models.get("mlp", splits.num_classes, **spec.model_kwargs)
+  same = split_metrics(train.eval_apply_fn(linen), variables, splits)
+  assert {k: same[k] for k in METRIC_KEYS} == pytest.approx(
+    {k: meta["metrics"][k] for k in METRIC_KEYS}
+  )
+
+  shown = _cli("evaluate", tmp_path / "ckpt", cwd=tmp_path)
+  assert shown.returncode == 0, shown.stderr
+  metrics = json.loads(shown.stdout)
+  assert {k: metrics[k] for k in METRIC_KEYS} == {k: meta["metrics"][k] for k in METRIC_KEYS}
+
+  args = ("--n-trusted", "200", "--alphas", "10,1000", "--quiet")
+  result = _cli("correct", tmp_path / "ckpt", "--out", tmp_path / "sap", *args, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  report = json.loads((tmp_path / "sap_report.json").read_text())
+  assert report["before"] == {k: meta["metrics"][k] for k in METRIC_KEYS}
+  assert set(report["layers"]) == {"dense1", "head"}
+  corrected, sap_meta = checkpoint.load_checkpoint(tmp_path / "sap")
+  assert sap_meta["spec"]["api"] == "nnx"
+  after = split_metrics(train.eval_apply_fn(linen), corrected, splits)
+  assert {k: after[k] for k in METRIC_KEYS} == pytest.approx(report["after"])
+
+
+def test_nnx_api_without_a_twin_is_refused_before_any_work(tmp_path):
+  result = _cli("train", "--model", "vgg11", "--api", "nnx", "--out", tmp_path / "x", cwd=tmp_path)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1
+  assert "'vgg11' has no NNX twin" in result.stderr and "mlp" in result.stderr
+  assert not (tmp_path / "x").exists()

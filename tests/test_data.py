@@ -738,3 +738,69 @@ def test_containers_pickle_and_validate(data_digits):
     NoisySplits(**{**s.__dict__, "noise_mask": ~s.noise_mask})
   with pytest.raises(ValueError, match="noise_mask must be a bool array"):
     NoisySplits(**{**s.__dict__, "noise_mask": s.noise_mask.astype(np.int32)})
+
+
+def test_npz_integer_inputs_are_converted_by_the_documented_rule(tmp_path):
+  path = tmp_path / "u8.npz"
+  images = np.arange(12 * 3 * 2).reshape(12, 3, 2).astype(np.uint8)
+  _write_npz(path, x_train=images, x_test=images[:6].astype(np.int16))
+  with pytest.warns(UserWarning) as record:
+    ds = load_dataset("npz", root=path)
+  messages = [str(w.message) for w in record]
+  assert any(m.startswith("x_train in the npz has dtype uint8") and "/ 255" in m for m in messages)
+  assert any(
+    m.startswith("x_test in the npz has dtype int16") and "as stored" in m for m in messages
+  )
+  np.testing.assert_array_equal(ds.x_train, images.astype(np.float32) / np.float32(255))
+  np.testing.assert_array_equal(ds.x_test, images[:6].astype(np.float32))
+
+
+def test_npz_label_gaps_need_num_classes(tmp_path):
+  path = tmp_path / "gap.npz"
+  y = np.arange(12) % 3
+  y[4] = 1000  # one stray label among classes 0..2
+  _write_npz(path, y_train=y, class_names=None)
+  with pytest.raises(
+    ValueError, match=r"classes \[3\.\.999\] \(997 of 1001\) have no sample.*num_classes=1001"
+  ):
+    load_dataset("npz", root=path)
+  ds = load_dataset("npz", root=path, num_classes=1001)  # explicit: empty classes allowed
+  assert ds.num_classes == 1001 and ds.class_names[-1] == "1000"
+  with pytest.raises(ValueError, match="labels go up to 1000 but num_classes=3"):
+    load_dataset("npz", root=path, num_classes=3)
+  named = tmp_path / "named.npz"
+  _write_npz(named, y_train=np.arange(12) % 2)  # class "c" only in the test split: fine
+  assert load_dataset("npz", root=named).num_classes == 3
+  with pytest.raises(ValueError, match="num_classes=4 but class_names in the npz has 3"):
+    load_dataset("npz", root=named, num_classes=4)
+  with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+    load_dataset("npz", root=named, num_classes="3")
+
+
+def test_npz_files_that_are_not_npz_archives_never_suggest_pickle(tmp_path):
+  text = tmp_path / "text.npz"
+  text.write_text("x_train,y_train\n0.1,0\n")
+  npy = tmp_path / "array.npz"
+  with open(npy, "wb") as f:
+    np.save(f, np.zeros(3))
+  for path in (text, npy):
+    with pytest.raises(ValueError, match=r"is not an \.npz archive") as err:
+      load_dataset("npz", root=path)
+    assert "allow_pickle" not in str(err.value)
+  objects = tmp_path / "objects.npz"
+  y = np.empty(12, object)
+  y[:] = list(np.arange(12) % 3)
+  _write_npz(objects, y_train=y)
+  with pytest.raises(ValueError, match="y_train in the npz holds Python objects") as err:
+    load_dataset("npz", root=objects)
+  assert "allow_pickle" not in str(err.value)
+
+
+def test_dataset_refuses_nonfinite_inputs():
+  x = np.zeros((4, 2), np.float32)
+  y = np.array([0, 1, 0, 1], np.int32)
+  x[2, 1] = np.inf
+  with pytest.raises(
+    ValueError, match=r"x_test contains NaN or inf in 1 sample\(s\) \(first at index 2\)"
+  ):
+    Dataset("t", np.zeros_like(x), y, x, y, ("a", "b"))

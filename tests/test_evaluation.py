@@ -102,12 +102,38 @@ def test_check_xy_returns_host_arrays_and_names_the_problem():
     check_xy(np.zeros((3, 2)), np.zeros(3), "val")
   with pytest.raises(ValueError, match=r"labels must be a 1-D integer array, got shape \(3, 1\)"):
     check_xy(np.zeros((3, 2)), np.zeros((3, 1), np.int32))
-  with pytest.raises(ValueError, match="^x: no samples; pass at least one"):
+  with pytest.raises(ValueError, match=r"^x: empty \(no samples\); pass at least one"):
     check_xy(np.zeros((0, 2)), None, "x")
-  with pytest.raises(ValueError, match="^x/y: no samples"):
+  with pytest.raises(ValueError, match="^x/y: empty"):
     check_xy(np.zeros((0, 2)), np.zeros(0, np.int32))
   # evaluate and predict_logits run the same checks.
   with pytest.raises(ValueError, match="integer array"):
     evaluate(_linear_apply, {}, np.zeros((3, 4), np.float32), np.zeros(3))
   with pytest.raises(ValueError, match="no samples"):
     predict_logits(_linear_apply, {}, np.zeros((0, 4), np.float32))
+
+
+def test_evaluate_checks_labels_against_the_model_and_the_forward_output():
+  x, y = blobs(12, seed=4)
+  model = TinyMLP()
+  variables = model.init(jax.random.key(0), x[:1])
+  apply_fn = train.eval_apply_fn(model)
+  bad = y.copy()
+  bad[5] = 3
+  with pytest.raises(ValueError, match=r"^x/y: label 3 \(at index 5\) is outside \[0, 3\)"):
+    evaluate(apply_fn, variables, x, bad)
+  bad[5] = -1
+  with pytest.raises(ValueError, match="label -1"):
+    evaluate(apply_fn, variables, x, bad)
+  nan = x.copy()
+  nan[7, 0] = np.nan  # refused explicitly, not left to the batched forward
+  with pytest.raises(ValueError, match=r"NaN or Inf in 1 sample\(s\) \(first at index 7\)"):
+    evaluate(apply_fn, variables, nan, y)
+  with pytest.raises(ValueError, match=r"integer dtype uint8.*/ 255"):
+    evaluate(apply_fn, variables, x.astype(np.uint8), y)
+  with pytest.raises(ValueError, match="returned a tuple of 2"):
+    evaluate(lambda v, xs: (apply_fn(v, xs), xs), variables, x, y)
+  with pytest.raises(ValueError, match="returned a dict"):
+    predict_logits(lambda v, xs: {"logits": apply_fn(v, xs)}, variables, x)
+  with pytest.raises(ValueError, match=r"integer dtype int64"):
+    check_xy(np.zeros((2, 2), np.int64), None)

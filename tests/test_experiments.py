@@ -15,6 +15,17 @@ from experiments import grid, run, tables
 from experiments.config import Config, MethodSpec, Setup, TableSpec
 
 CONFIG_FILES = sorted(p for p in cfg.CONFIG_DIR.glob("*.py") if p.stem != "__init__")
+# experiments/configs/differentiable.py holds the settings of its own runner
+# (experiments/differentiable.py, tested in tests/test_experiments_differentiable.py).
+OWN_RUNNER = {"differentiable": "python -m experiments.differentiable"}
+RUNNER_CONFIGS = [p for p in CONFIG_FILES if p.stem not in OWN_RUNNER]
+
+
+@pytest.mark.parametrize("stem", sorted(OWN_RUNNER))
+def test_settings_of_other_runners_document_their_command(stem):
+  doc = (cfg.CONFIG_DIR / f"{stem}.py").read_text()
+  assert f"{OWN_RUNNER[stem]} experiments/configs/{stem}.py" in doc
+  assert "def get_config" not in doc
 
 
 def _tiny_config(**overrides) -> Config:
@@ -242,6 +253,14 @@ def test_incompatible_workdir_is_refused(tiny_run, tmp_path, capsys):
   assert "holds records of config 'tiny'" in capsys.readouterr().err
 
 
+def test_a_user_folder_is_not_a_workdir(tmp_path):
+  (tmp_path / "table.md").write_text("my own table")
+  with pytest.raises(run.IncompatibleWorkdir, match="not an experiment workdir: it holds table.md"):
+    run.check_workdir(_tiny_config(), tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["table.md"]
+  assert (tmp_path / "table.md").read_text() == "my own table"
+
+
 def test_records_are_written_in_the_committed_format(tiny_run):
   """Indent 1, sorted keys, a final newline: the committed records re-encode byte for byte."""
   from sap_jax import jsonio
@@ -371,7 +390,7 @@ def test_fmt_mean_std():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", RUNNER_CONFIGS, ids=lambda p: p.stem)
 def test_every_config_loads_and_documents_its_command(path):
   config, module = cfg.load_config(str(path))
   assert isinstance(config, Config) and config.name == path.stem
@@ -459,3 +478,22 @@ def test_paper_cifar10_config_runs_at_toy_size(tmp_path):
   assert [s["alpha"] for s in sap_rec["details"]["settings"]] == [1e4, 3e4, 1e5, 3e5, 1e6]
   assert "head" in sap_rec["details"]["layers"] and len(sap_rec["details"]["layers"]) == 9
   assert (tmp_path / "work" / "checkpoints" / cells[0].vanilla_key / "metadata.json").is_file()
+
+
+def test_table1_has_the_clean_trusted_set_reference_row_and_ablations_the_rounds():
+  from sap_jax import baselines as bl
+
+  config, _ = cfg.load_config("table1")
+  oracle = [m for m in config.methods if m.kwargs.get("trusted_labels") == "clean"]
+  assert len(oracle) == 1 and oracle[0].display == "SAP, clean trusted set"
+  assert oracle[0].kwargs["score"] == "curvature_published"
+  assert "SAP, clean trusted set" in config.table.reference_rows  # shown with †, never bold
+  assert "SAP, clean trusted set (oracle α)" in config.table.reference_rows
+  # The honest SAP cell keys are unchanged (the new options add no default hparams).
+  honest = [m for m in config.methods if m.name == "sap" and m not in oracle]
+  assert [grid.method_key(m) for m in honest] == ["sap-4c43898d"]
+  assert set(bl.get_method("sap").hparams) >= {"n_trusted", "alphas"}
+  assert "rounds" not in bl.get_method("sap").hparams
+  ab, _ = cfg.load_config("ablations")
+  rounds = sorted(m.kwargs.get("rounds", 1) for m in ab.methods if m.name == "sap")
+  assert rounds.count(2) == 1 and rounds.count(3) == 1

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sap_jax import jsonio
+from sap_jax import jsonio, safe_write
 from sap_jax.train import TrainConfig
 
 
@@ -78,21 +78,53 @@ def test_to_jsonable_round_trips_through_json():
   assert math.isnan(jsonio.to_jsonable({"x": np.float64("nan")})["x"])
 
 
-def test_write_json_atomic_writes_sorted_indented_text(tmp_path):
+ANY_JSON = safe_write.Kind("test record", lambda p: jsonio.json_object(p) is not None)
+
+
+def test_write_json_writes_sorted_indented_text(tmp_path):
   path = tmp_path / "deep" / "rec.json"
-  assert jsonio.write_json_atomic(path, {"b": np.int32(1), "a": [np.float64(0.5)]}) == path
+  assert jsonio.write_json(path, {"b": np.int32(1), "a": [np.float64(0.5)]}, ANY_JSON) == path
   assert path.read_text(encoding="utf-8") == '{\n "a": [\n  0.5\n ],\n "b": 1\n}\n'
-  jsonio.write_json_atomic(path, {"b": 2, "a": 1}, indent=None, sort_keys=False)
+  jsonio.write_json(path, {"b": 2, "a": 1}, ANY_JSON, overwrite=True, indent=None, sort_keys=False)
   assert path.read_text(encoding="utf-8") == '{"b": 2, "a": 1}\n'
   assert json.loads(path.read_text(encoding="utf-8")) == {"a": 1, "b": 2}
   assert os.listdir(path.parent) == ["rec.json"]
 
 
-def test_write_json_atomic_leaves_the_old_file_on_failure(tmp_path):
+def test_write_json_leaves_the_old_file_on_failure(tmp_path):
   path = tmp_path / "rec.json"
-  jsonio.write_json_atomic(path, {"ok": True})
+  jsonio.write_json(path, {"ok": True}, ANY_JSON)
   before = path.read_bytes()
   with pytest.raises(TypeError):
-    jsonio.write_json_atomic(path, {"bad": object()})
+    jsonio.write_json(path, {"bad": object()}, ANY_JSON, overwrite=True)
+  with pytest.raises(FileExistsError, match="already exists .*pass --overwrite"):
+    jsonio.write_json(path, {"new": 1}, ANY_JSON)
   assert path.read_bytes() == before
   assert os.listdir(tmp_path) == ["rec.json"]
+
+
+def test_reports_carry_their_format_tag_and_replace_only_reports(tmp_path):
+  path = tmp_path / "report.json"
+  jsonio.write_report(path, {"alpha": 3.0})
+  assert json.loads(path.read_text()) == {"format": jsonio.REPORT_FORMAT, "alpha": 3.0}
+  assert path.read_text().startswith('{\n  "format": "sap_jax.report"')
+  assert jsonio.is_report(path)
+  jsonio.write_report(path, {"alpha": 4.0}, overwrite=True)
+  assert json.loads(path.read_text())["alpha"] == 4.0
+  # JSON that is not a report, and text that is not JSON, are never replaced
+  for name, text in {"other.json": '{"alpha": 1}', "notes.txt": "my notes"}.items():
+    (tmp_path / name).write_text(text)
+    assert not jsonio.is_report(tmp_path / name)
+    with pytest.raises(FileExistsError, match="not a sap_jax report"):
+      jsonio.write_report(tmp_path / name, {"alpha": 5.0}, overwrite=True)
+    assert (tmp_path / name).read_text() == text
+
+
+def test_json_object(tmp_path):
+  (tmp_path / "a.json").write_text('{"x": 1}')
+  (tmp_path / "list.json").write_text("[1]")
+  (tmp_path / "bin").write_bytes(b"\xff\x00")
+  assert jsonio.json_object(tmp_path / "a.json") == {"x": 1}
+  for name in ("list.json", "bin", "missing"):
+    assert jsonio.json_object(tmp_path / name) is None
+  assert jsonio.json_object(tmp_path) is None

@@ -1,5 +1,8 @@
-"""sap_jax.kernels: reading, replacing and flattening layer kernels."""
+"""sap_jax.kernels: reading, replacing and flattening layer kernels; the layers left alone."""
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,9 @@ from sap_jax.kernels import (
   check_kernel,
   flat_kernel,
   kernel_at,
+  kernel_paths,
   kernels_of,
+  skipped_kernels,
   unflat_kernel,
   with_kernels,
 )
@@ -117,3 +122,43 @@ def test_kernel_errors_name_the_layer():
   check_kernel(jnp.zeros((5, 3)), _LAYOUTS["dense"])
   with pytest.raises(ValueError, match=r"Kernel shape \(3, 5\) does not match .* shape \(5, 3\)"):
     check_kernel(jnp.zeros((3, 5)), _LAYOUTS["dense"])
+
+
+class _EveryKernel(nn.Module):
+  """A layer of every kernel-bearing kind: covered, unsupported, excluded, unused."""
+
+  @nn.compact
+  def __call__(self, tokens, train=False):
+    h = nn.Embed(10, 4, name="embed")(tokens)  # (B, L, 4)
+    h = nn.ConvLocal(4, (1,), name="local")(h)
+    h = nn.ConvTranspose(4, (2,), name="up")(h)
+    h = nn.Dense(4, name="body")(h)
+    if train:  # only the training forward uses it
+      h = nn.Dense(4, name="unused")(h)
+    return nn.Dense(3, name="head")(h.mean(1))
+
+
+def test_skipped_kernels_name_every_unprojected_layer_and_why():
+  model = _EveryKernel()
+  tokens = np.arange(12).reshape(2, 6) % 10
+  v = model.init(jax.random.PRNGKey(0), tokens, train=True)
+  apply_fn = functools.partial(model.apply, train=False)
+  assert set(kernel_paths(v)) == {
+    ("embed",),
+    ("local",),
+    ("up",),
+    ("body",),
+    ("unused",),
+    ("head",),
+  }
+  got = skipped_kernels(apply_fn, v, tokens, [("up",), ("body",)], exclude=("head",))
+  assert got == {
+    "embed": "layer type Embed is not supported (an index lookup: its input is a token id, "
+    "not an activation to project)",
+    "local": "layer type ConvLocal is not supported (one kernel per output position (a d×d "
+    "projection per position))",
+    "unused": "never called in the forward",
+    "head": "excluded by pattern 'head'",
+  }
+  ranged = skipped_kernels(apply_fn, v, tokens, [("up",)], layer_range=(0, 1))
+  assert ranged["head"] == "outside layer_range (0, 1)"

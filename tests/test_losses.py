@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from sap_jax.losses import cross_entropy, model_cross_entropy
 
@@ -61,3 +62,26 @@ def test_model_cross_entropy_is_cross_entropy_of_the_forward():
   # Traceable: under jit (apply_fn static) it gives the same losses.
   jitted = jax.jit(model_cross_entropy, static_argnums=0)
   np.testing.assert_allclose(np.asarray(jitted(apply_fn, variables, x, y)), want, rtol=1e-6)
+
+
+def test_a_label_outside_the_classes_gets_nan_never_another_class():
+  rng = np.random.default_rng(3)
+  z = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+  got = np.asarray(cross_entropy(z, jnp.array([-1, 3, 2, 1000])))
+  # Without the guard the gather would wrap -1 to class 2 and give a finite loss.
+  assert np.isnan(got[[0, 1, 3]]).all()
+  np.testing.assert_allclose(got[2], _np_cross_entropy(np.asarray(z)[2:3], [2])[0], rtol=1e-6)
+  # The gradient of valid rows is untouched by the NaN constant of invalid ones.
+  g = jax.grad(lambda zz: cross_entropy(zz, jnp.array([0, 1, 2, 0])).sum())(z)
+  assert np.isfinite(np.asarray(g)).all()
+
+
+def test_model_cross_entropy_refuses_a_forward_that_returns_a_tuple():
+  def apply_fn(v, xs):
+    return xs @ v["w"], xs
+
+  variables = {"w": jnp.ones((3, 2))}
+  with pytest.raises(ValueError, match=r"apply_fn returned a tuple of 2, not logits; .*\[0\]"):
+    jax.jit(model_cross_entropy, static_argnums=0)(
+      apply_fn, variables, jnp.ones((2, 3)), jnp.zeros(2, jnp.int32)
+    )

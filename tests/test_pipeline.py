@@ -81,3 +81,47 @@ def test_errors(mlp):
   apply_fn, variables, x, y = mlp
   with pytest.raises(ValueError, match="n_trusted"):
     sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=65)
+
+
+def test_run_sap_tune_per_layer_returns_the_tuned_model(mlp):
+  """tune="per_layer": the model at the tuned α (same bases), the tuning recorded, and
+  the same choice as `tune_alpha` from the grid's α."""
+  apply_fn, variables, x, y = mlp
+  trusted = sj.select_trusted(sj.per_example_loss(apply_fn, variables, x, y), y, 30)
+  target = sj.correct(apply_fn, variables, x[trusted], 3.0)
+  y_val = np.asarray(jnp.argmax(apply_fn(target, x), -1))
+  options = {"folds": 3, "steps": 5}
+  result = sj.run_sap(
+    apply_fn,
+    variables,
+    x,
+    y,
+    x,
+    y_val,
+    n_trusted=30,
+    alphas=[1e4, 3.0],
+    tune="per_layer",
+    tune_options=options,
+    seed=4,
+  )
+  assert result.alpha == 3.0 and result.tuning is not None
+  want = sj.tune_alpha(apply_fn, variables, result.decomposition, x, y_val, 3.0, seed=4, **options)
+  assert result.tuning.alpha == want.alpha
+  corrected = sj.apply_alpha(variables, result.decomposition, want.alpha)
+  np.testing.assert_array_equal(
+    result.variables["params"]["head"]["kernel"], corrected["params"]["head"]["kernel"]
+  )
+  plain = sj.run_sap(apply_fn, variables, x, y, x, y_val, n_trusted=30, alphas=[1e4, 3.0])
+  assert plain.tuning is None
+
+
+def test_run_sap_tune_errors(mlp):
+  apply_fn, variables, x, y = mlp
+  with pytest.raises(ValueError, match="tune must be one of"):
+    sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=20, tune="global")
+  with pytest.raises(ValueError, match="unknown tune_options"):
+    sj.run_sap(
+      apply_fn, variables, x, y, x, y, n_trusted=20, tune="per_layer", tune_options={"lr": 1}
+    )
+  with pytest.raises(ValueError, match="without tune"):
+    sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=20, tune_options={"steps": 3})

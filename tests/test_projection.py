@@ -206,3 +206,19 @@ def test_bad_alpha_and_foreign_statistics():
   _, wide_vars, _ = _setup(wider, (13, 3))  # same layer names, other head shape
   with pytest.raises(ValueError, match="different model"):
     sj.project_params(wide_vars, sj.projections(stats, 10.0))
+
+
+def test_svd_basis_is_thin_memory_linear_in_rows():
+  # The thin SVD: a full one's U would be 20,000² floats (1.6 GB).
+  rows = jax.ShapeDtypeStruct((20_000, 9), jnp.float32)
+  compiled = jax.jit(sj.svd_basis).lower(rows).compile()
+  shapes = jax.eval_shape(sj.svd_basis, rows)
+  assert shapes.vectors.shape == (9, 9) and shapes.spectrum.shape == (9,)
+  mem = compiled.memory_analysis()
+  if mem is not None:  # not every backend reports it
+    assert mem.temp_size_in_bytes < 50 * 20_000 * 9 * 4  # O(rows · d), not O(rows²)
+  r = np.random.default_rng(0).normal(size=(20_000, 9)).astype(np.float32)
+  b = sj.svd_basis(r)
+  gram = r.astype(np.float64).T @ r
+  want = gram / np.trace(gram)
+  np.testing.assert_allclose(sj.projection_matrix(b, 1.0), want, atol=1e-6)

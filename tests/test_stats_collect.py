@@ -13,6 +13,8 @@ import pytest
 
 import sap_jax as sj
 from sap_jax.stats import JITTED
+from sap_jax.stats.collect import LiftedTransformError, module_calls
+from sap_jax.stats.rows import budget_rows, layer_rows
 from tests.stats_cases import conv_input, single_layer
 
 
@@ -61,7 +63,10 @@ def test_row_budget_keeps_that_many_rows():
   x = conv_input("plain", n=4)
   v = model.init(jax.random.PRNGKey(0), x)
   s = sj.activation_stats(model.apply, v, [x[:2], x[2:]], rows_per_batch=20)
-  assert float(s[("layer",)].count) == 40
+  # Each of the 2 · 112 rows is kept with probability 20 / 112 (per-row keys, `budget_rows`).
+  layer_key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+  kept = sum(float(budget_rows(layer_key, 112, 2, 20, off, None)[1].sum()) for off in (0, 2))
+  assert float(s[("layer",)].count) == kept and 20 <= kept <= 60
   # The Gram of 40 rows of the full row set: trace equals the sum of the chosen
   # rows' squared norms, which is at most the full trace.
   full = sj.activation_stats(model.apply, v, [x])
@@ -79,14 +84,18 @@ def test_padded_last_batch_shares_one_compilation_and_counts_nothing():
   whole = sj.activation_stats(model.apply, v, [x])
   np.testing.assert_allclose(ragged[("layer",)].gram, whole[("layer",)].gram, rtol=1e-5, atol=1e-4)
   assert float(ragged[("layer",)].count) == float(whole[("layer",)].count) == 7 * 56
-  # With a budget: the padded tail has 56 real rows < 100, so all of them count
-  # (and only them): budgeted(3 + 1 samples) − budgeted(3 samples) = the tail's Gram.
+  # With a budget: every row is kept with probability 100 / 168 (a full batch's rows), the
+  # padded tail's 56 real rows too and never its padding: budgeted(3 + 1 samples) −
+  # budgeted(3 samples) = the Gram of the tail's kept rows (global sample 3).
   two = sj.activation_stats(model.apply, v, [x[:3], x[6:]], rows_per_batch=100)
   one = sj.activation_stats(model.apply, v, [x[:3]], rows_per_batch=100)
-  tail = sj.activation_stats(model.apply, v, [x[6:]])
-  assert float(two[("layer",)].count) == 100 + 56
+  layer_key = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+  index, weight = budget_rows(layer_key, 168, 3, 100, 3, jnp.int32(56))
+  rows = np.asarray(layer_rows(nn.Conv(3, (3, 3)), jnp.asarray(x[6:]))[0], np.float64)
+  chosen = rows[np.asarray(index)[np.asarray(weight) == 1]]
+  assert float(two[("layer",)].count) - float(one[("layer",)].count) == len(chosen) < 56
   np.testing.assert_allclose(
-    two[("layer",)].gram - one[("layer",)].gram, tail[("layer",)].gram, rtol=1e-4, atol=1e-3
+    two[("layer",)].gram - one[("layer",)].gram, chosen.T @ chosen, rtol=1e-4, atol=1e-3
   )
 
 
@@ -139,7 +148,73 @@ def test_errors_before_work():
   bad = jax.tree_util.tree_map(lambda a: a.at[0].set(jnp.nan) if a.ndim else a, v)
   with pytest.raises(ValueError, match="NaN or Inf"):
     sj.activation_stats(model.apply, bad, [x])
-  with pytest.raises(ValueError, match="Non-finite activations"):
+  with pytest.raises(ValueError, match="batch at sample 0: contains NaN or Inf"):
     sj.activation_stats(model.apply, v, [np.full_like(x, np.inf)])
   with pytest.raises(ValueError, match="x64"):
     sj.activation_stats(model.apply, v, [x], dtype=jnp.float64)
+
+
+class _Body(nn.Module):
+  @nn.compact
+  def __call__(self, c, _):
+    return nn.Dense(4)(c), None
+
+
+class _Lifted(nn.Module):
+  transform: str
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Dense(4)(x)
+    if self.transform == "scan":
+      scan = nn.scan(_Body, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+      return scan()(x, None)[0]
+    if self.transform == "remat":
+      return nn.remat(nn.Dense)(4)(x)
+    vmap = nn.vmap(
+      nn.Dense,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=None,
+      out_axes=0,
+      axis_size=2,
+    )
+    return vmap(4)(x).mean(0)
+
+
+@pytest.mark.parametrize(
+  "transform, layer",
+  [("scan", "Scan_Body_0/Dense_0"), ("remat", "CheckpointDense_0"), ("vmap", "VmapDense_0")],
+)
+def test_lifted_transforms_are_refused_naming_layer_and_transform(transform, layer):
+  model = _Lifted(transform)
+  x = np.ones((3, 4), np.float32)
+  v = model.init(jax.random.PRNGKey(0), x)
+  with pytest.raises(LiftedTransformError, match=f"{layer!r} runs inside nn.{transform}"):
+    sj.activation_stats(model.apply, v, [x])
+
+
+def test_train_mode_forward_is_refused():
+  class WithBN(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.BatchNorm(use_running_average=not train)(nn.Dense(3)(x))
+
+  model = WithBN()
+  x = np.ones((4, 5), np.float32)
+  v = model.init(jax.random.PRNGKey(0), x)
+
+  def train_apply(variables, xx):
+    return model.apply(variables, xx, train=True, mutable=["batch_stats"])
+
+  with pytest.raises(ValueError, match="train-mode forward.*train=False"):
+    sj.activation_stats(train_apply, v, [x])
+
+
+def test_module_calls_lists_every_module_and_whether_covered():
+  model = _Mixed()
+  x = np.ones((2, 5, 6), np.float32)
+  v = model.init(jax.random.PRNGKey(1), x)
+  calls = module_calls(model.apply, v, x)
+  assert calls[()] == ("_Mixed", False)
+  assert all(covered for path, (_, covered) in calls.items() if path)

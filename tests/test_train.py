@@ -135,3 +135,51 @@ def test_train_model_rejects_bad_input():
     train.train_model(
       TinyMLP(num_classes=2), x, y, train.TrainConfig(batch_size=8, epochs=1), progress=False
     )
+
+
+def test_model_output_width_is_k_without_initialising():
+  x, _ = blobs(5)
+  assert train.model_output_width(TinyMLP(num_classes=7), x) == 7
+  assert train.model_output_width(TinyMLP(num_classes=2, bn=True), x) == 2
+
+
+class TupleMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    h = nn.Dense(4)(x)
+    return nn.Dense(3)(h), h
+
+
+def test_train_model_checks_every_split_before_any_work(monkeypatch):
+  def no_work(*args, **kwargs):
+    raise AssertionError("training started before the inputs were checked")
+
+  monkeypatch.setattr(train, "create_train_state", no_work)
+  x, y = blobs(40)
+  xv, yv = blobs(12, seed=1)
+  cfg = train.TrainConfig(batch_size=8, epochs=1)
+
+  def refused(match, **kw):
+    args = dict(x=x, y=y, x_val=xv, y_val=yv) | kw
+    with pytest.raises(ValueError, match=match):
+      train.train_model(
+        kw.pop("model", TinyMLP()),
+        args["x"],
+        args["y"],
+        cfg,
+        x_val=args["x_val"],
+        y_val=args["y_val"],
+        progress=False,
+      )
+
+  nan_x = x.copy()
+  nan_x[3, 1] = np.nan
+  refused(r"^x/y: contains NaN or Inf in 1 sample\(s\) \(first at index 3\)", x=nan_x)
+  refused(r"^x_val/y_val: contains NaN", x_val=np.where(np.arange(12)[:, None] == 0, np.nan, xv))
+  refused(r"integer dtype uint8", x=x.astype(np.uint8))
+  refused(r"^x_val/y_val: label 3 .*outside \[0, 3\)", y_val=np.where(np.arange(12) == 4, 3, yv))
+  refused(r"^x_val/y_val: labels must be a 1-D integer array", y_val=yv.astype(np.float32))
+  refused(r"^x/y: label -1", y=np.where(np.arange(40) == 0, -1, y))
+  refused(r"x_val samples have shape \(3,\)", x_val=np.zeros((12, 3), np.float32))
+  with pytest.raises(ValueError, match=r"returned a tuple of 2, not logits; .*__call__ returns"):
+    train.train_model(TupleMLP(), x, y, cfg, progress=False)

@@ -98,3 +98,62 @@ def test_float_labels_are_refused_not_truncated(mlp):
     sj.per_example_loss(apply_fn, variables, x[:2], np.asarray([0.9, 1.7]))
   with pytest.raises(ValueError, match="2 inputs but 1 labels"):
     sj.input_curvature(apply_fn, variables, x[:2], np.asarray([0]))
+
+
+def test_published_curvature_matches_slow_reference(linear):
+  # Published estimator (github.com/sangamesh-kodge/SAP, regr_estimate): per batch B,
+  # probe v = h (r + 1e-7), score_i = mean_v ‖∇_{x_i}[L_B(x + v) − L_B(x)]‖ with L_B the
+  # batch-MEAN loss. For logits x W + b, ∇_{x_i} L_B(z) = W (softmax(z_i W + b) − e_y) / |B|.
+  apply_fn, variables, x, y = linear
+  w = np.asarray(variables["params"]["head"]["kernel"], np.float64)
+  b = np.asarray(variables["params"]["head"]["bias"], np.float64)
+  h, probes, bs, seed = 1e-2, 3, 16, 7
+  got = sj.trusted.published_curvature(
+    apply_fn, variables, x, y, h=h, num_probes=probes, seed=seed, batch_size=bs
+  )
+
+  def grad(z, label, size):
+    logits = z @ w + b
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    return w @ (p - np.eye(3)[label]) / size
+
+  want = []
+  for i, start in enumerate(range(0, len(x), bs)):
+    xb, yb = np.asarray(x[start : start + bs], np.float64), y[start : start + bs]
+    padded = (bs,) + x.shape[1:]  # the probes are drawn for the padded batch shape
+    r = np.asarray(
+      sj.trusted.rademacher_probes(jax.random.fold_in(jax.random.PRNGKey(seed), i), probes, padded)
+    )
+    for j in range(len(xb)):
+      norms = [
+        np.linalg.norm(
+          grad(xb[j] + h * (r[k, j] + 1e-7), yb[j], len(xb)) - grad(xb[j], yb[j], len(xb))
+        )
+        for k in range(probes)
+      ]
+      want.append(np.mean(norms))
+  assert len(x) % bs != 0  # a short last batch: its scores carry 1/5, not 1/16
+  np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-9)
+
+
+def test_select_per_class_takes_the_lowest_of_each_class():
+  scores = np.asarray([5.0, 0.1, 3.0, 0.2, 2.0, 9.0, 0.5])
+  labels = np.asarray([0, 0, 1, 1, 2, 2, 0])
+  np.testing.assert_array_equal(sj.trusted.select_per_class(scores, labels, 2), [1, 3, 6, 4, 2, 5])
+  np.testing.assert_array_equal(sj.trusted.select_per_class(scores, labels, 1), [1, 3, 4])
+
+
+def test_trusted_set_published_takes_n_over_k_plus_one_per_class(linear):
+  apply_fn, variables, x, y = linear
+  got = sj.trusted.trusted_set(apply_fn, variables, x, y, 6, score="curvature_published", seed=3)
+  scores = sj.trusted.published_curvature(apply_fn, variables, x, y, seed=3)
+  # 6 // 3 + 1 = 3 per class, the lowest published-curvature samples of each class.
+  np.testing.assert_array_equal(got, sj.trusted.select_per_class(scores, y, 3))
+  assert np.all(np.bincount(y[got], minlength=3) == 3)
+  plain = sj.trusted.trusted_set(apply_fn, variables, x, y, 6, score="loss")
+  np.testing.assert_array_equal(
+    plain, sj.select_trusted(sj.per_example_loss(apply_fn, variables, x, y), y, 6)
+  )
+  with pytest.raises(ValueError, match="Unknown score"):
+    sj.trusted.trusted_set(apply_fn, variables, x, y, 6, score="curv")

@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sap_jax import train as tr
+from sap_jax.input_checks import check_labelled
 from sap_jax.trusted import per_example_loss, rank_by_score
 from sap_jax.types import ApplyFn, Variables
 
@@ -146,6 +147,8 @@ class CorrectionTask:
       raise ValueError(
         f"variables must be a dict with a 'params' collection, got keys {sorted(self.variables)}."
       )
+    check_labelled(self.apply_fn, self.variables, self.x_train, self.y_train, "x_train/y_train")
+    check_labelled(self.apply_fn, self.variables, self.x_val, self.y_val, "x_val/y_val")
 
   @property
   def n_train(self) -> int:
@@ -382,7 +385,7 @@ def search(
   if keep_original:
     best, best_acc = task.variables, val_accuracy(task, task.variables)
     best_setting = {"kept_original": True}
-  for setting in tqdm(settings, disable=not progress, desc=desc, unit="setting"):
+  for setting in tqdm(settings, disable=None if progress else True, desc=desc, unit="setting"):
     variables = fit(**setting)
     acc = val_accuracy(task, variables)
     records.append({**setting, "val_accuracy": acc})

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from sap_jax.input_checks import all_finite
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -25,6 +27,12 @@ def _check_x(x: Any, what: str) -> np.ndarray:
     raise ValueError(
       f"{what} must have shape (N, ...) with per-example features, got shape "
       f"{x.shape}; add a feature axis, e.g. x[:, None]."
+    )
+  if not all_finite(x):
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    raise ValueError(
+      f"{what} contains NaN or inf in {int(bad.sum())} sample(s) (first at index "
+      f"{int(np.argmax(bad))}); clean or drop those samples first."
     )
   return x
 
@@ -211,3 +219,71 @@ def as_int32_labels(y: Any, what: str) -> np.ndarray:
       f"{what} contains negative labels (min {arr.min()}); labels must be class indices 0..C-1."
     )
   return arr.astype(np.int32)
+
+
+def _spans(values: np.ndarray, limit: int = 3) -> str:
+  """``[3, 10..999]``-style text of sorted ints (the first ``limit`` runs)."""
+  runs, start = [], values[0]
+  for prev, cur in zip(values[:-1], values[1:]):
+    if cur != prev + 1:
+      runs.append((start, prev))
+      start = cur
+  runs.append((start, values[-1]))
+  text = [str(a) if a == b else f"{a}..{b}" for a, b in runs[:limit]]
+  return "[" + ", ".join(text) + (", ..." if len(runs) > limit else "") + "]"
+
+
+def num_classes_of(
+  labels: Sequence[np.ndarray],
+  class_names: Sequence[str] | None,
+  num_classes: int | None,
+  *,
+  where: str,
+) -> int:
+  """The number of classes C of a loaded data set, by one rule for every loader.
+
+  ``len(class_names)`` when the source names its classes, else ``num_classes`` when the
+  user gives it, else the largest label + 1 — and then every class 0..C-1 must have a
+  sample in some split, so one stray label (a 1000 among classes 0–9) is refused
+  instead of making a 1001-class data set.
+
+  Args:
+    labels: the integer label arrays of every split.
+    class_names: the source's class names, or None.
+    num_classes: C as given by the user, or None.
+    where: the source in messages ("the npz").
+
+  Raises:
+    ValueError: labels ≥ C, names and num_classes that disagree, classes without a
+      sample when C is inferred.
+  """
+  seen = np.unique(np.concatenate(labels))
+  top = int(seen[-1]) + 1 if seen.size else 0
+  if class_names is not None:
+    if num_classes is not None and num_classes != len(class_names):
+      raise ValueError(
+        f"num_classes={num_classes} but class_names in {where} has {len(class_names)} "
+        "entries; give one of them, or make them agree."
+      )
+    if top > len(class_names):
+      raise ValueError(
+        f"labels go up to {top - 1} but class_names has {len(class_names)} "
+        "entries; store one name per class."
+      )
+    return len(class_names)
+  if num_classes is not None:
+    if top > num_classes:
+      raise ValueError(
+        f"labels go up to {top - 1} but num_classes={num_classes}; labels must lie in "
+        f"[0, {num_classes}): fix the labels or raise num_classes."
+      )
+    return num_classes
+  missing = np.setdiff1d(np.arange(top), seen)
+  if missing.size:
+    raise ValueError(
+      f"labels go up to {top - 1} but classes {_spans(missing)} ({missing.size} of {top}) "
+      f"have no sample in {where}; a stray label? Fix it, or, if those classes are "
+      f"meant to be empty, pass num_classes={top} (--data-opt num_classes={top}) or name the "
+      "classes."
+    )
+  return top

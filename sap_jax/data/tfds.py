@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from sap_jax.data.base import Dataset, as_int32_labels, standardize
+from sap_jax.data.base import Dataset, as_int32_labels, check_int, num_classes_of, standardize
 
 _READ_CHUNK = 1024
 
@@ -96,6 +96,7 @@ def load_tfds(
   coarse_key: str = "coarse_label",
   train_split: str = "train",
   test_split: str = "test",
+  num_classes: int | None = None,
 ) -> Dataset:
   """Loads a prepared TFDS image-classification data set into memory.
 
@@ -112,6 +113,8 @@ def load_tfds(
     coarse_key: Field with superclass labels, used when present.
     train_split: Split used for training.
     test_split: Split used for testing.
+    num_classes: C when the label feature names no classes and some class has no
+      sample (otherwise C is the largest label + 1, every class present).
 
   Returns:
     A Dataset named ``"tfds:" + tfds_name``.
@@ -176,8 +179,10 @@ def load_tfds(
   y_tr = as_int32_labels(train[label_key], f"{train_split}[{label_key!r}]")
   y_te = as_int32_labels(test[label_key], f"{test_split}[{label_key!r}]")
   class_names = _feature_names(train_src, label_key)
+  if num_classes is not None:
+    num_classes = check_int(num_classes, "num_classes", minimum=2)
+  n = num_classes_of([y_tr, y_te], class_names, num_classes, where=f"tfds:{tfds_name}")
   if class_names is None:
-    n = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
     class_names = tuple(str(c) for c in range(max(n, 2)))
   coarse = {}
   if has_coarse:

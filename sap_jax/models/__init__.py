@@ -99,12 +99,16 @@ def _accepted_kwargs(factory: ModelFactory) -> frozenset[str] | None:
   return frozenset(names - _NOT_KWARGS - fixed)
 
 
-def get(name: str, num_classes: int, **kwargs) -> nn.Module:
+def get(name: str, num_classes: int, api: str = "linen", **kwargs) -> nn.Module:
   """Builds the registered model ``name``.
 
   Args:
     name: One of :func:`known_models`.
     num_classes: Number of output logits.
+    api: "linen" (default), or "nnx" for the Flax NNX twin
+      (`sap_jax.models.nnx_zoo.get_nnx`: ``mlp``, ``cnn``, ``resnet18``, ``resnet34``,
+      ``vit``, ``vit_tiny``; it takes ``in_features`` and ``seed`` and returns a
+      built ``nnx.Module``).
     **kwargs: Hyperparameters of that model (e.g. ``width``, ``stem``). Sizes
       that a named variant fixes (the depth of ``resnet18``, the widths of
       ``vit_b16``) cannot be overridden; use the generic family for that.
@@ -117,6 +121,12 @@ def get(name: str, num_classes: int, **kwargs) -> nn.Module:
       hyperparameter value is invalid.
     TypeError: if a keyword argument is not accepted by the model.
   """
+  if api == "nnx":
+    from sap_jax.models.nnx_zoo import get_nnx
+
+    return get_nnx(name, num_classes, **kwargs)
+  if api != "linen":
+    raise ValueError(f'api must be "linen" or "nnx", got {api!r}.')
   if name not in _REGISTRY:
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(known_models())}")
   factory = _REGISTRY[name]

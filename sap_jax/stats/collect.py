@@ -12,20 +12,24 @@ to a callback as a `LayerCall`. The statistics (`activation_stats`), the rows
 (`intercepted_rows`, `activation_rows`) and the cost estimate (`gram_costs`) are all
 such callbacks, so any Linen model works without per-model code.
 
-How Flax NNX plugs in: an ``observe_nnx_calls(model, x, on_call)`` next to
-`observe_linen_calls` runs an ``nnx.Module`` with its covered layers' ``__call__``
-wrapped, reporting each call as a `LayerCall` (the layer's path in the model's state,
-the layer, its input, its forward) and returning the callback's replacement output, as
-here. The layer readers gain an NNX branch each: `rows.is_supported`, `rows.layer_rows`
-and the one conv adapter `conv.conv_geometry`. The callbacks, Gram kernels and
-accumulation stay as they are; the functions below take the observer as an argument
-instead of calling `observe_linen_calls` directly.
+How another model API plugs in (Flax NNX: `sap_jax.nnx`): while `observe_linen_calls`
+runs, it is the *active observer*; any layer call reported through `report_call` goes
+to the same callback as a Linen layer's. So an ``apply_fn`` that runs an NNX model with
+its covered layers' ``__call__`` wrapped (each wrapper calling `report_call` with the
+layer's graph path, a Linen-equivalent layer for the row readers, its input and its
+forward) gets statistics, rows and costs from every function below unchanged.
+
+A covered layer called inside a lifted transform (``nn.scan``, ``nn.vmap``,
+``nn.remat``, ``jax.lax.scan``, ``nnx.vmap``, …) runs in an inner JAX trace, from which
+no statistic can leave: such a call is refused up front (`LiftedTransformError`, naming
+the layer and the transform), never with a JAX tracer error.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -33,8 +37,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from flax.core.tracers import current_trace
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from sap_jax import sharding as shd
 from sap_jax.hashable import hashable
+from sap_jax.input_checks import check_inputs
+from sap_jax.layers import path_name
+from sap_jax.stats.conv import linen_conv_twin
+from sap_jax.stats.einsum import einsum_twin
 from sap_jax.stats.gram import layer_gram, layer_gram_cost
 from sap_jax.stats.rows import Layout, is_supported, layer_rows
 from sap_jax.types import ApplyFn, Path
@@ -76,6 +88,105 @@ OnCall = Callable[[LayerCall], Any]
 callback that returns a replacement calls ``call.forward()`` itself (at most once)."""
 
 
+class LiftedTransformError(ValueError):
+  """A covered layer runs inside a lifted transform (scan, vmap, remat, …)."""
+
+
+class _Active(NamedTuple):
+  on_call: OnCall
+  trace: Any  # the JAX trace the observed forward runs in
+
+
+_ACTIVE: list[_Active] = []  # the observers running now, innermost last
+
+# Name prefixes Flax gives lifted modules (``nn.scan(Body)`` is named ``ScanBody_0``).
+_LIFTED_PREFIXES = {
+  "Scan": "nn.scan",
+  "Vmap": "nn.vmap",
+  "Checkpoint": "nn.remat",
+  "Remat": "nn.remat",
+  "Jit": "nn.jit",
+  "Map": "nn.map_variables",
+  "While": "nn.while_loop",
+  "Cond": "nn.cond",
+  "Switch": "nn.switch",
+}
+
+
+def _transform_of(path: Path) -> str:
+  for name in path:
+    for prefix, transform in _LIFTED_PREFIXES.items():
+      if (
+        isinstance(name, str)
+        and name.startswith(prefix)
+        and (
+          name[len(prefix) : len(prefix) + 1].isupper()
+          or name[len(prefix) : len(prefix) + 1] == "_"
+        )
+      ):
+        return f"{transform} (module {name!r})"
+  return (
+    "a JAX transform (jax.lax.scan, jax.vmap, jax.checkpoint, nnx.scan, nnx.vmap, nnx.remat, …)"
+  )
+
+
+def observing() -> bool:
+  """Whether an observer (`observe_linen_calls`) is running now."""
+  return bool(_ACTIVE)
+
+
+def outer_trace() -> Any:
+  """The JAX trace of the forward the active observer runs (see `observing`)."""
+  return _ACTIVE[-1].trace
+
+
+def report_call(path: Path, layer: Any, inputs: Any, forward: Callable[[], Any]) -> Any:
+  """Reports one covered layer call to the active observer; returns the layer's output.
+
+  The plug-in point of a second model API: its layer wrappers call this (with a
+  `LayerCall`'s fields) while `observing()`. The output is the observer's replacement,
+  or ``forward()`` when it has none.
+
+  Raises:
+    LiftedTransformError: the call runs in an inner JAX trace (a lifted transform), so
+      its statistics could not leave it; the message names the layer and the transform.
+  """
+  active = _ACTIVE[-1]
+  if current_trace() != active.trace:
+    name = path_name(path)
+    raise LiftedTransformError(
+      f"Layer {name!r} runs inside {_transform_of(path)}: SAP collects statistics "
+      "in the model's own forward pass and cannot read a layer inside a lifted "
+      "transform (scan, vmap, remat). Apply SAP to a model without the transform "
+      "(e.g. unrolled, or with remat switched off for the correction; a remat changes "
+      "no value, so the same weights load into the plain model)."
+    )
+  out = active.on_call(LayerCall(path, layer, inputs, forward))
+  return forward() if out is None else out
+
+
+def covered_layer(
+  module: nn.Module, *args: Any, **kwargs: Any
+) -> tuple[nn.Module, tuple[int, ...] | None] | None:
+  """What the row readers read for a call of a Linen module, or None (not covered).
+
+  Returns:
+    ``(layer, perm)``: the layer is the module itself (Dense, DenseGeneral, Conv), the
+    twin `nn.Conv` of an `nn.ConvTranspose` (`sap_jax.stats.conv.linen_conv_twin`) or
+    the twin `nn.DenseGeneral` of an `nn.Einsum` (`sap_jax.stats.einsum.einsum_twin`,
+    whose input is transposed by ``perm``; None for the others). ``args, kwargs``:
+    the call's arguments after the input (an Einsum's call-time ``einsum_str``).
+  """
+  if is_supported(module):
+    return module, None
+  if isinstance(module, nn.Einsum):
+    eq = kwargs.get("einsum_str", args[0] if args else None) or module.einsum_str
+    twin = einsum_twin(eq, module.shape) if eq else "no einsum_str"
+    return None if isinstance(twin, str) else (twin[1], twin[0])
+  twin = linen_conv_twin(module)
+  return None if twin is None else (twin, None)
+
+
 def observe_linen_calls(apply_fn: ApplyFn, variables: Any, x: Any, on_call: OnCall) -> Any:
   """Runs ``apply_fn(variables, x)``, reporting every covered layer call to ``on_call``.
 
@@ -93,14 +204,64 @@ def observe_linen_calls(apply_fn: ApplyFn, variables: Any, x: Any, on_call: OnCa
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if not (context.method_name == "__call__" and is_supported(module) and args):
+    if not (context.method_name == "__call__" and args):
       return next_fun(*args, **kwargs)
-    call = LayerCall(tuple(module.path), module, args[0], lambda: next_fun(*args, **kwargs))
-    out = on_call(call)
-    return next_fun(*args, **kwargs) if out is None else out
+    covered = covered_layer(module, *args[1:], **kwargs)
+    if covered is None:
+      return next_fun(*args, **kwargs)
+    layer, perm = covered
+    inputs = args[0] if perm is None else jnp.transpose(args[0], perm)
+    return report_call(tuple(module.path), layer, inputs, lambda: next_fun(*args, **kwargs))
 
-  with nn.intercept_methods(interceptor):
-    return apply_fn(variables, x)
+  _ACTIVE.append(_Active(on_call, current_trace()))
+  try:
+    with nn.intercept_methods(interceptor):
+      return refuse_train_mode(apply_fn(variables, x))
+  finally:
+    _ACTIVE.pop()
+
+
+def refuse_train_mode(out: Any) -> Any:
+  """``out``, unless it is a train-mode Linen forward's ``(output, mutated collections)``.
+
+  Raises:
+    ValueError: ``out`` is ``(output, {"batch_stats": …, …})``: the forward was run
+      with ``mutable=[...]`` (and so in train mode, BatchNorm on batch statistics).
+  """
+  if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping) and out[1]:
+    keys = sorted(map(str, out[1]))
+    if "batch_stats" in keys or all(isinstance(v, Mapping) for v in out[1].values()):
+      raise ValueError(
+        f"apply_fn returns (output, mutated collections {keys}): a train-mode forward "
+        "(model.apply(..., mutable=[...])), whose BatchNorm normalises by batch "
+        "statistics. SAP needs the eval-mode forward, e.g. "
+        "functools.partial(model.apply, train=False), without mutable."
+      )
+  return out
+
+
+def module_calls(apply_fn: ApplyFn, variables: Any, x: Any) -> dict[Path, tuple[str, bool]]:
+  """path → (class name, covered) of every Linen module whose ``__call__`` the forward
+  runs; covered: a layer the statistics read (`rows.is_supported`).
+
+  Shapes only (`jax.eval_shape`): nothing is computed. For the list of layers SAP
+  leaves alone (`sap_jax.kernels.skipped_kernels`).
+  """
+  out: dict[Path, tuple[str, bool]] = {}
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name == "__call__" and module.scope is not None:
+      covered = covered_layer(module, *args[1:], **kwargs) is not None
+      out.setdefault(tuple(module.path), (type(module).__name__, covered))
+    return next_fun(*args, **kwargs)
+
+  def run(v, xx):
+    with nn.intercept_methods(interceptor):
+      return apply_fn(v, xx)
+
+  jax.eval_shape(run, variables, jnp.asarray(x))
+  return out
 
 
 def intercepted_rows(
@@ -149,7 +310,7 @@ def gram_costs(
     n, layout, executed, method = layer_gram_cost(call.layer, call.inputs, rows_per_batch)
     out.append(
       dict(
-        path="/".join(call.path),
+        path=path_name(call.path),
         kind=layout.kind,
         rows=int(n),
         dim=layout.dim,
@@ -188,6 +349,7 @@ def _batch_stats(
   dtype,
   acc: _Ordered | None = None,
   real: jax.Array | None = None,
+  offset: jax.Array | int = 0,
 ) -> _Ordered:
   """One batch's statistics, added to ``acc`` (running sums) when given.
 
@@ -199,7 +361,8 @@ def _batch_stats(
   ``real``: only the first ``real`` samples of ``x`` count (the rest pad the last
   batch to the shape of the others, so that one compilation serves all). Needs
   every covered layer's input to have the batch on axis 0; `_NotBatchMajor` is
-  raised at trace time otherwise.
+  raised at trace time otherwise. ``offset``: global index of the batch's first sample
+  (the row budget's per-row keys).
   """
   running = dict(zip(acc.paths, acc.stats)) if acc is not None else {}
   out: dict[Path, LayerStats] = {}
@@ -210,13 +373,13 @@ def _batch_stats(
     k = None if key is None else jax.random.fold_in(key, len(calls))
     calls.append(path)
     if real is not None and (jnp.ndim(inputs) == 0 or jnp.shape(inputs)[0] != x.shape[0]):
-      raise _NotBatchMajor("/".join(path))
-    gram, count, layout = layer_gram(call.layer, inputs, k, rows_per_batch, dtype, real)
+      raise _NotBatchMajor(path_name(path))
+    gram, count, layout = layer_gram(call.layer, inputs, k, rows_per_batch, dtype, real, offset)
     prev = out.get(path, running.get(path))
     if prev is not None:
       if prev.layout != layout:
         raise ValueError(
-          f"Layer {'/'.join(path)!r} is called with inputs of different shapes "
+          f"Layer {path_name(path)!r} is called with inputs of different shapes "
           f"({prev.layout} vs {layout}); cannot share one projection."
         )
       gram = gram + prev.gram
@@ -233,8 +396,8 @@ def _batch_stats(
 _STATIC = ("apply_fn", "rows_per_batch", "dtype")
 
 
-def _batch_stats_kw(variables, x, key, real, *, apply_fn, rows_per_batch, dtype):
-  return _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, real=real)
+def _batch_stats_kw(variables, x, key, real, offset=0, *, apply_fn, rows_per_batch, dtype):
+  return _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, real=real, offset=offset)
 
 
 # Module-level jits: one compilation per (model, batch shape, options), reused by
@@ -244,14 +407,190 @@ _batch_stats_jit = jax.jit(_batch_stats_kw, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=0)
-def _accumulate(acc, variables, x, key, real, *, apply_fn, rows_per_batch, dtype):
-  new = _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, acc, real)
+def _accumulate(acc, variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype):
+  new = _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, acc, real, offset)
   if new.paths != acc.paths:
     raise ValueError(
       f"The model called layers {list(new.paths)} on this batch but "
       f"{list(acc.paths)} on the first one; statistics need the same layers in every batch."
     )
   return new
+
+
+# Sharded batches (global arrays split over a mesh's data axis): the running sums carry a
+# leading device axis, sharded over the data axis, so each device adds its own shard's
+# Gram matrices to its own partial sums (no collective per batch); `_combine_shards`
+# sums the partials once per run (one psum per layer, one for all the counts).
+
+
+def _shard_step(
+  acc, variables, x, key, starts, valid, *, apply_fn, rows_per_batch, dtype, mesh, axis
+):
+  def body(acc, variables, x, key, starts, valid):
+    prev = jax.tree_util.tree_map(lambda a: a[0], acc)
+    real = None if valid is None else valid[0]
+    new = _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, prev, real, starts[0])
+    if new.paths != prev.paths:
+      raise ValueError(
+        f"The model called layers {list(new.paths)} on this batch but "
+        f"{list(prev.paths)} on the first one; statistics need the same layers in every batch."
+      )
+    return jax.tree_util.tree_map(lambda a: a[None], new)
+
+  specs = (P(axis), P(), P(axis), P(), P(axis), P(axis))
+  return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P(axis))(
+    acc, variables, x, key, starts, valid
+  )
+
+
+_SHARD_STATIC = (*_STATIC, "mesh", "axis")
+_shard_accumulate = jax.jit(_shard_step, static_argnames=_SHARD_STATIC, donate_argnums=0)
+
+
+def _combine(acc: _Ordered, *, mesh: Mesh, axis: str) -> _Ordered:
+  def body(acc):
+    grams = [jax.lax.psum(s.gram[0], axis) for s in acc.stats]
+    counts = jax.lax.psum(jnp.stack([s.count[0] for s in acc.stats]), axis)
+    stats = tuple(
+      LayerStats(gram=g, count=counts[i], layout=s.layout)
+      for i, (g, s) in enumerate(zip(grams, acc.stats))
+    )
+    return _Ordered(stats, acc.paths)
+
+  return jax.shard_map(body, mesh=mesh, in_specs=P(axis), out_specs=P())(acc)
+
+
+_combine_shards = jax.jit(_combine, static_argnames=("mesh", "axis"))
+
+
+def _shard_zeros(shapes: _Ordered, shards: int, mesh: Mesh, axis: str) -> _Ordered:
+  """Zero partial sums, (shards, ...) per leaf, sharded over the data axis."""
+  sharding = NamedSharding(mesh, P(axis))
+  make = jax.jit(
+    lambda: jax.tree_util.tree_map(lambda s: jnp.zeros((shards, *s.shape), s.dtype), shapes),
+    out_shardings=sharding,
+  )
+  return make()
+
+
+def _shard_shapes(apply_fn, variables, local, key, budget, dtype) -> _Ordered:
+  """Shapes of one shard's statistics for a shard batch like ``local`` (nothing runs)."""
+  return jax.eval_shape(
+    lambda v, xl, k: _batch_stats(apply_fn, v, xl, k, budget, dtype), variables, local, key
+  )
+
+
+def _shard_plan(first: Any, rows_per_batch: int | None):
+  """(mesh, axis, shards, per-shard row budget) for sharded batches like ``first``."""
+  mesh, axis = shd.data_axis_of(first)
+  shards = shd.num_shards(mesh, axis)
+  # Each shard sees 1/shards of a full batch's rows: a budget of rows_per_batch / shards
+  # keeps every row with the same probability rows_per_batch / n as one device would.
+  if rows_per_batch is None or shards == 1:
+    budget = rows_per_batch
+  elif rows_per_batch % shards == 0:
+    budget = rows_per_batch // shards
+  else:
+    budget = rows_per_batch / shards
+  return mesh, axis, shards, budget
+
+
+def _sharded_activation_stats(apply_fn, variables, batches, *, rows_per_batch, seed, dtype):
+  """`activation_stats` over batches that are global arrays sharded over a data axis
+  (or `sap_jax.sharding.LocalBatch`es); returns the combined (replicated) `_Ordered`."""
+  plan = None
+  acc = None
+  first_dtype = None
+  offset = 0  # global index of the batch's first sample (consecutive global batches)
+  for item in batches:
+    x, starts, valid = item if isinstance(item, shd.LocalBatch) else (item, None, None)
+    if not isinstance(x, jax.Array):
+      raise ValueError(
+        "activation_stats: a host batch after sharded ones; pass every batch as a global "
+        "array over the same mesh (sap_jax.sharding.shard_batch), or all as host arrays."
+      )
+    if plan is None or x.dtype != first_dtype:
+      # The full check (dtype, NaN/Inf: a pass over the batch and a host sync) for the
+      # first batch; later batches of its dtype skip it, so a run syncs the host once:
+      # a NaN or Inf in them still reaches a Gram matrix, refused at the end.
+      x = check_inputs(x, f"activation_stats batch at sample {offset}")
+      first_dtype = x.dtype if plan is None else first_dtype
+    if plan is None:
+      plan = _shard_plan(x, rows_per_batch)
+      mesh, axis, shards, budget = plan
+      variables = shd.replicate(variables, mesh)
+      static = dict(
+        apply_fn=hashable(apply_fn),
+        rows_per_batch=budget,
+        dtype=jnp.dtype(dtype),
+        mesh=mesh,
+        axis=axis,
+      )
+      key = np.asarray(jax.random.key_data(jax.random.PRNGKey(seed)))
+    if shd.data_axis_of(x) != (mesh, axis):
+      raise ValueError(
+        f"activation_stats batch at sample {offset}: sharded differently from the first "
+        f"batch (mesh axis {axis!r} of {shards} devices); shard every batch the same way."
+      )
+    per = shd.check_divides(x.shape[0], mesh, axis, f"activation_stats batch at sample {offset}")
+    if starts is None:
+      starts = shd.shard_starts(offset + per * np.arange(shards), mesh, axis)
+    if acc is None:
+      local = jax.ShapeDtypeStruct((per, *x.shape[1:]), x.dtype)
+      acc = _shard_zeros(
+        _shard_shapes(apply_fn, variables, local, key, budget, dtype), shards, mesh, axis
+      )
+    if valid is not None:
+      _check_batch_major(apply_fn, variables, local, key, budget, dtype)
+    acc = _shard_accumulate(acc, variables, x, key, starts, valid, **static)
+    offset += x.shape[0]
+  if acc is None:
+    return None
+  return _combine_shards(acc, mesh=mesh, axis=axis)
+
+
+def _check_batch_major(apply_fn, variables, local, key, budget, dtype) -> None:
+  try:
+    jax.eval_shape(
+      lambda v, xl, k: _batch_stats(apply_fn, v, xl, k, budget, dtype, real=jnp.int32(1)),
+      variables,
+      local,
+      key,
+    )
+  except _NotBatchMajor as err:
+    raise ValueError(
+      f"Layer {err} does not see the batch on its first axis, so a padded sharded batch "
+      "(LocalBatch.valid) cannot mask its padding; pass batches whose every sample counts."
+    ) from None
+
+
+def sharded_stats_hlo(
+  apply_fn: ApplyFn,
+  variables: Any,
+  batch: jax.Array,
+  *,
+  rows_per_batch: int | None = None,
+  dtype=jnp.float32,
+) -> dict[str, str]:
+  """The compiled HLO text of the two programs `activation_stats` runs on sharded batches
+  like ``batch``: ``"step"`` (one batch added to the per-device partial sums, run once
+  per batch) and ``"combine"`` (the partials summed over the devices, once per run). For
+  tests and benchmarks that count collectives and the bytes they move."""
+  mesh, axis, shards, budget = _shard_plan(batch, rows_per_batch)
+  variables = shd.replicate(variables, mesh)
+  per = shd.check_divides(batch.shape[0], mesh, axis)
+  key = np.asarray(jax.random.key_data(jax.random.PRNGKey(0)))
+  local = jax.ShapeDtypeStruct((per, *batch.shape[1:]), batch.dtype)
+  acc = _shard_zeros(
+    _shard_shapes(apply_fn, variables, local, key, budget, dtype), shards, mesh, axis
+  )
+  starts = shd.shard_starts(per * np.arange(shards), mesh, axis)
+  static = dict(apply_fn=hashable(apply_fn), rows_per_batch=budget, dtype=jnp.dtype(dtype))
+  step = _shard_accumulate.lower(
+    acc, variables, batch, key, starts, None, **static, mesh=mesh, axis=axis
+  )
+  combine = _combine_shards.lower(acc, mesh=mesh, axis=axis)
+  return {"step": step.compile().as_text(), "combine": combine.compile().as_text()}
 
 
 @jax.jit
@@ -264,6 +603,8 @@ JITTED = {
   "stats.batch_stats": _batch_stats_jit,
   "stats.accumulate": _accumulate,
   "stats.finite_flags": _finite_flags,
+  "stats.shard_accumulate": _shard_accumulate,
+  "stats.combine_shards": _combine_shards,
 }
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
@@ -298,6 +639,7 @@ def activation_stats(
   rows_per_batch: int | None = None,
   seed: int = 0,
   dtype=jnp.float32,
+  basis: str = "gram",
 ) -> dict[Path, LayerStats]:
   """Streams the input Gram matrix C = RᵀR of every Dense/DenseGeneral/Conv layer.
 
@@ -306,13 +648,26 @@ def activation_stats(
       (e.g. ``functools.partial(model.apply, train=False)``).
     variables: the model variables (``{"params": …, "batch_stats": …}``).
     batches: any iterable of input arrays (a list, a generator over a dataset).
-      Batches of equal shape share one compilation.
-    rows_per_batch: if set, keep at most this many uniformly random rows per layer
-      and batch (a row budget like the published code's 50,000 per layer). Default:
-      every row counts.
+      Batches of equal shape share one compilation. Batches may be global arrays
+      sharded over a mesh's data axis (`sap_jax.sharding.shard_batch`, `from_process_local`,
+      or the `LocalBatch`es of `sap_jax.sharding.local_batches`): then each device adds
+      its own shard's Gram matrices to partial sums of its own, with no collective per
+      batch, and the devices combine them once at the end (one psum per layer; see
+      `sharded_stats_hlo`). The result is replicated on every device, equal to one
+      device's to float tolerance, with the same rows under a row budget.
+    rows_per_batch: if set, a row budget (like the published code's 50,000 per
+      layer): every row of a layer whose full batch has n > rows_per_batch rows is
+      kept with probability rows_per_batch / n, from a key of its own (the layer and
+      the sample's global index, `sap_jax.stats.rows.budget_rows`), so a full batch
+      keeps rows_per_batch rows on average, a short last batch the same fraction, and
+      the same rows are kept for batches of b with budget r as for batches of 4b with
+      4r. Default: every row counts.
     seed: seed of the row subsampling.
     dtype: accumulation dtype; float64 needs ``jax.config.update("jax_enable_x64",
       True)``.
+    basis: "gram" (C = RᵀR); "qr": a streamed TSQR factor per layer instead
+      (`sap_jax.stats.qr.activation_factors`, `LayerFactor`s; SVD-accurate); "auto":
+      the exact rows of layers that see at most d rows, C of the others.
 
   Returns:
     A dict, in the order the layers are first called, from the layer's path in the
@@ -322,6 +677,27 @@ def activation_stats(
   Raises:
     ValueError: no batch, no supported layer, non-finite variables or activations.
   """
+  if basis in ("qr", "auto"):
+    if isinstance(batches, (list, tuple)) and any(
+      isinstance(b, shd.LocalBatch) or shd.data_axis_of(b) is not None for b in batches
+    ):
+      raise ValueError(
+        f'basis="{basis}" takes host batches only; sharded batches use basis="gram".'
+      )
+    from sap_jax.stats.qr import activation_factors  # qr builds on this module
+
+    long_layers = "qr" if basis == "qr" else "gram"
+    return activation_factors(
+      apply_fn,
+      variables,
+      batches,
+      rows_per_batch=rows_per_batch,
+      seed=seed,
+      dtype=dtype,
+      long_layers=long_layers,
+    )
+  if basis != "gram":
+    raise ValueError(f'basis must be "gram", "qr" or "auto", got {basis!r}.')
   if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError(
       "dtype=float64 needs 64-bit JAX: call "
@@ -333,16 +709,33 @@ def activation_stats(
 
   static = dict(apply_fn=hashable(apply_fn), rows_per_batch=rows_per_batch, dtype=jnp.dtype(dtype))
 
+  batches = iter(batches)
+  first = next(batches, None)
+  if first is not None and (
+    isinstance(first, shd.LocalBatch) or shd.data_axis_of(first) is not None
+  ):
+    ordered = _sharded_activation_stats(
+      apply_fn,
+      variables,
+      itertools.chain([first], batches),
+      rows_per_batch=rows_per_batch,
+      seed=seed,
+      dtype=dtype,
+    )
+    return _checked_stats(ordered)
+  batches = itertools.chain([] if first is None else [first], batches)
+
   key = jax.random.PRNGKey(seed)
   acc = None
   full = None  # shape of the first batch; smaller batches are padded to it
   masked = True
-  for i, x in enumerate(batches):
-    x = jnp.asarray(x)
+  offset = 0  # global index of the batch's first sample
+  for x in batches:
+    x = jnp.asarray(check_inputs(x, f"activation_stats batch at sample {offset}"))
     real = x.shape[0]
     if real == 0:
       continue
-    k = jax.random.fold_in(key, i)
+    k = key  # the row budget's keys are per layer and global sample, not per batch
     if acc is None:
       full = x.shape
       # Zeros of the statistics' shapes: one compiled step (donating its running
@@ -357,7 +750,15 @@ def activation_stats(
     if masked and real < full[0] and x.shape[1:] == full[1:]:
       pad = jnp.broadcast_to(x[:1], (full[0] - real, *x.shape[1:]))
       x = jnp.concatenate([x, pad])
-    acc = _accumulate(acc, variables, x, k, jnp.int32(real) if masked else None, **static)
+    acc = _accumulate(
+      acc, variables, x, k, jnp.int32(real) if masked else None, jnp.int32(offset), **static
+    )
+    offset += real
+  return _checked_stats(acc)
+
+
+def _checked_stats(acc: _Ordered | None) -> dict[Path, LayerStats]:
+  """The statistics as a dict, after the checks every run ends with."""
   if acc is None:
     raise ValueError(
       "activation_stats got no inputs: `batches` was empty. Pass a non-empty "
@@ -365,12 +766,13 @@ def activation_stats(
     )
   if not acc.paths:
     raise ValueError(
-      "No nn.Dense, nn.DenseGeneral or nn.Conv layer was called by apply_fn, so "
-      "there is nothing to project. SAP covers Flax Linen Dense/DenseGeneral/Conv "
-      "layers; check that apply_fn runs the model's forward pass."
+      "No nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose or nn.Einsum layer "
+      "was called by apply_fn, so there is nothing to project. SAP covers those Flax "
+      "Linen layers (and their NNX twins through sap_jax.nnx); check that apply_fn "
+      "runs the model's forward pass (an NNX model: use sap_jax.nnx.activation_stats)."
     )
   acc = dict(zip(acc.paths, acc.stats))
-  bad = _nonfinite([("/".join(p), s.gram) for p, s in acc.items()])
+  bad = _nonfinite([(path_name(p), s.gram) for p, s in acc.items()])
   if bad:
     raise ValueError(
       f"Non-finite activations (NaN/Inf) reached layers {bad}: the statistics are "

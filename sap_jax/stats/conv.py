@@ -9,8 +9,9 @@ and a `ConvGeometry` (kernel size, strides, explicit padding, dilations), like k
 ``patches_second_moment.py``: no module objects. The one function that reads an
 `nn.Conv` is the adapter `conv_geometry`, which turns a layer call into ``(x,
 geometry)`` (applying flax's CIRCULAR / REFLECT / CAUSAL padding modes to ``x`` on the
-way). A second model API (Flax NNX) would add its own adapter next to it; nothing else
-changes.
+way). A transposed conv is read as its twin `nn.Conv` (`conv_transpose_twin`: input
+dilation by the strides, the transposed padding); Flax NNX layers are read through
+Linen twins too (`sap_jax.nnx.layers`), so nothing else changes.
 
 Two feature orders are used:
 
@@ -24,7 +25,7 @@ Two feature orders are used:
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -112,6 +113,75 @@ def conv_geometry(module: nn.Conv, inputs: jax.Array) -> tuple[jax.Array, ConvGe
     int(module.feature_group_count),
   )
   return x, geometry
+
+
+def conv_transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+  """The explicit padding `lax.conv_transpose` gives a string mode (``k`` the dilated
+  kernel extent, ``s`` the stride), as in JAX's own ``_conv_transpose_padding``."""
+  if padding == "SAME":
+    total = k + s - 2
+    lo = k - 1 if s > k - 1 else int(np.ceil(total / 2))
+  elif padding == "VALID":
+    total = k + s - 2 + max(k - s, 0)
+    lo = k - 1
+  else:
+    raise ValueError(f"Invalid transposed-conv padding mode {padding!r}.")
+  return lo, total - lo
+
+
+def conv_transpose_twin(
+  kernel_size: int | tuple[int, ...],
+  strides: int | tuple[int, ...] | None,
+  padding: Any,
+  kernel_dilation: int | tuple[int, ...] | None,
+  features: int,
+) -> nn.Conv | None:
+  """The `nn.Conv` that computes what a transposed conv computes, with the same kernel.
+
+  `lax.conv_transpose` (``transpose_kernel=False``, as `nn.ConvTranspose` and
+  `nnx.ConvTranspose` call it) is a stride-1 conv of the input dilated by the strides
+  (``input_dilation``), with the transposed padding; its rows are the patches of that
+  dilated input which the kernel meets (the inserted zeros included, as the layer
+  multiplies them). The kernel is the layer's own, shape ``(*k, C_in, C_out)``.
+
+  Returns:
+    The unbound twin, or None for CIRCULAR padding (the layer then wraps its output,
+    which no conv of its input reproduces).
+  """
+  ks = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+  n = len(ks)
+
+  def broadcast(v):
+    v = 1 if v is None else v
+    return (v,) * n if isinstance(v, int) else tuple(v)
+
+  strides, dilation = broadcast(strides), broadcast(kernel_dilation)
+  pad = nn.linear.canonicalize_padding(padding, n)
+  if pad == "CIRCULAR":
+    return None
+  if isinstance(pad, str):
+    eff = [(k - 1) * d + 1 for k, d in zip(ks, dilation)]
+    pad = tuple(conv_transpose_padding(k, s, pad) for k, s in zip(eff, strides))
+  return nn.Conv(
+    features=int(features),
+    kernel_size=ks,
+    strides=1,
+    padding=tuple((int(lo), int(hi)) for lo, hi in pad),
+    input_dilation=strides,
+    kernel_dilation=dilation,
+  )
+
+
+def linen_conv_twin(module: Any) -> nn.Conv | None:
+  """`conv_transpose_twin` of a Linen `nn.ConvTranspose` (None: not covered, for
+  ``transpose_kernel=True``, a kernel mask or CIRCULAR padding)."""
+  if not isinstance(module, nn.ConvTranspose):
+    return None
+  if module.transpose_kernel or module.mask is not None:
+    return None
+  return conv_transpose_twin(
+    module.kernel_size, module.strides, module.padding, module.kernel_dilation, module.features
+  )
 
 
 def padded_input(x: jax.Array, geom: ConvGeometry) -> tuple[jax.Array, list[int]]:

@@ -33,7 +33,7 @@ from sap_jax.stats.conv import (
   conv_geometry,
   extract_patches_offset_major,
 )
-from sap_jax.stats.rows import CONV, Layout, layer_rows, rows_at, rows_shape, sample_rows
+from sap_jax.stats.rows import CONV, Layout, budget_rows, layer_rows, rows_at, rows_shape
 
 # Block-triangular GEMM (`gram_matrix`). From row length d = GRAM_BLOCK_MIN_DIM on, only
 # the block upper triangle of B column blocks is multiplied: (B + 1) / 2B of the full
@@ -208,6 +208,7 @@ def layer_gram(
   rows_per_batch: int | None,
   dtype,
   real: jax.Array | None = None,
+  offset: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array, Layout]:
   """Gram matrix, row count and layout of one layer call, by the kernel the cost model picks.
 
@@ -226,6 +227,9 @@ def layer_gram(
     real: a traced count that marks a padded batch: only the first ``real`` samples
       (axis 0 of ``inputs``) count. The others are zeroed before the products, so
       their rows add nothing, and the budget draws from the real rows only.
+    offset: global index of the batch's first sample: the budget keeps each row with
+      a probability and a key of its own (`sap_jax.stats.rows.budget_rows`), whatever
+      the batching.
 
   Returns:
     ``(gram, count, layout)``.
@@ -243,9 +247,10 @@ def layer_gram(
   if shifts is not None:
     return conv_gram_by_shifts(*shifts, dtype), count, layout
   if rows_per_batch is not None and n > rows_per_batch:
-    index = sample_rows(key, n, rows_per_batch, None if real is None else real_rows)
-    rows = rows_at(module, x, index, layout)
-    return gram_matrix(rows, dtype), jnp.minimum(count, rows_per_batch), layout
+    valid = None if real is None else real_rows
+    index, weight = budget_rows(key, n, x.shape[0], rows_per_batch, offset, valid)
+    rows = rows_at(module, x, index, layout) * weight[:, None].astype(x.dtype)
+    return gram_matrix(rows, dtype), jnp.sum(weight).astype(dtype), layout
   if layout.kind == CONV and layout.groups == 1:
     # Gram of the offset-major patches, then its d × d rows/columns reordered to
     # the channel-major layout (cheaper than reordering the n × d patches).

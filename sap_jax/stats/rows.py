@@ -14,8 +14,16 @@ What a "row" of a layer's representation matrix R is, per layer kind:
   kernel only sees its own C_in/G channels.
 
 A `Layout` records how a layer's kernel lines up with those rows. Also here: the row
-budget's sampling (`sample_rows`) and gathering chosen rows without materialising the
-others (`rows_at`).
+budget's sampling (`budget_rows`; the older per-batch `sample_rows`) and gathering
+chosen rows without materialising the others (`rows_at`).
+
+The row budget (`budget_rows`) is independent of the batching: every row of a layer
+is kept with the same probability p = budget / (rows of a full batch), decided by a
+uniform number drawn from the row's own key, ``fold_in(fold_in(layer key, global
+sample index), ·)``: the same rows are kept whether the samples come in batches of 64
+with a budget of 64·c rows or in batches of 256 with 256·c, and a short last batch
+keeps p of its rows, not as many as a full one (the published code's per-batch cap
+over-weights a short last batch). A full batch keeps budget rows on average.
 """
 
 from __future__ import annotations
@@ -180,3 +188,50 @@ def sample_rows(key: jax.Array, n: int, budget: int, valid: jax.Array | None) ->
   if valid is not None:
     u = jnp.where(jnp.arange(n) < valid, u, 2.0)
   return lax.top_k(-u, budget)[1]
+
+
+def budget_margin(budget: int) -> int:
+  """Rows gathered per batch for a budget: budget + 6√budget + 8, enough that more rows
+  qualify with probability < 1e-9 (a binomial's tail 6 standard deviations out)."""
+  return int(budget + math.ceil(6.0 * math.sqrt(budget)) + 8)
+
+
+def budget_rows(
+  key: jax.Array,
+  n: int,
+  samples: int,
+  budget: int,
+  offset: jax.Array | int,
+  valid: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+  """The rows the batching-independent row budget keeps, as indices and 0/1 weights.
+
+  Row j of sample b (rows are sample-major: n = samples · m, sample b owns rows
+  b·m … b·m + m − 1) is kept iff u < p, p = budget / n, with u uniform from
+  ``fold_in(key, offset + b)`` (its m numbers, one per row): each row is kept
+  independently with probability p, whatever the batch it comes in.
+
+  Args:
+    key: the layer's key (the same for every batch).
+    n: rows of this (full-shape) batch.
+    samples: samples of this batch (axis 0 of the layer input), n % samples == 0.
+    budget: expected rows kept per full batch, < n.
+    offset: global index of the batch's first sample (traceable).
+    valid: a traced count of the real rows (the first ones; padding after), or None.
+
+  Returns:
+    ``(index, weight)``: (c,) row indices, c = min(n, `budget_margin`(budget)), and
+    float32 weights, 1 for a kept row and 0 for a gathered row that is not kept.
+  """
+  if n % samples:
+    raise ValueError(f"{n} rows are not a whole number per sample for {samples} samples.")
+  m = n // samples
+  sample_ids = jnp.asarray(offset, jnp.int32) + jnp.arange(samples, dtype=jnp.int32)
+  u = jax.vmap(lambda s: jax.random.uniform(jax.random.fold_in(key, s), (m,)))(sample_ids)
+  u = u.reshape(n)
+  keep = u < budget / n
+  if valid is not None:
+    keep = keep & (jnp.arange(n) < valid)
+  cap = min(n, budget_margin(budget))
+  index = lax.top_k(-jnp.where(keep, u, 2.0), cap)[1]
+  return index, keep[index].astype(jnp.float32)

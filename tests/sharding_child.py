@@ -1,0 +1,241 @@
+"""Child programs of tests/test_sharding.py: SAP on many devices and on many processes.
+
+``python -m tests.sharding_child devices OUT``: run with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (8 CPU devices in one process);
+computes everything on host arrays (one device) and on global arrays sharded over the 8
+devices and writes both, with the compiled statistics programs' collectives, to OUT (json).
+
+``python -m tests.sharding_child process I PORT OUT``: process I of 2 joined by
+`jax.distributed.initialize` on 127.0.0.1:PORT, 4 CPU devices each; each process passes
+only its half of the data (`sap_jax.sharding.from_process_local`); process 0 writes the
+`run_sap` result and a short data-parallel training's to OUT.
+
+The test compares; the children only compute (same seeds as `case`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import numpy as np
+
+N_TRAIN, N_VAL, N_TRUSTED, BATCH = 96, 32, 37, 12
+ALPHAS = (10.0, 100.0, 1000.0)
+
+
+def case():
+  """The model, its variables and the data every child and the test use."""
+  import flax.linen as nn
+  import jax
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3))(x)).mean((1, 2))
+      x = nn.relu(nn.Dense(8)(x))
+      return nn.Dense(3)(x)
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(N_TRAIN + N_VAL, 6, 6, 2)).astype(np.float32)
+  y = rng.integers(0, 3, N_TRAIN + N_VAL).astype(np.int32)
+  model = Net()
+  variables = model.init(jax.random.PRNGKey(0), x[:1])
+  apply_fn = functools.partial(model.apply)
+  return apply_fn, variables, x[:N_TRAIN], y[:N_TRAIN], x[N_TRAIN:], y[N_TRAIN:]
+
+
+def sap_summary(result, apply_fn, variables) -> dict:
+  """What the test compares of a `run_sap` result (host values only)."""
+  import jax
+
+  import sap_jax
+
+  corrected = sap_jax.apply_alpha(variables, result.decomposition, 300.0)
+  return {
+    "alpha": result.alpha,
+    "trusted": np.asarray(result.trusted_indices).tolist(),
+    "val": np.asarray(result.sweep.splits["val"].accuracies).tolist(),
+    "rows": {k: v["rows"] for k, v in result.layers.items()},
+    "spectra": {
+      "/".join(p): np.asarray(s).tolist() for p, s in result.decomposition.spectra.items()
+    },
+    "corrected": {
+      "/".join(str(k.key) for k in path): np.asarray(leaf).tolist()
+      for path, leaf in jax.tree_util.tree_leaves_with_path(corrected)
+    },
+  }
+
+
+def train_summary(mesh) -> dict:
+  """A short training (BatchNorm, dropout-free) on one device (mesh None) or a mesh."""
+  import jax
+
+  from sap_jax.train import train_model
+  from sap_jax.train_config import TrainConfig
+  from tests.train_cases import TinyMLP, blobs
+
+  x, y = blobs(96)
+  config = TrainConfig(epochs=3, batch_size=32, learning_rate=0.1)
+  result = train_model(TinyMLP(bn=True), x, y, config, progress=False, mesh=mesh)
+  return {
+    "history": [h["loss"] for h in result.history],
+    "variables": {
+      jax.tree_util.keystr(p): np.asarray(leaf).tolist()
+      for p, leaf in jax.tree_util.tree_leaves_with_path(result.variables)
+    },
+  }
+
+
+def _gram_dict(stats) -> dict:
+  return {
+    "/".join(p): {"gram": np.asarray(s.gram).tolist(), "count": float(s.count)}
+    for p, s in stats.items()
+  }
+
+
+def devices(out: str) -> None:
+  import jax
+
+  import sap_jax
+  from sap_jax import sharding as shd
+  from sap_jax.evaluation import evaluate, predict_logits
+  from sap_jax.spread_eigh import spread_eigh
+  from sap_jax.stats.collect import sharded_stats_hlo
+
+  assert jax.device_count() == 8, jax.devices()
+  apply_fn, variables, x, y, xv, yv = case()
+  mesh = shd.data_mesh()
+  xs, ys = shd.shard_batch(x, mesh), shd.shard_batch(y, mesh)
+  xvs, yvs = shd.shard_batch(xv, mesh), shd.shard_batch(yv, mesh)
+  res: dict = {"one": {}, "many": {}}
+  for budget in (None, 100):
+    tag = f"stats_budget_{budget}"
+    res["one"][tag] = _gram_dict(
+      sap_jax.activation_stats(apply_fn, variables, sap_jax.batched(x, 16), rows_per_batch=budget)
+    )
+    consecutive = [shd.shard_batch(x[i : i + 16], mesh) for i in range(0, N_TRAIN, 16)]
+    res["many"][tag] = _gram_dict(
+      sap_jax.activation_stats(apply_fn, variables, consecutive, rows_per_batch=budget)
+    )
+    res["many"][tag + "_local"] = _gram_dict(
+      sap_jax.activation_stats(
+        apply_fn, variables, shd.local_batches(xs, 16), rows_per_batch=budget
+      )
+    )
+  hlo = sharded_stats_hlo(apply_fn, variables, consecutive[0])
+  res["collectives"] = {
+    name: [[c.kind, [list(s) for _, s in c.shapes]] for c in shd.collectives(text)]
+    for name, text in hlo.items()
+  }
+  res["one"]["losses"] = sap_jax.per_example_loss(apply_fn, variables, x, y).tolist()
+  res["many"]["losses"] = sap_jax.per_example_loss(apply_fn, variables, xs, ys, batch_size=20)
+  res["many"]["losses"] = res["many"]["losses"].tolist()
+  res["one"]["eval"] = evaluate(apply_fn, variables, xv, yv)
+  res["many"]["eval"] = evaluate(apply_fn, variables, xvs, yvs, batch_size=16)
+  res["one"]["logits"] = predict_logits(apply_fn, variables, xv).tolist()
+  res["many"]["logits"] = predict_logits(apply_fn, variables, xvs, batch_size=24).tolist()
+  for budget in (None, 50):
+    kw = dict(n_trusted=N_TRUSTED, batch_size=BATCH, rows_per_batch=budget, alphas=ALPHAS)
+    one = sap_jax.run_sap(apply_fn, variables, x, y, xv, yv, **kw)
+    many = sap_jax.run_sap(apply_fn, variables, xs, ys, xvs, yvs, **kw)
+    res["one"][f"sap_{budget}"] = sap_summary(one, apply_fn, variables)
+    res["many"][f"sap_{budget}"] = sap_summary(many, apply_fn, variables)
+    res["many"][f"sap_{budget}_replicated"] = all(
+      leaf.sharding.is_fully_replicated for leaf in jax.tree_util.tree_leaves(many.variables)
+    )
+  for side, xt in (("one", x[:40]), ("many", shd.shard_batch(x[:40], mesh))):
+    corrected = sap_jax.correct(apply_fn, variables, xt, 300.0, batch_size=16)
+    res[side]["correct"] = {
+      jax.tree_util.keystr(p): np.asarray(leaf).tolist()
+      for p, leaf in jax.tree_util.tree_leaves_with_path(corrected)
+    }
+  for mesh_or_none, side in ((None, "one"), (mesh, "many")):
+    res[side]["train"] = train_summary(mesh_or_none)
+  rng = np.random.default_rng(1)
+  grams = {}
+  for name, d in (("a", 24), ("b", 8), ("c", 16)):
+    r = rng.normal(size=(3 * d, d)).astype(np.float32)
+    grams[(name,)] = r.T @ r
+  spread = spread_eigh(shd.replicate(grams, mesh), mesh)
+  one = {p: jax.jit(sap_jax.projection.eigh_basis)(g) for p, g in grams.items()}
+  res["eigh_equal"] = all(
+    np.array_equal(np.asarray(spread[p].vectors), np.asarray(one[p].vectors))
+    and np.array_equal(np.asarray(spread[p].spectrum), np.asarray(one[p].spectrum))
+    for p in grams
+  )
+  bad = jax.device_put(
+    np.zeros((8, 16, 6, 2), np.float32),
+    jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")),
+  )
+  errors = {
+    "indivisible": lambda: shd.shard_batch(x[:10], mesh),
+    "stats_not_batch": lambda: sap_jax.activation_stats(apply_fn, variables, [bad]),
+    "loss_not_batch": lambda: sap_jax.per_example_loss(apply_fn, variables, bad, y[:8]),
+    "local_batches_indivisible": lambda: list(shd.local_batches(xs, 12)),
+    "nan_in_later_batch": lambda: sap_jax.activation_stats(
+      apply_fn,
+      variables,
+      [
+        shd.shard_batch(x[:16], mesh),
+        shd.shard_batch(np.full((16, 6, 6, 2), np.nan, np.float32), mesh),
+      ],
+    ),
+  }
+  res["errors"] = {}
+  for name, fn in errors.items():
+    try:
+      fn()
+      res["errors"][name] = None
+    except ValueError as err:
+      res["errors"][name] = str(err)
+  with open(out, "w") as f:
+    json.dump(res, f)
+
+
+def process(index: int, port: int, out: str) -> None:
+  import jax
+
+  jax.config.update("jax_num_cpu_devices", 4)
+  jax.distributed.initialize(
+    f"127.0.0.1:{port}", num_processes=2, process_id=index, initialization_timeout=60
+  )
+  import sap_jax
+  from sap_jax import sharding as shd
+
+  assert jax.device_count() == 8 and jax.local_device_count() == 4
+  apply_fn, variables, x, y, xv, yv = case()
+  mesh = shd.data_mesh()
+
+  def mine(a):  # this process's consecutive half
+    half = len(a) // 2
+    return a[index * half : (index + 1) * half]
+
+  xs, ys = shd.from_process_local(mine(x), mesh), shd.from_process_local(mine(y), mesh)
+  xvs, yvs = shd.from_process_local(mine(xv), mesh), shd.from_process_local(mine(yv), mesh)
+  result = sap_jax.run_sap(
+    apply_fn,
+    variables,
+    xs,
+    ys,
+    xvs,
+    yvs,
+    n_trusted=N_TRUSTED,
+    batch_size=BATCH,
+    rows_per_batch=50,
+    alphas=ALPHAS,
+  )
+  summary = sap_summary(result, apply_fn, variables)
+  summary["train"] = train_summary(mesh)
+  if index == 0:
+    with open(out, "w") as f:
+      json.dump(summary, f)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "devices":
+    devices(sys.argv[2])
+  else:
+    process(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
