@@ -14,7 +14,7 @@ from typing import Any
 
 def compiled_functions() -> dict[str, Callable[..., Any]]:
   """name → jitted function, for every module-level program of the SAP core."""
-  from sap_jax import evaluation, spread_eigh, stats, sweep, trusted
+  from sap_jax import correction, evaluation, spread_eigh, stats, sweep, trusted
   from sap_jax.stats import qr
 
   return {
@@ -24,6 +24,7 @@ def compiled_functions() -> dict[str, Callable[..., Any]]:
     **evaluation.JITTED,
     **sweep.JITTED,
     **spread_eigh.JITTED,
+    **correction.JITTED,
   }
 
 

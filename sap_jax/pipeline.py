@@ -162,7 +162,8 @@ def run_sap(
       the start (done 0) and end (done = total) of each phase ("trusted set",
       "statistics", "decomposition") and, in the "α sweep", before each α and after the
       last; None (default) reports nothing. It has no effect on the results.
-    tune: None, or "per_layer" to learn per-layer α after the sweep.
+    tune: None, or "per_layer" to learn per-layer α after the sweep (on sharded
+      inputs the validation split is gathered to the host for the tuning).
     tune_options: keyword arguments of `sap_jax.tune_alpha` (``folds``, ``steps``,
       ``learning_rate``, ``penalty``); its ``seed`` is ``seed``.
 
@@ -192,8 +193,6 @@ def run_sap(
         f'score="{score}" is not available for sharded global arrays yet; use score="loss" '
         "or pass trusted= indices."
       )
-    if tune is not None:
-      raise ValueError("tune= is not available for sharded global arrays yet; use tune=None.")
     variables = shd.replicate(variables, found[0])
     y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
   report = progress or (lambda phase, done, total: None)
@@ -245,12 +244,14 @@ def run_sap(
   if sweep.best_alpha is None:
     corrected = dict(variables)
   elif tune == "per_layer":
+    # The K-fold split of the (small) validation split indexes it on the host: a global
+    # array is all-gathered for the tuning only (`sharding.to_host`, every process).
     tuning = tune_alpha(
       apply_fn,
       variables,
       decomposition,
-      x_val,
-      y_val,
+      shd.to_host(x_val) if shd.is_global(x_val) else x_val,
+      shd.to_host(y_val) if shd.is_global(y_val) else y_val,
       sweep.best_alpha,
       seed=seed,
       **tune_options,

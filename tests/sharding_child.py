@@ -145,6 +145,18 @@ def devices(out: str) -> None:
     res["many"][f"sap_{budget}_replicated"] = all(
       leaf.sharding.is_fully_replicated for leaf in jax.tree_util.tree_leaves(many.variables)
     )
+  kw = dict(n_trusted=N_TRUSTED, batch_size=BATCH, alphas=ALPHAS, tune="per_layer")
+  kw["tune_options"] = {"folds": 2, "steps": 3}
+  for side, args in (("one", (x, y, xv, yv)), ("many", (xs, ys, xvs, yvs))):
+    tuning = sap_jax.run_sap(apply_fn, variables, *args, **kw).tuning
+    res[side]["tuned"] = None if tuning is None else sap_jax.tuning_report(tuning)["alpha"]
+  dec = sap_jax.decompose(variables, sap_jax.activation_stats(apply_fn, variables, [x[:40]]))
+  for side, (xa, ya) in (("one", (xv, yv)), ("many", (xvs, yvs))):
+    xt = x[:40] if side == "one" else shd.shard_batch(x[:40], mesh)
+    sens = sap_jax.alpha_sensitivity(apply_fn, variables, dec, xa, ya, 300.0)
+    infl = sap_jax.trusted_influence(apply_fn, variables, dec, xt, xa, ya, 300.0)
+    res[side]["sensitivity"] = {"/".join(p): float(g) for p, g in sens.per_layer.items()}
+    res[side]["influence"] = np.asarray(infl.scores).tolist()
   for side, xt in (("one", x[:40]), ("many", shd.shard_batch(x[:40], mesh))):
     corrected = sap_jax.correct(apply_fn, variables, xt, 300.0, batch_size=16)
     res[side]["correct"] = {

@@ -141,6 +141,21 @@ def test_run_sap_on_sharded_arrays_equals_one_device(devices, budget):
   assert devices["many"][f"sap_{budget}_replicated"]
 
 
+def test_per_layer_tuning_on_sharded_arrays_equals_one_device(devices):
+  one, many = devices["one"]["tuned"], devices["many"]["tuned"]
+  assert one is not None and set(one) == set(many)
+  for name, alpha in one.items():
+    assert many[name] == pytest.approx(alpha, rel=1e-4)
+
+
+def test_sensitivity_and_influence_on_sharded_arrays_equal_one_device(devices):
+  one, many = devices["one"], devices["many"]
+  assert set(one["sensitivity"]) == set(many["sensitivity"])
+  for name, g in one["sensitivity"].items():
+    assert many["sensitivity"][name] == pytest.approx(g, rel=1e-4, abs=1e-9)
+  np.testing.assert_allclose(many["influence"], one["influence"], rtol=1e-4, atol=1e-9)
+
+
 def test_correct_on_sharded_trusted_inputs_equals_one_device(devices):
   one, many = devices["one"]["correct"], devices["many"]["correct"]
   assert list(many) == list(one)
