@@ -13,6 +13,7 @@ Case lists live in tests/bad_input_cases_api.py and tests/bad_input_cases_cli.py
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -41,19 +42,28 @@ def api_error(fn: Callable[[], object], error: type[BaseException] = ValueError)
   raise AssertionError(f"expected {error.__name__}, nothing was raised")
 
 
-def cli_error(*args: object, cwd: Path, env: dict[str, str] | None = None) -> str:
-  """Runs ``python -m sap_jax ARGS`` in ``cwd``; it must fail. Returns its standard error."""
-  import os
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+  """The environment of a command under test: it never writes the user's compilation cache."""
+  return {**os.environ, "SAP_JAX_COMPILATION_CACHE": "off", **(extra or {})}
 
-  full_env = {**os.environ, "SAP_JAX_COMPILATION_CACHE": "off", **(env or {})}
-  result = subprocess.run(
+
+def run_cli(
+  *args: object, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+  """Runs ``python -m sap_jax ARGS`` in ``cwd``, capturing its output."""
+  return subprocess.run(
     [sys.executable, "-m", "sap_jax", *map(str, args)],
     cwd=cwd,
     capture_output=True,
     text=True,
     timeout=600,
-    env=full_env,
+    env=cli_env(env),
   )
+
+
+def cli_error(*args: object, cwd: Path, env: dict[str, str] | None = None) -> str:
+  """Runs ``python -m sap_jax ARGS`` in ``cwd``; it must fail. Returns its standard error."""
+  result = run_cli(*args, cwd=cwd, env=env)
   assert result.returncode != 0, f"expected a failure, got rc 0:\n{result.stdout}"
   return result.stderr
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.bad_input_case import Case, cli_error
+from tests.bad_input_case import Case, cli_env, cli_error, run_cli
 
 DEAD_PID = 2**22 + 1  # above Linux's largest pid_max: never a live process
 MODEL = ("--model", "mlp", "--model-kw", "width=32", "--model-kw", "depth=1")
@@ -32,19 +32,8 @@ TRAIN = ("train", *MODEL, "--epochs", "1", "--batch-size", "128", "--quiet")
 FAST = ("--n-trusted", "50", "--alphas", "10")  # a correction that would be quick
 
 
-def _env() -> dict[str, str]:
-  return {**os.environ, "SAP_JAX_COMPILATION_CACHE": "off"}
-
-
 def _run_ok(*args: object, cwd: Path) -> None:
-  result = subprocess.run(
-    [sys.executable, "-m", "sap_jax", *map(str, args)],
-    cwd=cwd,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=_env(),
-  )
+  result = run_cli(*args, cwd=cwd)
   assert result.returncode == 0, result.stderr
 
 
@@ -185,7 +174,7 @@ def _interrupted_training(tmp: Path) -> str:
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
-    env=_env(),
+    env=cli_env(),
   )
   first = proc.stderr.readline()
   proc.send_signal(signal.SIGINT)
