@@ -29,6 +29,7 @@ from experiments import grid
 from experiments.tables import fmt_mean_std, mean_std
 from sap_jax import safe_write
 from sap_jax.jsonio import json_object, write_json
+from sap_jax.layers import path_name
 
 DEFAULT_WORKDIR = Path("experiments/results/differentiable")
 
@@ -80,10 +81,6 @@ def check_workdir(workdir: Path) -> None:
 def _write(path: Path, obj: Any) -> None:
   """A record, written atomically; only a record of this runner is ever replaced."""
   write_json(path, obj, RECORD_KIND, overwrite=True)
-
-
-def _name(path) -> str:
-  return "/".join(path)
 
 
 def _precision_at(order: np.ndarray, mask: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
@@ -143,7 +140,7 @@ def run_model(settings, key: str, spec, checkpoint_dir: Path) -> dict[str, Any]:
     "oracle_alpha": oracle_alpha,
     "oracle_test": sweep.accuracy_at("test", oracle_alpha),
     "sap_time_s": t_sap,
-    "layers": [_name(p) for p in dec.paths],
+    "layers": [path_name(p) for p in dec.paths],
   }
   # α to start tuning / take gradients at: the grid's choice, else the grid's best
   # noisy-val α even though it did not beat the unchanged model (recorded).
@@ -164,7 +161,7 @@ def run_model(settings, key: str, spec, checkpoint_dir: Path) -> dict[str, Any]:
     acc = rec["vanilla_test"] if kept else test(sj.apply_alpha(variables, dec, r.alpha))
     tuned[label] = {
       "test": acc,
-      "alpha": {_name(p): a for p, a in r.alpha.items()},
+      "alpha": {path_name(p): a for p, a in r.alpha.items()},
       "steps": r.steps,
       "penalty": r.penalty,
       "improved": r.improved,
@@ -184,7 +181,7 @@ def run_model(settings, key: str, spec, checkpoint_dir: Path) -> dict[str, Any]:
     sens[name] = {
       "alphas": alphas,
       "loss": c.loss.tolist(),
-      "per_layer": {_name(p): v.tolist() for p, v in c.per_layer.items()},
+      "per_layer": {path_name(p): v.tolist() for p, v in c.per_layer.items()},
     }
   rec["sensitivity"] = sens
 
@@ -205,7 +202,7 @@ def run_model(settings, key: str, spec, checkpoint_dir: Path) -> dict[str, Any]:
     "precision_loss": _precision_at(by_loss, mask, settings.INFLUENCE_K),
     "auroc_influence": _auroc(inf.scores, mask),
     "auroc_loss": _auroc(losses, mask),
-    "per_layer_auroc": {_name(p): _auroc(v, mask) for p, v in inf.per_layer.items()},
+    "per_layer_auroc": {path_name(p): _auroc(v, mask) for p, v in inf.per_layer.items()},
   }
 
   rec["influence_random"] = random_trusted_influence(settings, van, start, alphas)
@@ -248,7 +245,7 @@ def random_trusted_influence(settings, van, alpha: float, alphas) -> dict[str, A
     "precision_loss": _precision_at(np.argsort(-losses, kind="stable"), mask, settings.INFLUENCE_K),
     "auroc_influence": _auroc(inf.scores, mask),
     "auroc_loss": _auroc(losses, mask),
-    "per_layer_auroc": {_name(p): _auroc(v, mask) for p, v in inf.per_layer.items()},
+    "per_layer_auroc": {path_name(p): _auroc(v, mask) for p, v in inf.per_layer.items()},
     "drop": {},
   }
   for k in settings.DROP_K:

@@ -44,6 +44,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sap_jax import jsonio, safe_write
+from sap_jax.layers import key_path_name
 from sap_jax.provenance import array_digest
 
 __all__ = [
@@ -68,14 +69,10 @@ class DamagedCheckpoint(ValueError):
   """A checkpoint's files are damaged: unreadable, or not what was saved."""
 
 
-def _path_str(path: tuple) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def _array_specs(variables: Any) -> dict[str, dict[str, Any]]:
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
   return {
-    _path_str(p): {
+    key_path_name(p): {
       "shape": list(np.shape(v)),
       "dtype": str(v.dtype),
       "kind": "jax" if isinstance(v, jax.Array) else "numpy",
@@ -91,7 +88,7 @@ def _array_checksum(value: Any) -> str:
 
 def _array_checksums(variables: Any) -> dict[str, str]:
   leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
-  return {_path_str(p): _array_checksum(v) for p, v in leaves}
+  return {key_path_name(p): _array_checksum(v) for p, v in leaves}
 
 
 def _short(checksum: Any) -> str:
@@ -307,7 +304,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     )
   if checksums is not None:
     for name, value in jax.tree_util.tree_flatten_with_path(variables)[0]:
-      name = _path_str(name)
+      name = key_path_name(name)
       read = _array_checksum(value)
       if read != checksums[name]:
         raise DamagedCheckpoint(

@@ -23,6 +23,12 @@ def path_name(path: Path) -> str:
   return "/".join(str(p) for p in path)
 
 
+def key_path_name(key_path: tuple) -> str:
+  """A JAX key path (`jax.tree_util` DictKey/SequenceKey/GetAttrKey entries) as the same
+  "/"-joined name: ``(DictKey('params'), DictKey('Dense_0'))`` → ``"params/Dense_0"``."""
+  return path_name(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in key_path))
+
+
 def select_layers(
   stats: Mapping[Path, LayerStats],
   *,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sap_jax import checkpoint, train
+from sap_jax.layers import key_path_name
 
 
 def make_variables():
@@ -200,7 +201,7 @@ def test_metadata_records_one_checksum_per_array(tmp_path):
   assert checkpoint._array_checksum(kernel.view(np.int32)) != checkpoint._array_checksum(kernel)
   restored, _ = checkpoint.load_checkpoint(path)
   for name, value in jax.tree_util.tree_flatten_with_path(restored)[0]:
-    assert checkpoint._array_checksum(value) == record["checksums"][checkpoint._path_str(name)]
+    assert checkpoint._array_checksum(value) == record["checksums"][key_path_name(name)]
 
 
 def test_flipped_bytes_on_disk_are_detected(tmp_path):

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from sap_jax.layers import key_path_name
 from sap_jax.nnx.layers import intercepting
 from sap_jax.stats.collect import observing
 from sap_jax.types import Variables
@@ -156,12 +157,8 @@ def load_linen_variables(model: nnx.Module, variables: Variables) -> nnx.Module:
   return to_model(model, {"params": params, "rest": rest})
 
 
-def _path_key(path: tuple) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def _flat_leaves(tree: Any) -> dict[str, Any]:
-  return {_path_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {key_path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _split_state(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State, nnx.State]:
@@ -212,6 +209,6 @@ def with_variables(model: nnx.Module, variables: Variables) -> nnx.Module:
         "hyperparameters as the one the variables come from."
       )
     paths = jax.tree_util.tree_flatten_with_path(pure)[0]
-    leaves = [theirs[_path_key(p)] for p, _ in paths]
+    leaves = [theirs[key_path_name(p)] for p, _ in paths]
     parts[name] = jax.tree_util.tree_unflatten(treedef, leaves)
   return nnx.merge(graphdef, parts["params"], rngs, parts["batch_stats"])

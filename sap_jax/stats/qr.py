@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from sap_jax.hashable import hashable
+from sap_jax.layers import path_name
 from sap_jax.stats.collect import LayerCall, LayerStats, observe_linen_calls
 from sap_jax.stats.gram import layer_gram
 from sap_jax.stats.rows import Layout, budget_rows, layer_rows, rows_at, rows_shape
@@ -278,7 +279,7 @@ def activation_factors(
   flags = jax.device_get(
     [jnp.all(jnp.isfinite(f.gram if isinstance(f, LayerStats) else f.factor)) for f in out.values()]
   )
-  bad = [("/".join(p)) for p, ok in zip(out, flags) if not ok]
+  bad = [path_name(p) for p, ok in zip(out, flags) if not ok]
   if bad:
     raise ValueError(
       f"Non-finite activations (NaN/Inf) reached layers {bad}: the statistics are "
