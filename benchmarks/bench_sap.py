@@ -176,7 +176,9 @@ def log(*a):
 
 
 class CompileMeter:
-  """Sums the durations JAX reports for tracing, lowering and backend compiles."""
+  """The time JAX spends tracing, lowering and compiling: the measure of the union of
+  the intervals its events report (threads that compile at once, as `decompose`'s
+  workers can, count once, not once per thread)."""
 
   def __init__(self):
     from jax._src import dispatch
@@ -186,7 +188,7 @@ class CompileMeter:
       dispatch.JAXPR_TO_MLIR_MODULE_EVENT: "lower",
       dispatch.BACKEND_COMPILE_EVENT: "compile",
     }
-    self.total = 0.0
+    self.intervals: list[tuple[float, float]] = []
     self.lock = threading.Lock()
     import jax.monitoring
 
@@ -194,12 +196,19 @@ class CompileMeter:
 
   def _on(self, event, duration, **kwargs):
     if event in self.events:
+      end = time.perf_counter()
       with self.lock:
-        self.total += float(duration)
+        self.intervals.append((end - float(duration), end))
 
   def read(self) -> float:
     with self.lock:
-      return self.total
+      spans = sorted(self.intervals)
+    total, reach = 0.0, -math.inf
+    for start, end in spans:
+      if end > reach:
+        total += end - max(start, reach)
+        reach = end
+    return total
 
 
 class RSSSampler:
@@ -429,14 +438,17 @@ def random_variables(model, x1, seed: int) -> dict:
 
 
 def warm_correction(variables, stats, alpha) -> float:
-  """Compiles `decompose` and `apply_alpha` for these statistics' shapes (one run on
-  warm-up statistics); returns the seconds spent."""
+  """Compiles `decompose` (plain and consume=True) and `apply_alpha` for these
+  statistics' shapes (runs on warm-up statistics, whose Gram matrices the consuming run
+  donates: do not use them afterwards); returns the seconds spent."""
   import jax
 
   import sap_jax as sj
 
   t = time.perf_counter()
   jax.block_until_ready(sj.apply_alpha(variables, sj.decompose(variables, dict(stats)), alpha))
+  # consume=True (as `correct` and the scaling children run it) donates: its own programs.
+  jax.block_until_ready(sj.decompose(variables, dict(stats), consume=True))
   return time.perf_counter() - t
 
 
@@ -541,6 +553,7 @@ def bench_model(name: str, args, meter) -> dict:
 
   import sap_jax as sj
   from sap_jax import stats as st
+  from sap_jax.sweep import default_workers
 
   dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
   n_trust, b = args.n_trusted, args.batch_size
@@ -586,12 +599,14 @@ def bench_model(name: str, args, meter) -> dict:
   with RSSSampler() as mem:
     stats, wall, comp = timed(meter, st.activation_stats, apply_fn, v, batches, dtype=dtype)
     out["stats"] = phase(wall, comp)
-    dec, wall, comp = timed(meter, sj.decompose, v, stats)
+    workers = default_workers()  # read once: it depends on the machine's load
+    dec, wall, comp = timed(meter, sj.decompose, v, stats, workers=workers)
     out["decompose"] = phase(
       wall,
       comp,
       warm_up_compile_s=round(dec_compile, 4),
-      note="one eigh per layer (LAPACK syevd) and Vᵀ K",
+      note="one eigh per layer (LAPACK syevd) and Vᵀ K, default_workers() layers at once",
+      workers=workers,
     )
     new, wall, comp = timed(meter, sj.apply_alpha, v, dec, alpha)
     out["apply_alpha"] = phase(wall, comp, alpha=alpha)
@@ -710,27 +725,34 @@ def bench_model(name: str, args, meter) -> dict:
 def bench_paths(name, args, meter, s, batches, stats, sweep, out, dtype) -> dict:
   """Every decomposition path on this model, in one run: the correction at one α and
   the sweep over K α values, each as time, forward passes (the same unit as above),
-  chosen α, accuracies against today's path (eigh), and the cost model's choice per
-  layer. Paths: "eigh" (statistics C, one eigh per layer: today's default), "auto"
-  (statistics C, the cost model chooses eigh or solve per layer), "rows+auto"
+  chosen α, accuracies against the serial eigh path, and the cost model's choice per
+  layer. Paths: "eigh" (statistics C, one eigh per layer, one layer after another:
+  the default before layers ran at once), "eigh-parallel" (the default now:
+  `max_workers` layers at once: the library's default where no other work keeps a
+  core busy), "auto" / "auto-parallel" (statistics C, the cost
+  model chooses eigh or solve per layer; serial / at once), "rows+auto"
   (``activation_stats(basis="auto")``: exact rows where a layer sees ≤ d rows, C
-  elsewhere, then the cost model), "qr" (TSQR statistics, thin SVD per layer)."""
+  elsewhere, then the cost model), "qr" (TSQR statistics, thin SVD per layer); the
+  last two with the default workers."""
   import numpy as np
 
   import sap_jax as sj
   from sap_jax import stats as st
-  from sap_jax.sweep import layer_methods
+  from sap_jax.sweep import layer_methods, max_workers
 
   apply_fn, v = s["apply_fn"], s["variables"]
-  unit = out["unit_forward"]["time_s"]
   k = len(args.alphas)
   alpha = args.alphas[len(args.alphas) // 2]
-  base_acc = np.asarray(sweep.accuracies)
+  workers = max_workers()
   res: dict = dict(
     note="time_s excludes compilation (jax.monitoring events subtracted); forward passes "
-    "in unit_forward_s, a unit measured right before each path (eigh: the model's unit "
-    "above); stats_s: the path's own statistics pass (gram for eigh/auto)",
+    "in unit_forward_s, a unit measured right before each path (eigh-parallel: the "
+    "model's unit above); stats_s: the path's own statistics pass (gram for eigh/auto); "
+    "workers: layers decomposed at once (1: one after another); every accuracy is "
+    "compared with the serial eigh path",
     alphas=args.alphas,
+    parallel_workers=workers,
+    default_workers_in_main_phase=out["decompose"]["workers"],
   )
 
   def methods_of(st_, m, n):
@@ -739,46 +761,36 @@ def bench_paths(name, args, meter, s, batches, stats, sweep, out, dtype) -> dict
       "/".join(p): ("svd" if not isinstance(x, st.LayerStats) else ch[p]) for p, x in st_.items()
     }
 
-  stat_sets = {"auto": (stats, out["stats"]["time_s"])}
-  for basis in [b for b in ("auto", "qr") if b in args.paths_stats]:
-    log(f"[{name}] statistics, basis={basis}")
-    st_b, wall, comp = timed(
-      meter, st.activation_stats, apply_fn, v, batches, dtype=dtype, basis=basis
+  def sweep_entry(sw_p, sw_s, stats_s, unit, methods, ref):
+    acc = np.asarray(sw_p.accuracies)
+    ref_acc = acc if ref is None else np.asarray(ref.accuracies)
+    return dict(
+      time_s=round(sw_s, 4),
+      stats_plus_sweep_s=round(stats_s + sw_s, 4),
+      stats_plus_sweep_forward_passes=round((stats_s + sw_s) / unit, 2),
+      best_alpha=sw_p.best_alpha,
+      best_accuracy=sw_p.best_accuracy,
+      accuracies=[round(float(a), 6) for a in acc],
+      same_choice_as_eigh=ref is None or sw_p.best_alpha == ref.best_alpha,
+      max_accuracy_diff_vs_eigh=round(float(np.max(np.abs(acc - ref_acc))), 6),
+      methods=methods,
     )
-    stat_sets["rows+auto" if basis == "auto" else "qr"] = (st_b, max(wall - comp, 0.0))
-  # eigh: today's path, measured above (correction and sweep).
-  res["eigh"] = dict(
-    stats_s=out["stats"]["time_s"],
-    unit_forward_s=unit,
-    correction=dict(
-      decompose_s=out["decompose"]["time_s"],
-      apply_alpha_s=out["apply_alpha"]["time_s"],
-      time_s=out["correction"]["time_s"],
-      forward_passes=out["correction"]["forward_passes"],
-      methods=methods_of(stats, "eigh", 1),
-    ),
-    sweep=dict(
-      time_s=out["sweep"]["time_s"],
-      stats_plus_sweep_s=round(out["stats"]["time_s"] + out["sweep"]["time_s"], 4),
-      stats_plus_sweep_forward_passes=round(
-        (out["stats"]["time_s"] + out["sweep"]["time_s"]) / unit, 2
-      ),
-      best_alpha=sweep.best_alpha,
-      best_accuracy=sweep.best_accuracy,
-      accuracies=[round(float(a), 6) for a in base_acc],
-      same_choice_as_eigh=True,
-      max_accuracy_diff_vs_eigh=0.0,
-      methods=methods_of(stats, "eigh", k),
-    ),
-  )
-  for path in [p for p in ("auto", "rows+auto", "qr") if p in stat_sets]:
-    st_p, stats_s = stat_sets[path]
-    method = "eigh" if path in ("eigh", "qr") else "auto"
+
+  stats_unit = out["unit_forward"]["time_s"]
+
+  def run_path(path, st_p, stats_s, method, n_workers, ref):
     # A unit measured next to this path: the machine's load drifts during a run.
     unit = forward_unit(meter, apply_fn, v, batches, reps=1)["time_s"]
-    entry = dict(stats_s=round(stats_s, 4), unit_forward_s=round(unit, 4))
+    entry = dict(
+      stats_s=round(stats_s, 4),
+      unit_forward_s=round(unit, 4),
+      workers=n_workers,
+      loadavg=[round(x, 2) for x in os.getloadavg()],
+    )
     # One correction at one α (K = 1): decompose + apply_alpha.
-    dec, w1, c1 = timed(meter, sj.decompose, v, dict(st_p), method=method, n_alphas=1)
+    dec, w1, c1 = timed(
+      meter, sj.decompose, v, dict(st_p), method=method, n_alphas=1, workers=n_workers
+    )
     new, w2, c2 = timed(meter, sj.apply_alpha, v, dec, alpha)
     corr = stats_s + (w1 - c1) + (w2 - c2)
     entry["correction"] = dict(
@@ -786,45 +798,86 @@ def bench_paths(name, args, meter, s, batches, stats, sweep, out, dtype) -> dict
       apply_alpha_s=round(w2 - c2, 4),
       time_s=round(corr, 4),
       forward_passes=round(corr / unit, 2),
+      # Each part over the unit measured next to it (statistics: the model's unit above),
+      # so that a load that drifts between the two does not move the figure.
+      forward_passes_each_own_unit=round(stats_s / stats_unit + ((w1 - c1) + (w2 - c2)) / unit, 2),
+      decompose_apply_forward_passes=round(((w1 - c1) + (w2 - c2)) / unit, 3),
       methods=methods_of(st_p, method, 1),
     )
     del dec, new
-    if k == 1:  # the sweep of one α is the correction above plus two evaluations
-      res[path] = entry
-      log(f"[{name}] path {path}: correction {corr:.2f}s = {corr / unit:.2f} fwd")
-      continue
-    # The sweep over K α values (decompose inside, with K known to the cost model).
-    sw_p, wall, comp = timed(
-      meter,
-      sj.sweep_alpha,
-      apply_fn,
-      v,
-      dict(st_p),
-      args.alphas,
-      s["x_val"],
-      s["y_val"],
-      batch_size=args.batch_size,
-      method=method,
+    msg = (
+      f"[{name}] path {path}: correction {corr:.2f}s = {corr / unit:.2f} fwd "
+      f"(each part over its own unit: {entry['correction']['forward_passes_each_own_unit']}; "
+      f"decompose + apply {entry['correction']['decompose_apply_forward_passes']})"
     )
-    sw_s = max(wall - comp, 0.0)
-    acc = np.asarray(sw_p.accuracies)
-    entry["sweep"] = dict(
-      time_s=round(sw_s, 4),
-      stats_plus_sweep_s=round(stats_s + sw_s, 4),
-      stats_plus_sweep_forward_passes=round((stats_s + sw_s) / unit, 2),
-      best_alpha=sw_p.best_alpha,
-      best_accuracy=sw_p.best_accuracy,
-      accuracies=[round(float(a), 6) for a in acc],
-      same_choice_as_eigh=sw_p.best_alpha == sweep.best_alpha,
-      max_accuracy_diff_vs_eigh=round(float(np.max(np.abs(acc - base_acc))), 6),
-      methods=methods_of(st_p, method, k),
+    if k > 1 or ref is None:  # the sweep of one α: the correction plus two evaluations
+      sweep_args = (apply_fn, v)
+      sweep_rest = (args.alphas, s["x_val"], s["y_val"])
+      if n_workers == 1:  # as before: decompose every layer in turn, then score
+        dec, w3, c3 = timed(
+          meter, sj.decompose, v, dict(st_p), method=method, n_alphas=k, workers=1
+        )
+        sw_p, w4, c4 = timed(
+          meter, sj.sweep_alpha, *sweep_args, dec, *sweep_rest, batch_size=args.batch_size
+        )
+        sw_s = max(w3 - c3, 0.0) + max(w4 - c4, 0.0)
+        del dec
+      else:
+        sw_p, wall, comp = timed(
+          meter,
+          sj.sweep_alpha,
+          *sweep_args,
+          dict(st_p),
+          *sweep_rest,
+          batch_size=args.batch_size,
+          method=method,
+          workers=n_workers,
+        )
+        sw_s = max(wall - comp, 0.0)
+      entry["sweep"] = sweep_entry(sw_p, sw_s, stats_s, unit, methods_of(st_p, method, k), ref)
+      msg += (
+        f"; stats+sweep {stats_s + sw_s:.2f}s = {(stats_s + sw_s) / unit:.2f} fwd, "
+        f"α {sw_p.best_alpha}, max |Δacc| {entry['sweep']['max_accuracy_diff_vs_eigh']}"
+      )
+      entry["_sweep"] = sw_p
+    log(msg + f" (workers {n_workers}, load {os.getloadavg()[0]:.1f})")
+    return entry
+
+  stats_s = out["stats"]["time_s"]
+  stat_sets = {"auto": (stats, stats_s)}
+  for basis in [b for b in ("auto", "qr") if b in args.paths_stats]:
+    log(f"[{name}] statistics, basis={basis}")
+    st_b, wall, comp = timed(
+      meter, st.activation_stats, apply_fn, v, batches, dtype=dtype, basis=basis
     )
-    res[path] = entry
-    log(
-      f"[{name}] path {path}: correction {corr:.2f}s = {corr / unit:.2f} fwd; "
-      f"stats+sweep {stats_s + sw_s:.2f}s = {(stats_s + sw_s) / unit:.2f} fwd, "
-      f"α {sw_p.best_alpha}, max |Δacc| {entry['sweep']['max_accuracy_diff_vs_eigh']}"
+    stat_sets["rows+auto" if basis == "auto" else "qr"] = (st_b, max(wall - comp, 0.0))
+  # eigh, one layer after another: the reference every accuracy is compared with.
+  res["eigh"] = run_path("eigh", stats, stats_s, "eigh", 1, None)
+  ref = res["eigh"].pop("_sweep", None)
+  # eigh-parallel: max_workers() layers at once (the library's default where no other
+  # work keeps a core busy), measured right after the serial path.
+  runs = [
+    ("eigh-parallel", stats, stats_s, "eigh", workers),
+    ("auto", stats, stats_s, "auto", 1),
+    ("auto-parallel", stats, stats_s, "auto", workers),
+  ]
+  for path in [p for p in ("rows+auto", "qr") if p in stat_sets]:
+    st_p, st_s = stat_sets[path]
+    runs.append((path, st_p, st_s, "eigh" if path == "qr" else "auto", workers))
+  for path, st_p, st_s, method, n_workers in runs:
+    res[path] = run_path(path, st_p, st_s, method, n_workers, ref)
+    res[path].pop("_sweep", None)
+  # Serial over parallel, within this run.
+  speed = {}
+  for serial, par in (("eigh", "eigh-parallel"), ("auto", "auto-parallel")):
+    a, z = res[serial], res[par]
+    speed[f"{serial}_decompose"] = round(
+      a["correction"]["decompose_s"] / max(z["correction"]["decompose_s"], 1e-9), 3
     )
+    if "sweep" in a and "sweep" in z:
+      speed[f"{serial}_sweep"] = round(a["sweep"]["time_s"] / max(z["sweep"]["time_s"], 1e-9), 3)
+  res["serial_over_parallel"] = speed
+  log(f"[{name}] serial / parallel (time ratios, same run): {speed}")
   return res
 
 
@@ -1281,13 +1334,25 @@ def _goals(result: dict) -> dict:
   for name, r in m.items():
     paths = r.get("paths", {})
     if name == "resnet18" and "auto" in paths:
-      c = paths["auto"]["correction"]
+      auto = "auto-parallel" if "auto-parallel" in paths else "auto"
+      c = paths[auto]["correction"]
       add(
         "resnet18_correction_auto_forward_passes",
         c["forward_passes"],
         "<= 5",
         c["forward_passes"] <= 5,
-        "activation_stats + decompose(method='auto', n_alphas=1) + apply_alpha",
+        f"activation_stats + decompose(method='auto', n_alphas=1) + apply_alpha ({auto})",
+      )
+    if name == "resnet18" and "eigh-parallel" in paths:
+      c = paths["eigh-parallel"]["correction"]
+      add(
+        "resnet18_correction_eigh_parallel_forward_passes",
+        c["forward_passes"],
+        "<= 5",
+        c["forward_passes"] <= 5,
+        "eigh-parallel: activation_stats + decompose() (eigh, max_workers() layers at "
+        "once: the default where no other work keeps a core busy) + apply_alpha; serial "
+        f"eigh: {paths['eigh']['correction']['forward_passes']}",
       )
     if name == "vgglike":
       scored = [

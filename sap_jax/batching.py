@@ -57,14 +57,15 @@ def batched(x: Any, batch_size: int) -> list[Any]:
 
   A global array sharded over a mesh's data axis (`sap_jax.sharding`) becomes its
   `sap_jax.sharding.local_batches` instead (each device cutting its own samples, no data
-  moved), of ⌈batch_size / devices⌉ samples per device: what `activation_stats` takes.
+  moved), of ⌈batch_size / devices⌉ samples per device, the last one padded and masked
+  (so a row budget keeps the rows one process keeps): what `activation_stats` takes.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
   if shd.is_global(x):
     mesh, axis = shd.data_axis_of(x)
     shards = shd.num_shards(mesh, axis)
-    return list(shd.local_batches(x, -(-batch_size // shards) * shards))
+    return list(shd.local_batches(x, -(-batch_size // shards) * shards, pad=True))
   n = len(x)
   return [x[i : i + batch_size] for i in range(0, n, batch_size)]
 

@@ -19,16 +19,22 @@ What a user sees:
   pipe, nothing with ``--quiet``;
 * a checkpoint records the content fingerprint of its data (`sap_jax.provenance`) and
   the data root made absolute; ``correct``/``evaluate`` take ``--data-root`` for moved
-  data and refuse changed data unless ``--allow-changed-data`` is passed.
+  data and refuse changed data unless ``--allow-changed-data`` is passed;
+* many devices and hosts: ``--data-parallel`` (or ``--mesh data=N``) shards every split
+  over all devices; ``--distributed`` (run on every host) joins the processes first
+  (`jax.distributed.initialize`); only process 0 prints and writes reports, and every
+  process takes part in saving and loading checkpoints (`sap_jax.checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import inspect
 import json
+import os
 import re
 import sys
 import time
@@ -48,12 +54,14 @@ from sap_jax import (
   data,
   jsonio,
   models,
+  multihost,
   provenance,
   run_sap,
   safe_write,
   train,
   trusted,
 )
+from sap_jax import sharding as shd
 from sap_jax.metrics import split_metrics
 from sap_jax.models.nnx_zoo import NNX_MODELS
 from sap_jax.spec import APIS, RunSpec, build_model, build_splits, load_data
@@ -363,10 +371,17 @@ class _Run(NamedTuple):
 
 
 def _load_run(
-  path: str, *, data_root: str | None = None, allow_changed_data: bool = False, say=print
+  path: str,
+  *,
+  data_root: str | None = None,
+  allow_changed_data: bool = False,
+  say=print,
+  mesh: Any = None,
 ) -> _Run:
-  """A checkpoint, its run spec, its data (checked against its fingerprint) and model."""
-  variables, meta = checkpoint.load_checkpoint(path)
+  """A checkpoint, its run spec, its data (checked against its fingerprint) and model;
+  with a ``mesh`` the arrays come back replicated on it."""
+  sharding = None if mesh is None else shd.replicated(mesh)
+  variables, meta = checkpoint.load_checkpoint(path, sharding=sharding)
   if "spec" not in meta:
     raise UserError(
       f"{path} has no run spec in its metadata; it was not written by "
@@ -414,7 +429,192 @@ def _load_run(
 
 
 def _stderr(text: str) -> None:
-  print(text, file=sys.stderr, flush=True)
+  """A note on stderr (from process 0 only, with several processes)."""
+  if _first_process():
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------- many devices
+
+
+def _mesh_size(text: str) -> int:
+  """``data=N``: the data axis's device count."""
+  key, _, value = text.partition("=")
+  try:
+    size = int(value)
+  except ValueError:
+    size = 0
+  if key.strip() != shd.DATA_AXIS or size < 1:
+    raise argparse.ArgumentTypeError(
+      f"expected {shd.DATA_AXIS}=N with N the number of devices, such as data=8; got {text!r}"
+    )
+  return size
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+  g = p.add_argument_group(
+    "many devices and hosts (a data-parallel mesh; jax.distributed on every host)"
+  )
+  g.add_argument(
+    "--data-parallel",
+    action="store_true",
+    help="shard every split over all devices (of every process): data-parallel training, "
+    "SAP and evaluation where the samples are; each split is cut to a multiple of the "
+    "device count",
+  )
+  g.add_argument(
+    "--mesh",
+    type=_mesh_size,
+    default=None,
+    metavar="data=N",
+    help="the mesh shape: N devices on the data axis, which must be every device; implies "
+    "--data-parallel",
+  )
+  g.add_argument(
+    "--distributed",
+    action="store_true",
+    help="run the same command on every host: jax.distributed.initialize() joins the "
+    "processes (auto-detected on Cloud TPU, SLURM and Open MPI, or from --coordinator, "
+    "--num-processes and --process-id); only process 0 prints and writes reports; implies "
+    "--data-parallel",
+  )
+  g.add_argument(
+    "--coordinator",
+    default=None,
+    metavar="HOST:PORT",
+    help="process 0's address and a free port, with --num-processes and --process-id, where "
+    "JAX does not detect the cluster (e.g. 127.0.0.1:1234 on one machine); implies "
+    "--distributed",
+  )
+  g.add_argument("--num-processes", type=_positive_int, default=None, help="with --coordinator")
+  g.add_argument("--process-id", type=int, default=None, help="with --coordinator: 0 … N-1")
+
+
+def _start_devices(args) -> None:
+  """Joins the processes (``--distributed``) and makes the mesh (``args.device_mesh``,
+  None without ``--data-parallel``), refusing inconsistent flags before any work."""
+  args.device_mesh = None
+  if not hasattr(args, "data_parallel"):
+    return
+  given = {
+    "--coordinator": args.coordinator,
+    "--num-processes": args.num_processes,
+    "--process-id": args.process_id,
+  }
+  if any(v is not None for v in given.values()):
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+      raise UserError(
+        f"--coordinator, --num-processes and --process-id go together: {', '.join(missing)} "
+        "missing (or pass --distributed alone where JAX detects the cluster)."
+      )
+    if not 0 <= args.process_id < args.num_processes:
+      raise UserError(
+        f"--process-id {args.process_id} is not one of the {args.num_processes} processes; "
+        f"pass 0 … {args.num_processes - 1}."
+      )
+    args.distributed = True
+  import jax
+
+  if args.distributed and not jax.distributed.is_initialized():  # else: joined by the caller
+    try:
+      jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    except (RuntimeError, ValueError) as e:
+      raise UserError(
+        f"jax.distributed.initialize failed ({_one_line(e)[:300]}); where JAX does not "
+        "detect the cluster, pass --coordinator HOST:PORT --num-processes N --process-id I."
+      ) from None
+  if args.distributed:  # the same command on every process, before any work
+    ignored = {"process_id", "func", "written", "device_mesh"}
+    multihost.check_same_across_processes(
+      {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k not in ignored},
+      f"sap-jax {args.command}",
+    )
+  if not (args.data_parallel or args.distributed or args.mesh is not None):
+    return
+  devices = jax.device_count()
+  if args.mesh is not None and args.mesh != devices:
+    raise UserError(
+      f"--mesh data={args.mesh} does not span the {devices} devices ({jax.process_count()} "
+      f"process(es) × {jax.local_device_count()}); a mesh must hold every device: pass "
+      f"--mesh data={devices}, or --data-parallel."
+    )
+  batch = getattr(args, "batch_size", None)
+  if args.command == "train" and batch is not None and batch % devices:
+    raise UserError(
+      f"--batch-size {batch} cannot be split evenly over the {devices} devices; pass a "
+      f"multiple of {devices} (e.g. {max(devices, batch // devices * devices)})."
+    )
+  args.device_mesh = shd.data_mesh()
+
+
+def _on_devices(splits: data.NoisySplits, mesh: Any, say) -> data.NoisySplits:
+  """``splits`` with its inputs as global arrays over ``mesh``: each split cut to a
+  multiple of the devices, each process passing its own consecutive part of the inputs
+  (`sharding.from_process_local`); the labels (small) and the noise mask stay on the host,
+  cut alike. Unchanged without a mesh."""
+  if mesh is None:
+    return splits
+  import jax
+
+  devices, processes, me = jax.device_count(), jax.process_count(), jax.process_index()
+  sizes = {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)}
+  small = [f"{k} ({n})" for k, n in sizes.items() if n < devices]
+  if small:
+    raise UserError(
+      f"the {', '.join(small)} split(s) hold fewer samples than the {devices} devices; use "
+      "fewer devices (--mesh) or more data."
+    )
+
+  def cut(a):
+    return None if a is None else a[: len(a) // devices * devices]
+
+  def part(a):  # this process's consecutive part of the cut split
+    a = cut(a)
+    per = len(a) // processes
+    return shd.from_process_local(a[me * per : (me + 1) * per], mesh)
+
+  kept = {k: n // devices * devices for k, n in sizes.items()}
+  dropped = ", ".join(f"{k} {sizes[k]} → {kept[k]}" for k in sizes if kept[k] != sizes[k])
+  say(
+    f"data-parallel over {devices} devices ({processes} process(es))"
+    + (f"; splits cut to a multiple of {devices}: {dropped}" if dropped else "")
+  )
+  return dataclasses.replace(
+    splits,
+    x_train=part(splits.x_train),
+    y_train=cut(splits.y_train),
+    y_train_clean=cut(splits.y_train_clean),
+    noise_mask=cut(splits.noise_mask),
+    x_val=part(splits.x_val),
+    y_val=cut(splits.y_val),
+    y_val_clean=cut(splits.y_val_clean),
+    x_test=part(splits.x_test),
+    y_test=cut(splits.y_test),
+    train_indices=cut(splits.train_indices),
+    val_indices=cut(splits.val_indices),
+  )
+
+
+def _devices_record(splits: data.NoisySplits) -> dict[str, Any]:
+  """What a checkpoint and a report record of a data-parallel run."""
+  import jax
+
+  return {
+    "processes": jax.process_count(),
+    "devices": jax.device_count(),
+    "samples": {
+      "train": len(splits.x_train),
+      "val": len(splits.x_val),
+      "test": len(splits.x_test),
+    },
+  }
+
+
+def _first_process() -> bool:
+  import jax
+
+  return jax.process_index() == 0
 
 
 # --------------------------------------------------------------------- train
@@ -541,6 +741,7 @@ def cmd_train(args) -> int:
   splits = build_splits(spec)
   model, _ = _checked_model(spec, splits)
   progress = _Progress(args.quiet)
+  splits = _on_devices(splits, args.device_mesh, progress.say)
   progress.say(
     f"training {spec.model} on {spec.dataset} with {spec.noise} noise: "
     f"{len(splits.x_train)} train ({int(splits.noise_mask.sum())} corrupted), "
@@ -571,6 +772,8 @@ def cmd_train(args) -> int:
     "metrics": metrics,
     "history": result.history,
   }
+  if args.device_mesh is not None:
+    metadata["devices"] = _devices_record(splits)
   path = checkpoint.save_checkpoint(out, variables, metadata, overwrite=args.overwrite)
   args.written.append(path)
   _print_metrics("vanilla", metrics)
@@ -587,9 +790,13 @@ def cmd_evaluate(args) -> int:
     data_root=args.data_root,
     allow_changed_data=args.allow_changed_data,
     say=_stderr,
+    mesh=args.device_mesh,
   )
-  metrics = split_metrics(run.apply_fn, run.variables, run.splits)
+  splits = _on_devices(run.splits, args.device_mesh, _stderr)
+  metrics = split_metrics(run.apply_fn, run.variables, splits)
   report = {"checkpoint": str(args.checkpoint), "kind": run.meta.get("kind"), **metrics}
+  if args.device_mesh is not None:
+    report["devices"] = _devices_record(splits)
   if run.data_changed:
     report["data_changed"] = run.data_changed
   print(jsonio.dumps(report, indent=2))
@@ -634,8 +841,10 @@ def cmd_correct(args) -> int:
     data_root=args.data_root,
     allow_changed_data=args.allow_changed_data,
     say=_stderr,
+    mesh=args.device_mesh,
   )
-  splits, apply_fn, variables = run.splits, run.apply_fn, run.variables
+  splits = _on_devices(run.splits, args.device_mesh, progress.say)
+  apply_fn, variables = run.apply_fn, run.variables
   n_trusted = min(args.n_trusted, len(splits.x_train))
   result, corrected, saved = _run_sap(
     run,
@@ -685,6 +894,8 @@ def cmd_correct(args) -> int:
   }
   if run.data_changed:
     report["data_changed"] = run.data_changed
+  if args.device_mesh is not None:
+    report["devices"] = _devices_record(splits)
   metadata = {
     "kind": "sap",
     "spec": run.spec.to_dict(),
@@ -694,8 +905,9 @@ def cmd_correct(args) -> int:
   }
   checkpoint.save_checkpoint(out, saved, metadata, overwrite=args.overwrite, protect=[source])
   args.written.append(out)
-  jsonio.write_report(report_path, report, overwrite=args.overwrite, protect=[source, out])
-  args.written.append(report_path)
+  if _first_process():  # one report, from process 0
+    jsonio.write_report(report_path, report, overwrite=args.overwrite, protect=[source, out])
+    args.written.append(report_path)
   _print_metrics("before SAP", before)
   alpha = "none beat the original model (kept)" if result.alpha is None else f"{result.alpha:g}"
   print(f"α chosen on the noisy validation split: {alpha}")
@@ -820,6 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
     help="replace an existing sap_jax checkpoint at --out (nothing else is ever replaced)",
   )
   p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+  _add_device_args(p)
   p.set_defaults(func=cmd_train)
 
   p = sub.add_parser(
@@ -829,6 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   p.add_argument("checkpoint", help="checkpoint written by `sap-jax train` or `sap-jax correct`")
   _add_data_check_args(p)
+  _add_device_args(p)
   p.set_defaults(func=cmd_evaluate)
 
   sap = _keyword_defaults(run_sap)
@@ -888,6 +1102,7 @@ def build_parser() -> argparse.ArgumentParser:
     "(sap_jax.tune_alpha: 5-fold early stopping, never worse than the sweep's α on held-out "
     "folds); unset: one shared α from the grid",
   )
+  _add_device_args(p)
   p.set_defaults(func=cmd_correct)
 
   p = sub.add_parser(
@@ -917,8 +1132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   args.written = []
   shown, warnings.showwarning = warnings.showwarning, _show_warning
   try:
+    _start_devices(args)
     compilation.enable_persistent_cache(args.compilation_cache)
-    return args.func(args)
+    if _first_process():
+      return args.func(args)
+    args.quiet = True  # only process 0 prints (errors excepted)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+      return args.func(args)
   except KeyboardInterrupt:
     if args.written:
       done = " and ".join(str(p) for p in args.written)

@@ -7,6 +7,14 @@ cache on disk. The command line (`sap_jax.cli`) and the experiment runner
 compiling them. The library itself never calls it: it changes JAX's process-wide
 configuration, which only the program's entry point may decide.
 
+What a warm cache cannot spare: JAX traces and lowers every program again in a new
+process (the lowered module is the cache key), then loads the compiled program from
+disk. A first call's cost is therefore about the number of programs it lowers, which
+the SAP core keeps small: one per step (a forward, a layer's eigendecomposition, …),
+none for eager conversions (`sap_jax.compile_cache.lowered_programs` counts them;
+``benchmarks/bench_first_call.py`` measures the cold and the warm cost against
+training).
+
 The folder is, in order: the ``path`` argument, the ``SAP_JAX_COMPILATION_CACHE``
 environment variable, ``$XDG_CACHE_HOME/sap_jax/jax`` (``~/.cache/sap_jax/jax`` when
 ``XDG_CACHE_HOME`` is unset). The value ``off`` (any case) disables the cache.

@@ -28,6 +28,12 @@ projected once, W (Q_{r−1} P_r)ᵀ: the model it scored is not the model it re
 Here the rows come from, and every candidate scored is, the model that is returned.
 
 Biases, BatchNorm parameters and every other leaf are never touched.
+
+Trusted inputs that are a global array sharded over a mesh's data axis
+(`sap_jax.sharding`) stay where they are: each device accumulates its own samples'
+statistics, combined once per round, and each layer's eigendecomposition (from round 1
+on, with its congruence Qᵀ C Q) runs on one device only and is then shared
+(`sap_jax.spread_eigh`); the variables and the result are replicated on the mesh.
 """
 
 from __future__ import annotations
@@ -39,12 +45,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax import projection as proj
+from sap_jax import sharding as shd
 from sap_jax.batching import batched
 from sap_jax.evaluation import check_finite_inputs, evaluate
 from sap_jax.kernels import kernels_of, with_kernels
 from sap_jax.layers import select_layers
+from sap_jax.spread_eigh import congruence, spread_eigh
 from sap_jax.stats import LayerStats, Layout, activation_stats
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
@@ -66,13 +75,7 @@ def _scaled(alpha: Any, scale: float) -> Any:
   return alpha * scale
 
 
-@jax.jit
-def _congruence(q: jax.Array, gram: jax.Array) -> jax.Array:
-  """Qᵀ C Q (batched over groups): the Gram matrix of the rows a Q."""
-  return jnp.einsum(
-    "...ki,...kl,...lj->...ij", q, gram, q, precision=jax.lax.Precision.HIGHEST
-  ).astype(gram.dtype)
-
+_congruence = jax.jit(congruence)
 
 _eigh_jit = jax.jit(proj.eigh_basis)
 
@@ -108,6 +111,35 @@ JITTED = {
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
+def _batches(x_trusted: Any, batch_size: int, rows_per_batch: int | None):
+  """The trusted inputs' batches and the row budget that keeps one process's rows.
+
+  A sharded global array becomes its `sap_jax.sharding.local_batches` of
+  ⌈batch_size / shards⌉ samples per device (no sample moves), the last one padded and
+  masked as one process pads its last batch; when that rounds the batch up, the budget
+  grows with it, so that each row is kept with the probability rows_per_batch / (rows of
+  batch_size samples), as one process keeps it.
+  """
+  found = shd.data_axis_of(x_trusted)
+  if found is None:
+    return batched(x_trusted, batch_size), rows_per_batch
+  shards = shd.num_shards(*found)
+  size = -(-batch_size // shards) * shards
+  batches = list(shd.local_batches(x_trusted, size, pad=True))
+  if rows_per_batch is None or size == batch_size:
+    return batches, rows_per_batch
+  return batches, rows_per_batch * size / batch_size
+
+
+def _input_stats(
+  apply_fn, current, x_trusted, *, batch_size, exclude, layer_range, rows_per_batch, seed
+) -> dict[Path, LayerStats]:
+  """The Gram matrices C of each selected layer's input a in ``current``'s forward."""
+  batches, budget = _batches(x_trusted, batch_size, rows_per_batch)
+  stats = activation_stats(apply_fn, current, batches, rows_per_batch=budget, seed=seed)
+  return select_layers(stats, exclude=exclude, layer_range=layer_range)
+
+
 def round_stats(
   apply_fn: ApplyFn,
   current: Variables,
@@ -126,7 +158,7 @@ def round_stats(
     apply_fn: eval-mode forward.
     current: the round r−1 model (kernels Q_{r−1} K), whose forward gives each layer's
       input a.
-    x_trusted: the trusted inputs.
+    x_trusted: the trusted inputs (host, or a global array sharded over a data axis).
     previous: the composed projections Q_{r−1} per layer (None in round 0: the rows
       are the inputs themselves).
     batch_size, exclude, layer_range, rows_per_batch, seed: as in `correct`.
@@ -134,16 +166,52 @@ def round_stats(
   Returns:
     path → `LayerStats` with ``gram = Q_{r−1}ᵀ C Q_{r−1}``, C the inputs' Gram matrix.
   """
-  stats = activation_stats(
-    apply_fn, current, batched(x_trusted, batch_size), rows_per_batch=rows_per_batch, seed=seed
+  stats = _input_stats(
+    apply_fn,
+    current,
+    x_trusted,
+    batch_size=batch_size,
+    exclude=exclude,
+    layer_range=layer_range,
+    rows_per_batch=rows_per_batch,
+    seed=seed,
   )
-  stats = select_layers(stats, exclude=exclude, layer_range=layer_range)
   if previous is None:
     return stats
   return {
     p: LayerStats(gram=_congruence(previous[p].matrix, s.gram), count=s.count, layout=s.layout)
     for p, s in stats.items()
   }
+
+
+def round_bases(
+  stats: Mapping[Path, LayerStats],
+  previous: Projections | None,
+  mesh: tuple[Mesh, str] | None = None,
+) -> dict[Path, proj.Basis]:
+  """Each layer's eigenbasis of Q_{r−1}ᵀ C Q_{r−1} (of C when ``previous`` is None).
+
+  Args:
+    stats: the inputs' statistics C (not yet transformed: `round_stats` with
+      ``previous=None``).
+    previous: the composed projections Q_{r−1}, or None.
+    mesh: ``(mesh, axis)`` when the statistics were combined over a mesh: each layer's
+      congruence and eigh then run on one device and the bases are shared
+      (`sap_jax.spread_eigh.spread_eigh`); None: on the statistics' device.
+  """
+  grams = {p: s.gram for p, s in stats.items()}
+  transforms = None if previous is None else {p: previous[p].matrix for p in grams}
+  if mesh is not None:
+    return spread_eigh(grams, *mesh, transforms=transforms)
+  if transforms is not None:
+    grams = {p: _congruence(transforms[p], g) for p, g in grams.items()}
+  return {p: _eigh_jit(g) for p, g in grams.items()}
+
+
+def _first_decomposition(variables, stats, mesh) -> Decomposition:
+  """Round 0's decomposition; over a mesh each layer's eigh runs on one device."""
+  bases = None if mesh is None else round_bases(stats, None, mesh)
+  return decompose(variables, stats, consume=True, bases=bases)  # frees each Gram matrix
 
 
 def compose(
@@ -175,10 +243,6 @@ def projected(variables: Variables, projections: Projections) -> Variables:
   return with_kernels(variables, _project_jit(kernels, mats, layouts=layouts))
 
 
-def _round_bases(stats: Mapping[Path, LayerStats]) -> dict[Path, proj.Basis]:
-  return {p: _eigh_jit(s.gram) for p, s in stats.items()}
-
-
 def correct(
   apply_fn: ApplyFn,
   variables: Mapping[str, Any],
@@ -197,7 +261,10 @@ def correct(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: model variables (not modified).
-    x_trusted: the trusted inputs (N_trust, …).
+    x_trusted: the trusted inputs (N_trust, …): a host array, or a global array sharded
+      over a mesh's data axis (`sap_jax.sharding`; each device then accumulates its own
+      samples' statistics, and each layer's eigendecomposition runs on one device, the
+      bases shared: `sap_jax.spread_eigh`).
     alpha: scaling coefficient α > 0 (scalar or dict path → scalar).
     batch_size: trusted samples per forward pass while collecting statistics.
     exclude: glob patterns of layer paths to leave unchanged (see `select_layers`).
@@ -210,7 +277,7 @@ def correct(
     seed: seed of the row subsampling (round r uses ``seed + r``).
 
   Returns:
-    Corrected variables.
+    Corrected variables (replicated on the mesh for sharded ``x_trusted``).
   """
   x_trusted = check_finite_inputs(x_trusted, "x_trusted")
   proj.check_alpha(alpha)
@@ -219,17 +286,21 @@ def correct(
   opts = dict(
     batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
   )
+  mesh = shd.data_axis_of(x_trusted)
+  if mesh is not None:
+    variables = shd.replicate(dict(variables), mesh[0])
   if rounds == 1:
-    stats = round_stats(apply_fn, variables, x_trusted, None, seed=seed, **opts)
-    decomposition = decompose(variables, stats, consume=True)  # frees each Gram matrix
+    stats = _input_stats(apply_fn, variables, x_trusted, seed=seed, **opts)
+    decomposition = _first_decomposition(variables, stats, mesh)
     del stats
     return apply_alpha(variables, decomposition, alpha)
   current, previous = dict(variables), None
   for r in range(rounds):
-    stats = round_stats(apply_fn, current, x_trusted, previous, seed=seed + r, **opts)
+    stats = _input_stats(apply_fn, current, x_trusted, seed=seed + r, **opts)
     layouts = tuple((p, s.layout) for p, s in stats.items())
-    previous = compose(previous, _round_bases(stats), layouts, _scaled(alpha, 10.0**r))
+    layer_bases = round_bases(stats, previous, mesh)
     del stats
+    previous = compose(previous, layer_bases, layouts, _scaled(alpha, 10.0**r))
     current = projected(variables, previous)
   return current
 
@@ -296,7 +367,8 @@ def sap_rounds(
     apply_fn: eval-mode forward.
     variables: the trained (noisy) model (not modified).
     x_trusted: the trusted inputs (the same set every round, as the published code's
-      cached curvature ranking).
+      cached curvature ranking); host, or sharded over a mesh's data axis as in
+      `correct` (the variables, and the result, are then replicated on the mesh).
     x_val, y_val: the split every round is scored on (honest protocol: the NOISY
       validation labels).
     alphas: round 0's grid; round r uses it × 10^r.
@@ -324,9 +396,12 @@ def sap_rounds(
     batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
   )
   eval_bs = max(batch_size, 512)
+  mesh = shd.data_axis_of(x_trusted)
+  if mesh is not None:
+    variables = shd.replicate(dict(variables), mesh[0])
   if first is None:
-    stats = round_stats(apply_fn, variables, x_trusted, None, seed=seed, **opts)
-    decomposition = decompose(variables, stats, consume=True)
+    stats = _input_stats(apply_fn, variables, x_trusted, seed=seed, **opts)
+    decomposition = _first_decomposition(variables, stats, mesh)
     del stats
     sweep = sweep_alpha(apply_fn, variables, decomposition, grid, x_val, y_val, batch_size=eval_bs)
   else:
@@ -352,9 +427,9 @@ def sap_rounds(
   previous = compose(None, decomposition.bases, decomposition.layouts, sweep.best_alpha)
   del decomposition
   for r in range(1, rounds):
-    stats = round_stats(apply_fn, current, x_trusted, previous, seed=seed + r, **opts)
+    stats = _input_stats(apply_fn, current, x_trusted, seed=seed + r, **opts)
     layouts = tuple((p, s.layout) for p, s in stats.items())
-    layer_bases = _round_bases(stats)
+    layer_bases = round_bases(stats, previous, mesh)
     del stats
     grid_r = grid * 10.0**r
     accuracies = []

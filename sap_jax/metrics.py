@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sap_jax.evaluation import evaluate, fit_fraction
+import numpy as np
+
+from sap_jax import sharding as shd
+from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
 from sap_jax.types import ApplyFn, Variables
 
 __all__ = ["METRIC_KEYS", "split_metrics"]
@@ -26,7 +29,8 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
     variables: the model's variables.
     splits: a `sap_jax.data.NoisySplits` (``x_test``/``y_test``, ``x_val`` with
       ``y_val`` (noisy) and ``y_val_clean``, ``x_train``/``y_train`` (noisy) and
-      ``noise_mask``).
+      ``noise_mask``): host arrays, or global arrays sharded over a mesh's data axis
+      (``noise_mask`` on the host; only the training logits are gathered).
 
   Returns:
     ``{"test_accuracy", "val_accuracy_noisy", "val_accuracy_clean", "fit_noisy"}``:
@@ -40,7 +44,11 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
     return evaluate(apply_fn, variables, x, y)["accuracy"]
 
   fit = None
-  if splits.noise_mask.any():
+  if splits.noise_mask.any() and shd.is_global(splits.x_train):  # logits where the data are
+    predicted = np.argmax(predict_logits(apply_fn, variables, splits.x_train), axis=-1)
+    mask = np.asarray(splits.noise_mask)
+    fit = float(np.mean(predicted[mask] == shd.to_host(splits.y_train)[mask]))
+  elif splits.noise_mask.any():
     fit = fit_fraction(apply_fn, variables, splits.x_train, splits.y_train, splits.noise_mask)
   return {
     "test_accuracy": accuracy(splits.x_test, splits.y_test),

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from sap_jax import multihost
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import trusted as tr
@@ -140,7 +141,7 @@ def run_sap(
     x_train, y_train: training inputs and their (noisy) labels. Host arrays, or global
       arrays sharded over a mesh's data axis (`sap_jax.sharding`): then every step
       runs where the data is (per-sample losses, statistics on the trusted samples
-      gathered in place, the sweep's evaluations); only the N losses, the labels, the
+      gathered in place, the sweep's evaluations); only the N scores, the labels, the
       counts and α cross to the host, and the corrected variables are replicated.
     x_val, y_val: validation split used to choose α (honest protocol: noisy labels).
     n_trusted: size of the trusted set (paper: 1000).
@@ -169,7 +170,36 @@ def run_sap(
 
   Returns:
     A `SAPResult`.
+
+  Raises:
+    ValueError: bad inputs or options, before any work; with several processes
+      (`jax.distributed`), also inputs that differ between processes (every option,
+      the variables and the global shapes of the data must agree;
+      `sap_jax.multihost.check_same_across_processes`), raised on every process.
   """
+  multihost.check_same_across_processes(
+    {
+      "variables": variables,
+      "x_train": x_train,
+      "y_train": y_train,
+      "x_val": x_val,
+      "y_val": y_val,
+      "eval_splits": eval_splits,
+      "n_trusted": n_trusted,
+      "alphas": alphas,
+      "score": score,
+      "class_balanced": class_balanced,
+      "exclude": exclude,
+      "layer_range": layer_range,
+      "batch_size": batch_size,
+      "rows_per_batch": rows_per_batch,
+      "seed": seed,
+      "trusted": trusted,
+      "tune": tune,
+      "tune_options": tune_options,
+    },
+    "run_sap",
+  )
   if n_trusted > len(x_train):
     raise ValueError(
       f"n_trusted={n_trusted} exceeds the {len(x_train)} training samples; "
@@ -188,11 +218,6 @@ def run_sap(
     raise ValueError('tune_options were given without tune; pass tune="per_layer".')
   found = shd.common_data_axis(x_train, y_train, x_val, y_val)
   if found is not None:  # global arrays over a mesh: the data stays where it is
-    if score != "loss" and trusted is None:
-      raise ValueError(
-        f'score="{score}" is not available for sharded global arrays yet; use score="loss" '
-        "or pass trusted= indices."
-      )
     variables = shd.replicate(variables, found[0])
     y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
   report = progress or (lambda phase, done, total: None)

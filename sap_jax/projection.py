@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from sap_jax.kernels import (
@@ -148,8 +149,10 @@ def check_alpha(alpha: Any) -> None:
   for a in values:
     if isinstance(a, jax.core.Tracer):
       continue
-    arr = jnp.asarray(a)
-    if not bool(jnp.all(jnp.isfinite(arr))) or not bool(jnp.all(arr > 0)):
+    arr = np.asarray(a)  # on the host, as JAX would store it: eager jnp compiles programs
+    with np.errstate(over="ignore"):
+      arr = arr.astype(jax.dtypes.canonicalize_dtype(arr.dtype))
+    if not bool(np.all(np.isfinite(arr))) or not bool(np.all(arr > 0)):
       raise ValueError(f"alpha must be finite and > 0 (the paper uses 1e3…1e6), got {a}.")
 
 

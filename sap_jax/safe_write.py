@@ -20,6 +20,13 @@
 outputs that overlap one another), so a command calls it before any work; the writers
 repeat the check of their own target just before they swap, in case the disk changed
 meanwhile.
+
+A folder filled by several processes (a checkpoint of a `jax.distributed` run) is written
+in the three steps of `write_dir`: `begin_dir` (checks, cleans, creates the temporary)
+and `commit_dir` (checks again, swaps) on process 0 only, the fill on every process in
+between, `discard` on failure; `sap_jax.checkpoint` does so with
+`sap_jax.multihost.first_decides`, so the temporary's name (process 0's pid in it) is one
+for all processes and stale ones are recognised by process 0's machine.
 """
 
 from __future__ import annotations
@@ -36,10 +43,13 @@ __all__ = [
   "TMP_TAG",
   "Kind",
   "RefusedWrite",
+  "begin_dir",
   "check_target",
   "check_targets",
   "clean_stale",
+  "commit_dir",
   "describe",
+  "discard",
   "interrupted_saves",
   "temp_name",
   "write_dir",
@@ -345,10 +355,37 @@ def write_dir(
   ``fill`` writes the content into a fresh temporary folder beside ``path``; the folder
   is then renamed into place (an existing one of ``kind`` is renamed aside first and
   deleted after). If ``fill`` raises (or the process is interrupted), the temporary is
-  removed and ``path`` is as it was.
+  removed and ``path`` is as it was. (`begin_dir`, ``fill``, `commit_dir`, and
+  `discard` on failure: a writer whose ``fill`` runs on several processes calls the
+  three steps itself.)
 
   Returns:
     ``path`` made absolute.
+
+  Raises:
+    RefusedWrite: the rule refuses ``path`` (nothing is written).
+  """
+  target, tmp = begin_dir(path, kind, overwrite=overwrite, protect=protect)
+  try:
+    fill(tmp)
+    commit_dir(target, tmp, kind, overwrite=overwrite, protect=protect)
+  finally:
+    discard(tmp)
+  return target
+
+
+def begin_dir(
+  path: str | os.PathLike,
+  kind: Kind,
+  *,
+  overwrite: bool = False,
+  protect: Iterable[str | os.PathLike] = (),
+) -> tuple[Path, Path]:
+  """The first step of `write_dir`: checks ``path``, cleans the stale temporaries of a
+  killed run there, and creates the fresh temporary folder to fill.
+
+  Returns:
+    ``(target, tmp)``: ``path`` made absolute, and the empty temporary folder beside it.
 
   Raises:
     RefusedWrite: the rule refuses ``path`` (nothing is written).
@@ -358,13 +395,33 @@ def write_dir(
   clean_stale(target)
   target = check_target(target, kind, overwrite=overwrite, protect=protect)  # after a restore
   tmp = temp_name(target)
+  tmp.mkdir()
+  return target, tmp
+
+
+def commit_dir(
+  target: Path,
+  tmp: Path,
+  kind: Kind,
+  *,
+  overwrite: bool = False,
+  protect: Iterable[str | os.PathLike] = (),
+) -> Path:
+  """The last step of `write_dir`: checks ``target`` again (the disk may have changed)
+  and swaps the filled ``tmp`` in (an existing ``target`` of ``kind`` is renamed aside,
+  then deleted). On failure ``target`` is as it was; ``tmp`` is left for `discard`.
+
+  Returns:
+    ``target``.
+
+  Raises:
+    RefusedWrite: the rule now refuses ``target`` (nothing is replaced).
+  """
   old = temp_name(target, OLD_TAG)
   swapped = False
   try:
-    tmp.mkdir()
-    fill(tmp)
     _fsync_dir(tmp)
-    check_target(target, kind, overwrite=overwrite, protect=protect)  # the disk may have changed
+    check_target(target, kind, overwrite=overwrite, protect=protect)
     if _exists(target):
       os.rename(target, old)
     os.rename(tmp, target)  # the window: between these two renames nothing is at target
@@ -376,8 +433,12 @@ def write_dir(
         _remove(old)
       elif not _exists(target):
         os.rename(old, target)  # the new one never came in: put the old one back
-    _remove(tmp)
   return target
+
+
+def discard(tmp: Path) -> None:
+  """Removes a temporary of `begin_dir` (or `write_file`) if it is still there."""
+  _remove(tmp)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -100,6 +100,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   def one(leaf):
     if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
       return leaf
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      # a typed PRNG key (e.g. an NNX model's RNG stream) travels as its key data
+      impl = jax.random.key_impl(leaf)
+      return jax.random.wrap_key_data(one(jax.random.key_data(leaf)), impl=impl)
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
       return jax.device_put(leaf, sharding)
     host = np.asarray(leaf)
@@ -226,25 +230,32 @@ def shard_starts(starts: Any, mesh: Mesh, axis: str = DATA_AXIS) -> jax.Array:
   return jax.make_array_from_callback(starts.shape, sharding, lambda index: starts[index])
 
 
-def _local_slice(x: jax.Array, start: int, size: int, mesh: Mesh, axis: str) -> jax.Array:
-  return _local_slice_jit(x, start, size, mesh, axis)
+def _local_slice(
+  x: jax.Array, start: int, size: int, mesh: Mesh, axis: str, total: int | None = None
+) -> jax.Array:
+  return _local_slice_jit(x, start, size, mesh, axis, size if total is None else total)
 
 
-def _slice_body(start: int, size: int):
+def _slice_body(start: int, size: int, total: int):
   def body(xl):
-    return jax.lax.slice_in_dim(xl, start, start + size, axis=0)
+    part = jax.lax.slice_in_dim(xl, start, start + size, axis=0)
+    if total == size:
+      return part
+    # padded to ``total`` with the shard's first sample (a real input), masked by callers
+    return jnp.concatenate([part, jnp.broadcast_to(xl[:1], (total - size, *xl.shape[1:]))])
 
   return body
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _local_slice_jit(x, start, size, mesh, axis):
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _local_slice_jit(x, start, size, mesh, axis, total):
   spec = P(axis, *([None] * (x.ndim - 1)))
-  return jax.shard_map(_slice_body(start, size), mesh=mesh, in_specs=spec, out_specs=spec)(x)
+  body = _slice_body(start, size, total)
+  return jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec)(x)
 
 
 def local_batches(
-  x: jax.Array, batch_size: int, n_valid: int | None = None
+  x: jax.Array, batch_size: int, n_valid: int | None = None, pad: bool = False
 ) -> Iterator[LocalBatch]:
   """Consecutive batches of a sharded global array, each device cutting its own samples.
 
@@ -259,6 +270,10 @@ def local_batches(
     batch_size: samples per batch over all devices, a multiple of the shards.
     n_valid: only the first ``n_valid`` samples of ``x`` (global order) count; the rest
       pad it (`LocalBatch.valid`). None: all of them.
+    pad: give the last batch the shape of the others, each device's share padded with
+      its first sample and masked (`LocalBatch.valid`): one compilation serves every
+      batch, and a row budget treats the last batch as one process treats its padded
+      last batch (the same rows).
   """
   found = data_axis_of(x)
   if found is None:
@@ -275,10 +290,14 @@ def local_batches(
   for s in range(0, share, per):
     size = min(per, share - s)
     first = np.arange(shards) * share + s
+    total = per if pad else size
     valid = None
     if n_valid is not None:
       valid = shard_starts(np.clip(n_valid - first, 0, size), mesh, axis)
-    yield LocalBatch(_local_slice(x, s, size, mesh, axis), shard_starts(first, mesh, axis), valid)
+    elif total > size:
+      valid = shard_starts(np.full(shards, size), mesh, axis)
+    batch = _local_slice(x, s, size, mesh, axis, total)
+    yield LocalBatch(batch, shard_starts(first, mesh, axis), valid)
 
 
 def sample_batches(
@@ -315,23 +334,40 @@ def _gather_jit(x, index, out_sharding):
   return jax.lax.with_sharding_constraint(jnp.take(x, index, axis=0), out_sharding)
 
 
+def transfer_hlo(x: jax.Array, index: Any = None) -> str:
+  """The compiled HLO text of a transfer of the sharded global array ``x``: with
+  ``index``, the program of `gather_rows(x, index)`; without, the all-gather of
+  `to_host(x)`. For benchmarks and tests that count the bytes it moves."""
+  mesh, axis = data_axis_of(x)
+  if index is None:
+    return _replicated_copy.lower(x, replicated(mesh)).compile().as_text()
+  index = np.asarray(index, np.int32)
+  check_divides(len(index), mesh, axis, "transfer_hlo index")
+  out = batch_sharding(mesh, x.ndim, axis)
+  return _gather_jit.lower(x, index, out).compile().as_text()
+
+
 _COLLECTIVE = re.compile(
   r"=\s*(\([^=]*?\)|[a-z0-9]+\[[0-9,]*\](?:\{[^}]*\})?)\s+"
   r"(all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(?:-start)?\("
 )
+_COMMENT = re.compile(r"/\*.*?\*/")
 _SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
 _BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2}
 
 
 class Collective(NamedTuple):
-  """One collective of a compiled program: its kind and the shapes of its operands."""
+  """One collective of a compiled program: its kind and the shapes it produces."""
 
   kind: str
   shapes: tuple[tuple[str, tuple[int, ...]], ...]
 
   @property
   def bytes(self) -> int:
-    """Bytes of its operands (what each device contributes)."""
+    """Bytes of the shapes the instruction produces on each device: for an all-reduce
+    (and all-to-all, collective-permute) what each device contributes; for an all-gather
+    the N devices' parts together (each contributes 1/N); for a reduce-scatter 1/N of
+    what each contributes."""
     return sum(_BYTES.get(t, 1) * int(np.prod(s)) for t, s in self.shapes)
 
 
@@ -340,6 +376,7 @@ def collectives(hlo_text: str) -> list[Collective]:
   (``jitted.lower(...).compile().as_text()``), in program order; a combined (tuple)
   collective is one entry with several operand shapes."""
   out = []
+  hlo_text = _COMMENT.sub("", hlo_text)  # long tuples carry /*index=5*/ markers
   for m in _COLLECTIVE.finditer(hlo_text):
     shapes = tuple(
       (t, tuple(int(d) for d in dims.split(",") if d)) for t, dims in _SHAPE.findall(m.group(1))

@@ -19,8 +19,10 @@ influence the choice.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -171,6 +173,135 @@ def layer_methods(
   return out
 
 
+MAX_DEFAULT_WORKERS = 4
+"""The cap of `max_workers` (measured only on 2 cores; more concurrent LAPACK calls also
+mean more workspaces alive at once)."""
+
+PARALLEL_ABOVE = 1e9
+"""Below this total cost (`_layer_cost` units, ≈ flops; 1e9 is about 0.1 s of LAPACK on one
+core) `decompose` runs its layers one after another: threads would cost more than they
+save (small models, e.g. the digits CNN, whose first call in a new process is mostly
+fixed costs). Applies to the default ``workers`` only; an explicit value is obeyed."""
+
+
+def max_workers() -> int:
+  """The most layers `decompose` runs at once by default: on the CPU backend the cores
+  this process may use (``os.sched_getaffinity``), at most `MAX_DEFAULT_WORKERS`;
+  elsewhere 1 (an accelerator runs one program at a time)."""
+  if jax.default_backend() != "cpu":
+    return 1
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    cores = os.cpu_count() or 1
+  return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+def default_workers() -> int:
+  """How many layers `decompose` decomposes at once by default: `max_workers`, less the
+  cores other work keeps busy (the 1-minute load average beyond this process's own
+  thread, ``int(load − 1)``), at least 1.
+
+  Each layer's eigh (LAPACK syevd) or Cholesky runs on the host thread that dispatched
+  it, so layers dispatched from different threads run on different cores; JAX's
+  asynchronous dispatch alone, one program holding every layer, or layers placed on
+  several host devices all ran one after another (measured). Two d = 2304 eighs on an
+  idle 2-core machine: 1.86× faster on two threads; with another process keeping one
+  core busy, 1.24× slower; at load 10, no faster (benchmarks/README.md). Hence the
+  load term. The result never depends on it (bit for bit).
+  """
+  cores = max_workers()
+  try:
+    busy = max(0, int(os.getloadavg()[0] - 1.0))
+  except (AttributeError, OSError):  # no load average on this platform
+    busy = 0
+  return max(1, cores - busy)
+
+
+def _layer_cost(s: LayerStats | LayerFactor, method: str) -> float:
+  """A layer's decomposition cost in GEMM-flop equivalents (for the largest-first order)."""
+  layout = s.layout
+  d, g = layout.dim, layout.groups
+  if isinstance(s, LayerFactor):
+    return 4.0 * g * s.factor.shape[-2] * d * d
+  return g * d**3 * (slv.CHOLESKY_CUBIC if method == slv.SOLVE else slv.EIGH_CUBIC)
+
+
+# JAX options a `with` block can set for the calling thread only (a new thread sees the
+# global values): work handed to another thread must see the same ones.
+_THREAD_LOCAL_OPTIONS = (
+  "jax_enable_x64",
+  "jax_default_matmul_precision",
+  "jax_default_device",
+  "jax_numpy_dtype_promotion",
+  "jax_numpy_rank_promotion",
+  "jax_default_prng_impl",
+  "jax_debug_nans",
+  "jax_debug_infs",
+  "jax_disable_jit",
+)
+
+
+def _jax_context() -> tuple:
+  """The calling thread's values of the thread-local JAX options and meshes."""
+  values = tuple(repr(getattr(jax.config, name, None)) for name in _THREAD_LOCAL_OPTIONS)
+  meshes = tuple(
+    repr(getattr(jax.sharding, f)()) if hasattr(jax.sharding, f) else ""
+    for f in ("get_abstract_mesh", "get_mesh")
+  )
+  return values + meshes
+
+
+def threads_share_context() -> bool:
+  """Whether a new host thread would run JAX as the calling thread does: False inside
+  a ``with jax.enable_x64(…)``, ``jax.default_device(…)``, ``jax.set_mesh(…)`` (…)
+  block, which holds for the calling thread only. `decompose` then runs every layer in
+  the calling thread."""
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    return pool.submit(_jax_context).result() == _jax_context()
+
+
+def _is_traced(tree: Any) -> bool:
+  return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def run_dearest_first(tasks: list[tuple[float, Callable[[], Any]]], workers: int) -> list[Any]:
+  """Runs every ``(cost, thunk)``; returns the results in the tasks' order.
+
+  ``workers == 1``: one after another, in order. Otherwise on a pool of host threads,
+  dearest first (longest-processing-time-first: the pool's FIFO queue then balances
+  the cores), each thread blocking until its layer's result is computed.
+  """
+  if workers == 1 or len(tasks) <= 1:
+    return [thunk() for _, thunk in tasks]
+  order = sorted(range(len(tasks)), key=lambda i: -tasks[i][0])
+  out: list[Any] = [None] * len(tasks)
+  with concurrent.futures.ThreadPoolExecutor(
+    max_workers=min(workers, len(tasks)), thread_name_prefix="sap_decompose"
+  ) as pool:
+    futures = {i: pool.submit(lambda f=tasks[i][1]: jax.block_until_ready(f())) for i in order}
+    for i, fut in futures.items():
+      out[i] = fut.result()
+  return out
+
+
+def _checked(variables, stats, method, n_alphas, workers):
+  """`decompose`'s input checks (all before any work): ``(methods, kernels, workers)``."""
+  methods = layer_methods(stats, method=method, n_alphas=n_alphas)
+  if workers is None:
+    workers = default_workers()
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    raise ValueError(
+      f"workers must be an int ≥ 1 (layers decomposed at once), got {workers!r}; "
+      "omit it for default_workers()."
+    )
+  kernels = kernels_of(variables, list(stats))
+  for path, s in stats.items():
+    if methods[path] == slv.SOLVE and not isinstance(s, LayerFactor):
+      check_kernel(kernels[path], s.layout)
+  return methods, kernels, workers
+
+
 def decompose(
   variables: Variables,
   stats: Mapping[Path, LayerStats | LayerFactor],
@@ -179,6 +310,7 @@ def decompose(
   method: str = slv.EIGH,
   n_alphas: int = 1,
   bases: Mapping[Path, proj.Basis] | None = None,
+  workers: int | None = None,
 ) -> Decomposition:
   """Decomposes every layer's statistics once (the α-independent part of a correction).
 
@@ -186,10 +318,12 @@ def decompose(
   its basis (Vᵀ K); or "solve", C̃ = C / tr C and the filtered kernel, after which each
   α costs one Cholesky factorisation (`sap_jax.solve`). TSQR statistics
   (`sap_jax.stats.qr.activation_factors`) are decomposed by the thin SVD of their
-  factor. The decompositions run one layer at a time (one workspace alive at a time; a
+  factor. Each layer is its own compiled program (one workspace per running layer; a
   single program for all layers would hold every layer's scaled copy: ResNet18
-  +173 MB). Each compiled program is module-level, so a later call on a model of the
-  same shapes compiles nothing.
+  +173 MB), and ``workers`` layers run at once, one per host thread, dearest first.
+  The result does not depend on ``workers``: every layer runs the same program on the
+  same inputs (bit for bit, tested). Each compiled program is module-level, so a later
+  call on a model of the same shapes compiles nothing.
 
   Args:
     variables: the model variables (not modified) whose kernels will be corrected.
@@ -204,30 +338,48 @@ def decompose(
       size for a sweep); only "auto" reads it.
     bases: eigenbases already computed for some "eigh" layers (path → `Basis`, e.g.
       `sap_jax.spread_eigh.spread_eigh` over a mesh), used instead of a new eigh.
+    workers: how many layers to decompose at once (host threads); default
+      `default_workers` (the CPU cores not kept busy by other work, at most 4; 1 on an
+      accelerator; 1 when the layers' total cost is below `PARALLEL_ABOVE`). 1 runs
+      them one after another in layer order. Under an outer `jax.jit` (traced statistics),
+      or inside a thread-local JAX context (`threads_share_context` is False), they run
+      one after another in the calling thread whatever ``workers`` says.
 
   Returns:
     A `Decomposition`, computed (not pending) when this returns.
   """
-  methods = layer_methods(stats, method=method, n_alphas=n_alphas)
+  default = workers is None
+  methods, kernels, workers = _checked(variables, stats, method, n_alphas, workers)
   layouts = tuple((p, s.layout) for p, s in stats.items())
-  kernels = kernels_of(variables, [p for p, _ in layouts])
-  layer_bases, solves = {}, {}
+  if workers > 1 and (_is_traced((stats, kernels)) or not threads_share_context()):
+    workers = 1  # traced into the caller's program, or a thread-local context: no threads
+  layer_bases: dict[Path, proj.Basis] = {}
+  solves: dict[Path, slv.SolveData] = {}
+  tasks: list[tuple[float, Callable[[], Any]]] = []
+  targets: list[tuple[dict, Path]] = []  # where each task's result goes
   for path, layout in layouts:
     s = stats.pop(path) if consume else stats[path]
     if isinstance(s, LayerFactor):
-      layer_bases[path] = _svd_jit(s.factor)
+      task, target = (_layer_cost(s, slv.EIGH), functools.partial(_svd_jit, s.factor)), layer_bases
     elif bases is not None and path in bases and methods[path] != slv.SOLVE:
       layer_bases[path] = bases[path]
+      continue
     elif methods[path] == slv.SOLVE:
-      check_kernel(kernels[path], layout)
-      solves[path] = _prepare_jit(s.gram, kernels[path], layout=layout)
-    elif consume:
-      gram = s.gram
-      del s
-      layer_bases[path] = _eigh_consume_jit(gram)
-      del gram
+      fn = functools.partial(_prepare_jit, s.gram, kernels[path], layout=layout)
+      task, target = (_layer_cost(s, slv.SOLVE), fn), solves
     else:
-      layer_bases[path] = _eigh_jit(s.gram)
+      eigh = _eigh_consume_jit if consume else _eigh_jit
+      task, target = (_layer_cost(s, slv.EIGH), functools.partial(eigh, s.gram)), layer_bases
+    tasks.append(task)
+    targets.append((target, path))
+    del s
+  if default and sum(cost for cost, _ in tasks) < PARALLEL_ABOVE:
+    workers = 1  # a small model: threads would cost more than they save
+  for (target, path), result in zip(targets, run_dearest_first(tasks, workers)):
+    target[path] = result
+  del tasks
+  layer_bases = {p: layer_bases[p] for p, _ in layouts if p in layer_bases}  # layer order
+  solves = {p: solves[p] for p, _ in layouts if p in solves}
   eigh_layouts = tuple((p, lay) for p, lay in layouts if p in layer_bases)
   rotated = _rotate_jit(kernels, layer_bases, layouts=eigh_layouts)
   return jax.block_until_ready(Decomposition(layer_bases, kernels, rotated, layouts, solves))
@@ -249,10 +401,14 @@ def apply_alpha(variables: Variables, decomposition: Decomposition, alpha: Any) 
   """
   if not isinstance(alpha, jax.core.Tracer):
     proj.check_alpha(alpha)
+
+  def f32(a):  # a host value stays on the host: eager jnp would compile a program
+    return jnp.asarray(a, jnp.float32) if isinstance(a, jax.Array) else np.asarray(a, np.float32)
+
   if isinstance(alpha, Mapping):
-    alpha = {p: jnp.asarray(a, jnp.float32) for p, a in alpha.items()}
+    alpha = {p: f32(a) for p, a in alpha.items()}
   else:
-    alpha = jnp.asarray(alpha, jnp.float32)
+    alpha = f32(alpha)
   return with_kernels(variables, _project_jit(decomposition, alpha))
 
 
@@ -405,8 +561,15 @@ def sweep_alpha(
   eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
   progress: Callable[[int, int], None] | None = None,
   method: str = slv.EIGH,
+  workers: int | None = None,
 ) -> SweepResult:
   """Scores every α with one eigendecomposition per layer and chooses the best.
+
+  Given statistics, the layers are decomposed first (`decompose` with ``workers``),
+  then the unchanged model and every α are scored. (Decomposing on a host thread while
+  the unchanged model is scored was measured slower on a loaded 2-core machine: the
+  evaluation's own threads and the decomposition's compete for the cores.) Given a
+  `Decomposition`, nothing is decomposed.
 
   Args:
     apply_fn: eval-mode forward.
@@ -424,6 +587,7 @@ def sweep_alpha(
       with the number of α values scored so far (for a progress bar; no effect on results).
     method: how `decompose` treats each layer when ``stats`` are statistics: "eigh"
       (default), "solve", or "auto" (the cost model, for K = len(alphas) α values).
+    workers: layers decomposed at once (see `decompose`; default `default_workers`).
 
   Returns:
     A `SweepResult`; ``result.splits`` holds every split, the choosing one as "val".
@@ -431,7 +595,7 @@ def sweep_alpha(
   alphas_np = np.asarray(alphas, np.float64).reshape(-1)
   if alphas_np.size == 0:
     raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
-  proj.check_alpha(jnp.asarray(alphas_np))
+  proj.check_alpha(alphas_np)
   named = {CHOICE_SPLIT: (x_val, y_val), **dict(eval_splits or {})}
   if eval_splits and CHOICE_SPLIT in eval_splits:
     raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
@@ -439,7 +603,9 @@ def sweep_alpha(
   if isinstance(stats, Decomposition):
     decomposition = stats
   else:
-    decomposition = decompose(variables, stats, method=method, n_alphas=len(alphas_np))
+    decomposition = decompose(
+      variables, stats, method=method, n_alphas=len(alphas_np), workers=workers
+    )
   scores = _score_checked(
     apply_fn, variables, decomposition, alphas_np, named, batch_size, progress
   )

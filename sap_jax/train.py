@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from sap_jax import robust
+from sap_jax import multihost, robust
 from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
 from sap_jax.evaluation import check_xy, evaluate, fit_fraction, predict_logits
@@ -272,9 +272,14 @@ def train_model(
 
   Args:
     model: a Linen module called as ``model.apply(v, x, train=bool)``.
-    x: ``(N, ...)`` training inputs (host arrays; batches are sent to the
-      device per step).
-    y: ``(N,)`` integer training labels (noisy).
+    x: ``(N, ...)`` training inputs: a host array (batches are sent to the devices per
+      step), or a global array sharded over a mesh's data axis
+      (`sap_jax.sharding.from_process_local`: each process holds only its part), which
+      trains data-parallel over that mesh: each step's batch is gathered in place from
+      the devices that hold its samples (`sap_jax.sharding.gather_rows`), the same
+      batch, on the same devices, as from the host array.
+    y: ``(N,)`` integer training labels (noisy): host, or sharded like ``x`` (labels are
+      small: they are gathered to the host once).
     config: the training config.
     x_val: optional validation inputs (noisy labels, like the training set).
     y_val: optional validation labels.
@@ -285,18 +290,44 @@ def train_model(
       (``config.batch_size`` a multiple of its devices), the state replicated; the
       compiled step's means (the loss, BatchNorm's batch statistics) are over the whole
       batch, so the gradients and BatchNorm are synchronised and the result equals one
-      device's to float tolerance. Every process passes the same host ``(x, y)``.
+      device's to float tolerance. Every process passes the same host ``(x, y)``, or
+      its own part of a global ``x``. Default: the mesh of a global ``x``, else None.
 
   Returns:
     A :class:`TrainResult`.
+
+  Raises:
+    ValueError: bad data or options, before any work; with several processes
+      (`jax.distributed`), also a model, config, data shapes or host data that differ
+      between processes (`sap_jax.multihost.check_same_across_processes`), raised on
+      every process.
   """
+  multihost.check_same_across_processes(
+    {
+      "model": model,
+      "config": config,
+      "x": x,
+      "y": y,
+      "x_val": x_val,
+      "y_val": y_val,
+      "mesh": None if mesh is None else (tuple(mesh.shape.items()), mesh.devices.tolist()),
+    },
+    "train_model",
+  )
+  mesh = _training_mesh(x, x_val, mesh)
   if mesh is not None:
     shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
+  if isinstance(y, jax.Array) and shd.is_global(y):
+    y = shd.to_host(y)
+  if isinstance(y_val, jax.Array) and shd.is_global(y_val):
+    y_val = shd.to_host(y_val)
   x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
   start_time = time.perf_counter()
   steps_per_epoch = len(x) // config.batch_size
   rngs = run_rngs(config.seed)
-  state = create_train_state(model, x[:1], config, rngs.init, steps_per_epoch=steps_per_epoch)
+  state = create_train_state(
+    model, _first_sample(x), config, rngs.init, steps_per_epoch=steps_per_epoch
+  )
   if mesh is not None:
     state = shd.replicate(state, mesh)
   schedule = make_schedule(config, steps_per_epoch)
@@ -330,6 +361,33 @@ def train_model(
   return TrainResult(
     variables=variables, history=history, train_time_s=time.perf_counter() - start_time
   )
+
+
+def _training_mesh(x, x_val, mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
+  """The mesh to train over: ``mesh``, or the one a global ``x`` is sharded over (an error
+  when they differ, or when the data axis is not `sap_jax.sharding.DATA_AXIS`)."""
+  found = shd.common_data_axis(x, x_val)
+  if found is None:
+    return mesh
+  if found[1] != shd.DATA_AXIS:
+    raise ValueError(
+      f"x is sharded over the mesh axis {found[1]!r}; train_model shards batches over "
+      f"{shd.DATA_AXIS!r}: make the mesh with sap_jax.sharding.data_mesh()."
+    )
+  if mesh is not None and mesh != found[0]:
+    raise ValueError(
+      f"x is sharded over a mesh of shape {dict(found[0].shape)}, not the mesh= given "
+      f"({dict(mesh.shape)}); pass the mesh the data are sharded over, or mesh=None."
+    )
+  return found[0]
+
+
+def _first_sample(x) -> np.ndarray:
+  """``x[:1]`` on the host; of a global array, gathered in place (every process)."""
+  if not shd.is_global(x):
+    return x[:1]
+  mesh, axis = shd.data_axis_of(x)
+  return shd.to_host(shd.gather_rows(x, np.zeros(shd.num_shards(mesh, axis), np.int64)))[:1]
 
 
 def _checked_training_data(model: nn.Module, x, y, x_val, y_val, config: TrainConfig):
@@ -374,9 +432,12 @@ def _train_epoch(
   metrics = []
   for i, idx in enumerate(order):
     rng = jax.random.fold_in(rngs.steps, epoch * steps_per_epoch + i)
-    xb, yb = x[idx], y[idx]
-    if mesh is not None:  # the batch split over the data axis, where the step runs
-      xb, yb = shd.shard_batch(xb, mesh), shd.shard_batch(yb, mesh)
+    if shd.is_global(x):  # gathered in place onto the devices a host batch would go to
+      xb, yb = shd.gather_rows(x, idx), shd.shard_batch(y[idx], mesh)
+    elif mesh is not None:  # the batch split over the data axis, where the step runs
+      xb, yb = shd.shard_batch(x[idx], mesh), shd.shard_batch(y[idx], mesh)
+    else:
+      xb, yb = x[idx], y[idx]
     state, m = train_step(state, xb, yb, rng, epoch, config=config)
     metrics.append(m)
   metrics = jax.device_get(metrics)

@@ -23,15 +23,23 @@ batching-independent form of the curvature ranking (the two curvature scores giv
 same order within one batch, up to the probes' randomness, since the norm is a
 monotone function of the squared norm, but "curvature_published" scales each batch's
 scores by 1/batch size, so a short last batch ranks differently).
+
+Every score takes global arrays sharded over a mesh's data axis (`sap_jax.sharding`) as
+well as host arrays: each device scores its own samples, and only the N scores cross
+to the host, equal to one process's to float tolerance. The curvature scores draw
+their probes per batch of consecutive samples, so on a mesh each device runs the very
+batches one process runs that hold its samples, with their probes (`sharded_curvature`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from sap_jax import sharding as shd
 from sap_jax.batching import padded_batches
@@ -139,19 +147,36 @@ def input_curvature(
   Args:
     apply_fn: eval-mode forward.
     variables: model variables.
-    x: inputs (N, …).
-    y: integer labels (N,).
+    x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis
+      (`sap_jax.sharding.shard_batch`); then each device scores its own samples, with
+      the very probes one process draws (see `sharded_curvature`), and only the N
+      scores cross to the host.
+    y: integer labels (N,) (a host array, or sharded like ``x``).
     h: finite-difference step.
     num_probes: number of random probes averaged.
-    seed: seed of the probes.
-    batch_size: samples per jitted call.
+    seed: seed of the probes (batch i of ``batch_size`` consecutive samples uses
+      ``fold_in(PRNGKey(seed), i)``).
+    batch_size: samples per jitted call (sharded ``x``: the same batches, each device
+      running ``batch_size`` rows per call).
 
   Returns:
     float32[N] curvature scores (lower = more trusted).
   """
-  x, y = check_labelled(apply_fn, variables, x, y)
   if h <= 0 or num_probes < 1:
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
+  if shd.is_global(x):
+    return sharded_curvature(
+      apply_fn,
+      variables,
+      x,
+      y,
+      "curvature",
+      h=h,
+      num_probes=num_probes,
+      seed=seed,
+      batch_size=batch_size,
+    )
+  x, y = check_labelled(apply_fn, variables, x, y)
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
 
   fn = hashable(apply_fn)
@@ -175,6 +200,11 @@ def rademacher_probes(key: jax.Array, num_probes: int, shape: tuple[int, ...]) -
 def _published_curvature(apply_fn, variables, x, y, probes, real, h):
   """Published estimator on one (padded) batch: only the first ``real`` samples count."""
   mask = (jnp.arange(len(x)) < real).astype(x.dtype)
+  return _published_masked(apply_fn, variables, x, y, probes, mask, real, h)
+
+
+def _published_masked(apply_fn, variables, x, y, probes, mask, real, h):
+  """Published estimator on one batch of ``real`` samples, those where ``mask`` is 1."""
 
   def mean_loss(z):
     # The batch-mean cross-entropy over the real samples (PyTorch's F.cross_entropy).
@@ -190,13 +220,6 @@ def _published_curvature(apply_fn, variables, x, y, probes, real, h):
 
 
 _published_curvature_jit = jax.jit(_published_curvature, static_argnums=0)
-
-JITTED = {
-  "trusted.losses": _losses_jit,
-  "trusted.curvature": _curvature_jit,
-  "trusted.published_curvature": _published_curvature_jit,
-}
-"""The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
 def published_curvature(
@@ -225,19 +248,35 @@ def published_curvature(
   Args:
     apply_fn: eval-mode forward.
     variables: model variables.
-    x: inputs (N, …).
-    y: integer labels (N,).
+    x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis;
+      then each device scores its own samples, each in its global batch of one process,
+      with that batch's probes and size (see `sharded_curvature`), and only the N scores
+      cross to the host.
+    y: integer labels (N,) (a host array, or sharded like ``x``).
     h: finite-difference step.
     num_probes: number of probes averaged (published: 10).
     seed: seed of the probes (batch i uses ``fold_in(PRNGKey(seed), i)``).
-    batch_size: samples per batch (the mean of the loss runs over a batch).
+    batch_size: samples per batch (the mean of the loss runs over a batch; sharded
+      ``x``: the same global batches, each device running ``batch_size`` rows).
 
   Returns:
     float32[N] scores (lower = more trusted).
   """
-  x, y = check_labelled(apply_fn, variables, x, y)
   if h <= 0 or num_probes < 1:
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
+  if shd.is_global(x):
+    return sharded_curvature(
+      apply_fn,
+      variables,
+      x,
+      y,
+      "curvature_published",
+      h=h,
+      num_probes=num_probes,
+      seed=seed,
+      batch_size=batch_size,
+    )
+  x, y = check_labelled(apply_fn, variables, x, y)
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
   fn = hashable(apply_fn)
   key = jax.random.PRNGKey(seed)
@@ -247,6 +286,161 @@ def published_curvature(
     got = _published_curvature_jit(fn, variables, xb, yb, probes, jnp.float32(real), h)
     out.append(np.asarray(got)[:real])
   return np.concatenate(out).astype(np.float32)
+
+
+def _sharded_curvature_body(apply_fn, kind, num_probes, bs, n, share):
+  """shard_map body: one device's rows of its current global batch, scored.
+
+  ``offset``: where the batch starts in this device's samples (rows outside
+  ``[0, share)`` belong to other devices and are masked), ``batch``: its index.
+  """
+
+  def body(variables, x, y, offset, batch, key, h):
+    rows = offset[0] + jnp.arange(bs)
+    valid = (rows >= 0) & (rows < share)
+    index = jnp.clip(rows, 0, share - 1)
+    xb = jnp.take(x, index, axis=0).astype(jnp.float32)
+    yb = jnp.take(y, index, axis=0).astype(jnp.int32)
+    k = jax.random.fold_in(key, batch[0])
+    if kind == "curvature":
+      return _curvature(apply_fn, variables, xb, yb, k, h, num_probes)
+    probes = rademacher_probes(k, num_probes, xb.shape)
+    real = jnp.minimum(bs, n - batch[0] * bs).astype(jnp.float32)
+    return _published_masked(apply_fn, variables, xb, yb, probes, valid.astype(xb.dtype), real, h)
+
+  return body
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _sharded_curvature_jit(
+  apply_fn, kind, num_probes, bs, n, mesh, axis, variables, x, y, offset, batch, key, h
+):
+  share = x.shape[0] // shd.num_shards(mesh, axis)
+  body = _sharded_curvature_body(apply_fn, kind, num_probes, bs, n, share)
+  spec = P(axis)
+  specs = (P(), P(axis, *([None] * (x.ndim - 1))), spec, spec, spec, P(), P())
+  fn = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)
+  return fn(variables, x, y, offset, batch, key, h)
+
+
+def curvature_schedule(n: int, shards: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Which global batch each device scores at each step of `sharded_curvature`.
+
+  One process cuts N samples into consecutive batches of ``b = min(batch_size, N)``;
+  device d holds samples ``[d·s, (d+1)·s)`` (s = N / shards), which meet batches
+  ``⌊d·s / b⌋ … ⌊((d+1)·s − 1) / b⌋``. Step t gives device d the t-th of them (a device
+  with fewer gets an empty step: offset s, batch 0).
+
+  Returns:
+    Per step ``(offset, batch)``, both int32[shards]: where the batch starts in device
+    d's own samples (``batch · b − d·s``, negative when it began on the previous
+    device), and the batch's index.
+  """
+  share, b = n // shards, min(batch_size, n)
+  d = np.arange(shards)
+  first, last = d * share // b, ((d + 1) * share - 1) // b
+  out = []
+  for t in range(int((last - first).max()) + 1):
+    batch = first + t
+    active = batch <= last
+    offset = np.where(active, batch * b - d * share, share).astype(np.int32)
+    out.append((offset, np.where(active, batch, 0).astype(np.int32)))
+  return out
+
+
+def sharded_curvature(
+  apply_fn: ApplyFn,
+  variables: Any,
+  x: jax.Array,
+  y: Any,
+  kind: str,
+  *,
+  h: float = 1e-3,
+  num_probes: int = 10,
+  seed: int = 0,
+  batch_size: int = 256,
+) -> np.ndarray:
+  """`input_curvature` (``kind="curvature"``) or `published_curvature`
+  (``"curvature_published"``) of a global array sharded over a mesh's data axis, equal
+  to one process's scores of the same samples.
+
+  Both estimators draw their probes per batch of ``b = min(batch_size, N)`` consecutive
+  samples (batch i: ``fold_in(PRNGKey(seed), i)``, a (num_probes, b, …) draw, row r for
+  the batch's r-th sample), and the published one divides by the batch's size. So each
+  device runs, step by step (`curvature_schedule`), the global batches that meet its own
+  samples: the b rows of batch i as one process lays them out, those of other devices
+  masked (a local gather within the device; no sample crosses devices), the same
+  probes drawn on the device from the same key, the true batch size as the mean's
+  divisor. A sample's score depends only on its own row (an eval-mode forward in which
+  no sample sees another; one whose outputs mixed samples would make even one
+  process's scores depend on its padding), so every score equals one process's to float
+  tolerance (bit-identical on CPU in the tests). Cost: each device runs at most
+  ⌈s / b⌉ + 1 batches of b rows for its s samples (b ≤ s wastes at most two batches
+  per device; b > s runs b rows for s), and only the scores (b per device per step)
+  cross to the host.
+
+  Args:
+    apply_fn, variables: the model (eval-mode forward).
+    x: (N, …) inputs sharded over a mesh's data axis, N a multiple of its devices.
+    y: (N,) integer labels, sharded like ``x`` or a host array.
+    kind: "curvature" or "curvature_published".
+    h, num_probes, seed, batch_size: as `input_curvature` / `published_curvature`.
+
+  Returns:
+    float32[N] scores, on the host of every process.
+  """
+  if kind not in ("curvature", "curvature_published"):
+    raise ValueError(f'kind must be "curvature" or "curvature_published", got {kind!r}.')
+  found = shd.data_axis_of(x)
+  if found is None:
+    raise ValueError(
+      "sharded_curvature needs a global array sharded over a mesh's data axis "
+      "(sap_jax.sharding.shard_batch); for a host array use input_curvature or "
+      "published_curvature."
+    )
+  mesh, axis = found
+  n = x.shape[0]
+  shards = shd.num_shards(mesh, axis)
+  shd.check_divides(n, mesh, axis, f"{kind} x")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  x, y_host = check_labelled(apply_fn, variables, x, shd.to_host(y))
+  y = y if shd.data_axis_of(y) == (mesh, axis) else shd.shard_batch(y_host, mesh, axis)
+  variables = shd.replicate(variables, mesh)
+  key = shd.replicate(jax.random.PRNGKey(seed), mesh)
+  hh = shd.replicate(np.float32(h), mesh)
+  fn, b = hashable(apply_fn), min(batch_size, n)
+  static = (fn, kind, num_probes, b, n, mesh, axis)
+  steps = curvature_schedule(n, shards, batch_size)
+  got = [
+    _sharded_curvature_jit(
+      *static,
+      variables,
+      x,
+      y,
+      shd.shard_starts(o, mesh, axis),
+      shd.shard_starts(i, mesh, axis),
+      key,
+      hh,
+    )
+    for o, i in steps
+  ]
+  share, out = n // shards, np.empty(n, np.float32)
+  for (offset, _), scores in zip(steps, got):
+    rows = offset[:, None] + np.arange(b)  # (shards, b): rows in each device's samples
+    keep = (rows >= 0) & (rows < share)
+    samples = rows + np.arange(shards)[:, None] * share
+    out[samples[keep]] = shd.to_host(scores).reshape(shards, b)[keep]
+  return out
+
+
+JITTED = {
+  "trusted.losses": _losses_jit,
+  "trusted.curvature": _curvature_jit,
+  "trusted.published_curvature": _published_curvature_jit,
+  "trusted.sharded_curvature": _sharded_curvature_jit,
+}
+"""The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
 SCORES = ("loss", "curvature", "curvature_published")
@@ -264,8 +458,10 @@ def trust_scores(
 ) -> np.ndarray:
   """Per-sample scores to rank by (lower = more trusted), one of `SCORES`.
 
-  "curvature_published" uses ``min(batch_size, 128)`` samples per batch (its scores
-  depend on the batching; see `published_curvature`).
+  ``x``, ``y``: host arrays, or global arrays sharded over a mesh's data axis (every
+  score then runs where the samples are and equals one process's; only the N scores
+  cross to the host). "curvature_published" uses ``min(batch_size, 128)`` samples per
+  batch (its scores depend on the batching; see `published_curvature`).
   """
   if score == "loss":
     return per_example_loss(apply_fn, variables, x, y, batch_size=batch_size)
@@ -313,7 +509,8 @@ def select_trusted(
 
   Args:
     scores: float[N] per-sample scores, lower = more trusted.
-    labels: int[N] (noisy) labels, used for class-balanced selection.
+    labels: int[N] (noisy) labels, used for class-balanced selection (a host array or
+      a sharded global array).
     n: how many samples to select, 1 ≤ n ≤ N.
     class_balanced: split ``n`` evenly over the classes present in ``labels``
       (the lowest-scoring n // K of each class, the remainder to the next-lowest
@@ -324,7 +521,7 @@ def select_trusted(
     int64 indices, sorted by score (ties broken by index), no duplicates.
   """
   scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels)
+  labels = shd.to_host(labels)  # a sharded global array is all-gathered (N labels)
   if scores.ndim != 1 or labels.shape != scores.shape:
     raise ValueError(
       f"scores and labels must be 1-D of equal length, got {scores.shape} and {labels.shape}."
@@ -357,7 +554,7 @@ def select_per_class(scores: Any, labels: Any, per_class: int) -> np.ndarray:
     int64 indices sorted by score (ties broken by index), no duplicates.
   """
   scores = np.asarray(scores, np.float64)
-  labels = np.asarray(labels)
+  labels = shd.to_host(labels)  # a sharded global array is all-gathered (N labels)
   if scores.ndim != 1 or labels.shape != scores.shape:
     raise ValueError(
       f"scores and labels must be 1-D of equal length, got {scores.shape} and {labels.shape}."
@@ -393,7 +590,8 @@ def trusted_set(
   Args:
     apply_fn, variables: the model.
     x, y: the candidates and the labels to score them with (the noisy training labels
-      in the honest protocol; the clean ones for the published code's oracle).
+      in the honest protocol; the clean ones for the published code's oracle): host
+      arrays, or global arrays sharded over a mesh's data axis (`trust_scores`).
     n: trusted-set size, 1 ≤ n ≤ len(x).
     score: one of `SCORES`.
     class_balanced: per-class selection ("loss", "curvature").
@@ -408,6 +606,7 @@ def trusted_set(
   if not 1 <= n <= len(x):
     raise ValueError(f"Cannot select n={n} trusted samples from {len(x)}: choose 1 ≤ n ≤ {len(x)}.")
   scores = trust_scores(apply_fn, variables, x, y, score=score, batch_size=batch_size, seed=seed)
+  y = shd.to_host(y)  # N labels, for the ranking on the host
   if score == "curvature_published":
-    return select_per_class(scores, y, n // len(np.unique(np.asarray(y))) + 1)
+    return select_per_class(scores, y, n // len(np.unique(y)) + 1)
   return select_trusted(scores, y, n, class_balanced=class_balanced)

@@ -5,7 +5,7 @@
 computes everything on host arrays (one device) and on global arrays sharded over the 8
 devices and writes both, with the compiled statistics programs' collectives, to OUT (json).
 
-``python -m tests.sharding_child process I PORT OUT``: process I of 2 joined by
+``python -m tests.sharding_child process OUT I PORT``: process I of 2 joined by
 `jax.distributed.initialize` on 127.0.0.1:PORT, 4 CPU devices each; each process passes
 only its half of the data (`sap_jax.sharding.from_process_local`); process 0 writes the
 `run_sap` result and a short data-parallel training's to OUT.
@@ -95,13 +95,59 @@ def _gram_dict(stats) -> dict:
   }
 
 
+def spread_grams() -> dict:
+  """11 Gram matrices of assorted sizes (more layers than the 8 devices: 2 slots)."""
+  rng = np.random.default_rng(1)
+  grams = {}
+  for i, d in enumerate((24, 8, 16, 5, 12, 9, 3, 20, 7, 6, 4)):
+    r = rng.normal(size=(3 * d, d)).astype(np.float32)
+    grams[(f"g{i}",)] = r.T @ r
+  return grams
+
+
+def _leaves(variables) -> dict:
+  import jax
+
+  return {
+    jax.tree_util.keystr(p): np.asarray(leaf).tolist()
+    for p, leaf in jax.tree_util.tree_leaves_with_path(variables)
+  }
+
+
+def _rounds(res, apply_fn, variables, x, xv, mesh) -> None:
+  """`correct` in 2 rounds with a row budget and a batch the 8 devices do not divide, and
+  `sap_rounds` on labels that the α = 300 model fits (so round 1 runs), on host and
+  sharded inputs."""
+  import sap_jax
+  from sap_jax import sharding as shd
+  from sap_jax.correction import sap_rounds
+  from sap_jax.evaluation import predict_logits
+
+  xt = x[:40]
+  fitted = sap_jax.correct(apply_fn, variables, xt, 300.0, batch_size=16)
+  yv = np.argmax(predict_logits(apply_fn, fitted, xv), -1).astype(np.int32)
+  kw = dict(batch_size=12, rows_per_batch=100)
+  for side, (xa, xva, yva) in (
+    ("one", (xt, xv, yv)),
+    ("many", (shd.shard_batch(xt, mesh), shd.shard_batch(xv, mesh), shd.shard_batch(yv, mesh))),
+  ):
+    two = sap_jax.correct(apply_fn, variables, xa, 300.0, rounds=2, **kw)
+    res[side]["correct_rounds"] = _leaves(two)
+    got = sap_rounds(apply_fn, variables, xa, xva, yva, (300.0, 3000.0), rounds=2, **kw)
+    res[side]["sap_rounds"] = {
+      "alphas": list(got.alphas),
+      "records": [[r.alphas.tolist(), r.accuracies.tolist(), r.baseline] for r in got.records],
+      "variables": _leaves(got.variables),
+    }
+
+
 def devices(out: str) -> None:
   import jax
 
   import sap_jax
   from sap_jax import sharding as shd
   from sap_jax.evaluation import evaluate, predict_logits
-  from sap_jax.spread_eigh import spread_eigh
+  from sap_jax.spread_eigh import spread_eigh, spread_hlo
   from sap_jax.stats.collect import sharded_stats_hlo
 
   assert jax.device_count() == 8, jax.devices()
@@ -163,20 +209,25 @@ def devices(out: str) -> None:
       jax.tree_util.keystr(p): np.asarray(leaf).tolist()
       for p, leaf in jax.tree_util.tree_leaves_with_path(corrected)
     }
+  _rounds(res, apply_fn, variables, x, xv, mesh)
   for mesh_or_none, side in ((None, "one"), (mesh, "many")):
     res[side]["train"] = train_summary(mesh_or_none)
-  rng = np.random.default_rng(1)
-  grams = {}
-  for name, d in (("a", 24), ("b", 8), ("c", 16)):
-    r = rng.normal(size=(3 * d, d)).astype(np.float32)
-    grams[(name,)] = r.T @ r
+  grams = spread_grams()
   spread = spread_eigh(shd.replicate(grams, mesh), mesh)
   one = {p: jax.jit(sap_jax.projection.eigh_basis)(g) for p, g in grams.items()}
-  res["eigh_equal"] = all(
-    np.array_equal(np.asarray(spread[p].vectors), np.asarray(one[p].vectors))
-    and np.array_equal(np.asarray(spread[p].spectrum), np.asarray(one[p].spectrum))
-    for p in grams
-  )
+  res["eigh_spread"] = {
+    p[0]: [np.asarray(b.spectrum).tolist(), np.asarray(b.vectors).tolist()]
+    for p, b in spread.items()
+  }
+  res["eigh_one"] = {
+    p[0]: [np.asarray(b.spectrum).tolist(), np.asarray(b.vectors).tolist()] for p, b in one.items()
+  }
+  res["spread_hlo"] = spread_hlo(shd.replicate(grams, mesh), mesh)
+  ids = np.arange(40, dtype=np.float32)  # 5 samples per device, 2 per batch: 2, 2, 1 + pad
+  res["padded_batches"] = [
+    [shd.to_host(b.x).tolist(), shd.to_host(b.starts).tolist(), shd.to_host(b.valid).tolist()]
+    for b in shd.local_batches(shd.shard_batch(ids, mesh), 16, pad=True)
+  ]
   bad = jax.device_put(
     np.zeros((8, 16, 6, 2), np.float32),
     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")),
@@ -250,4 +301,4 @@ if __name__ == "__main__":
   if sys.argv[1] == "devices":
     devices(sys.argv[2])
   else:
-    process(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    process(int(sys.argv[3]), int(sys.argv[4]), sys.argv[2])

@@ -129,7 +129,7 @@ def test_flops_match_independent_count_and_rates(report):
 def test_every_path_is_timed_and_scored(report):
   for name, m in report["models"].items():
     paths = m["paths"]
-    for path in ("eigh", "auto", "rows+auto", "qr"):
+    for path in ("eigh", "eigh-parallel", "auto", "auto-parallel", "rows+auto", "qr"):
       e = paths[path]
       unit = e.get("unit_forward_s", m["unit_forward"]["time_s"])  # each path's own unit
       c, sw = e["correction"], e["sweep"]
@@ -142,6 +142,18 @@ def test_every_path_is_timed_and_scored(report):
       assert set(sw["methods"]) == set(m["stats_flops"]["layers"])
       assert set(sw["methods"].values()) <= {"eigh", "solve", "svd"}
     assert set(paths["eigh"]["sweep"]["methods"].values()) == {"eigh"}
+    assert paths["eigh"]["workers"] == 1 and paths["auto"]["workers"] == 1
+    assert paths["eigh-parallel"]["workers"] == paths["parallel_workers"] >= 1
+    # Layers decomposed at once give the very same model as one after another.
+    for serial in ("eigh", "auto"):
+      a, z = paths[serial]["sweep"], paths[f"{serial}-parallel"]["sweep"]
+      assert (z["accuracies"], z["best_alpha"]) == (a["accuracies"], a["best_alpha"]), name
+    assert set(paths["serial_over_parallel"]) == {
+      "eigh_decompose",
+      "eigh_sweep",
+      "auto_decompose",
+      "auto_sweep",
+    }
     assert set(paths["qr"]["sweep"]["methods"].values()) == {"svd"}
     # Every path scores the same model up to float tolerance: the same accuracies.
     for path in ("auto", "rows+auto", "qr"):

@@ -386,3 +386,57 @@ def test_nnx_checkpoint_refuses_a_model_it_does_not_fit(tmp_path):
     snnx.load_checkpoint(path, _nnx_cnn(width=8))
   with pytest.raises(TypeError, match=r"sap_jax\.checkpoint\.load_checkpoint\(path\)"):
     snnx.load_checkpoint(path, nn.Dense(3))
+
+
+# ------------------------------------------------------------------ target shardings
+
+
+def test_load_into_a_sharding_puts_every_array_there(tmp_path):
+  device = jax.devices()[0]
+  single = jax.sharding.SingleDeviceSharding(device)
+  variables = make_variables()
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", variables, METADATA)
+  with pytest.raises(ValueError, match="batch_stats/BatchNorm_0/var is float64, which JAX"):
+    checkpoint.load_checkpoint(path, sharding=single)
+  del variables["batch_stats"]["BatchNorm_0"]["var"]
+  path = checkpoint.save_checkpoint(tmp_path / "f32", variables, METADATA)
+  restored, _ = checkpoint.load_checkpoint(path, sharding=single)
+  for want, got in zip(jax.tree.leaves(variables), jax.tree.leaves(restored)):
+    assert isinstance(got, jax.Array) and got.sharding == single  # numpy-saved ones too
+    assert got.dtype == want.dtype and np.asarray(got).tobytes() == np.asarray(want).tobytes()
+  # A prefix: batch_stats into the sharding, params by the default rule (as saved).
+  restored, _ = checkpoint.load_checkpoint(path, sharding={"batch_stats": single})
+  assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(restored["batch_stats"]))
+  assert isinstance(restored["params"]["head"]["kernel"], jax.Array)
+  restored, _ = checkpoint.load_checkpoint(path, sharding={"batch_stats": {"count": single}})
+  assert isinstance(restored["batch_stats"]["count"], jax.Array)
+  assert isinstance(restored["batch_stats"]["BatchNorm_0"]["mean"], np.ndarray)
+
+
+@pytest.mark.parametrize(
+  "sharding, match",
+  [
+    ({"param": None}, r"sharding names \['param'\] at the top level, .*'batch_stats', 'params'"),
+    ({"params": {"head": {"kernel": {"x": None}}}}, "a dict at params/head/kernel"),
+    ("replicated", "sharding at the top level is a str"),
+    ({"params": [None]}, "sharding at params is a list"),
+  ],
+)
+def test_a_sharding_that_does_not_fit_the_variables_is_refused(tmp_path, sharding, match):
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  with pytest.raises(ValueError, match=match):
+    checkpoint.load_checkpoint(path, sharding=sharding)
+
+
+def test_nnx_checkpoint_loads_into_the_models_own_sharding(tmp_path):
+  import sap_jax.nnx as snnx
+
+  model = _nnx_cnn(seed=1)
+  path = snnx.save_checkpoint(tmp_path / "ckpt", model, {})
+  loaded, _ = snnx.load_checkpoint(path, _nnx_cnn(seed=2), sharding="model")
+  for a, b in zip(
+    jax.tree.leaves(snnx.variables_of(loaded)), jax.tree.leaves(snnx.variables_of(model))
+  ):
+    assert a.sharding == b.sharding and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  with pytest.raises(ValueError, match="pass 'model'"):
+    snnx.load_checkpoint(path, _nnx_cnn(), sharding="mesh")

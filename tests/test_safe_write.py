@@ -198,3 +198,26 @@ def test_describe_folders_and_files(tmp_path):
   assert safe_write.describe(tmp_path) == "a folder with 4 entries (a, b, c, …)"
   assert safe_write.describe(tmp_path / "a") == "a file of 2 bytes"
   assert safe_write.describe(tmp_path / "a", [Kind("x", lambda p: True)]) == "a x"
+
+
+def test_the_three_steps_of_write_dir(tmp_path):
+  path = tmp_path / "ckpt"
+  safe_write.write_dir(path, _fill("old"), OURS)
+  target, tmp = safe_write.begin_dir(path, OURS, overwrite=True)
+  assert target == path and tmp.parent == tmp_path and safe_write.TMP_TAG in tmp.name
+  assert tmp.is_dir() and os.listdir(tmp) == []
+  _fill("new")(tmp)
+  assert (path / "content").read_text() == "old"  # nothing swapped before the commit
+  assert safe_write.commit_dir(target, tmp, OURS, overwrite=True) == path
+  assert (path / "content").read_text() == "new" and os.listdir(tmp_path) == ["ckpt"]
+  # A commit the rule now refuses leaves the target as it was; discard removes the rest.
+  target, tmp = safe_write.begin_dir(path, OURS, overwrite=True)
+  _fill("newer")(tmp)
+  with pytest.raises(RefusedWrite, match="already exists"):
+    safe_write.commit_dir(target, tmp, OURS, overwrite=False)
+  assert (path / "content").read_text() == "new"
+  safe_write.discard(tmp)
+  assert os.listdir(tmp_path) == ["ckpt"]
+  with pytest.raises(RefusedWrite, match="already exists"):
+    safe_write.begin_dir(path, OURS)
+  assert os.listdir(tmp_path) == ["ckpt"]

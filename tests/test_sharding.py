@@ -4,12 +4,7 @@ joined by `jax.distributed` on localhost (children: tests/sharding_child.py)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
+import re
 
 import jax
 import numpy as np
@@ -17,68 +12,28 @@ import pytest
 
 import sap_jax
 from sap_jax import sharding as shd
-from sap_jax.spread_eigh import assign_layers
+from sap_jax.projection import eigh_basis
+from sap_jax.spread_eigh import assign_layers, congruence, spread_eigh, spread_plan
 from tests import sharding_child as child
-
-ROOT = Path(__file__).resolve().parent.parent
-CHILD_TIMEOUT_S = 240  # far above the ~20 s a child takes on 2 loaded cores
-
-
-def _env(**extra: str) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return {**env, "JAX_PLATFORMS": "cpu", **extra}
+from tests.child_processes import run_devices_child, run_process_group
 
 
 @pytest.fixture(scope="module")
 def devices(tmp_path_factory) -> dict:
   out = tmp_path_factory.mktemp("devices") / "out.json"
-  proc = subprocess.run(
-    [sys.executable, "-m", "tests.sharding_child", "devices", str(out)],
-    cwd=ROOT,
-    env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
-    capture_output=True,
-    text=True,
-    timeout=CHILD_TIMEOUT_S,  # subprocess.run kills the child when it passes
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  run_devices_child(["tests.sharding_child", "devices", str(out)], devices=8)
   return json.loads(out.read_text())
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> dict:
-  out = tmp_path_factory.mktemp("processes") / "out.json"
-  port = _free_port()
-  logs = [tmp_path_factory.mktemp(f"log{i}") / "log.txt" for i in range(2)]
-  procs = []
-  try:
-    for i in range(2):
-      with open(logs[i], "w") as log:
-        procs.append(
-          subprocess.Popen(
-            [sys.executable, "-m", "tests.sharding_child", "process", str(i), str(port), str(out)],
-            cwd=ROOT,
-            env=_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-          )
-        )
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    for p in procs:
-      p.wait(timeout=max(1.0, deadline - time.monotonic()))
-  finally:
-    for p in procs:  # every child ends, also when one failed or hung
-      if p.poll() is None:
-        p.kill()
-        p.wait(timeout=30)
-  codes = [p.returncode for p in procs]
-  assert codes == [0, 0], f"exit codes {codes}: " + logs[0].read_text()[-3000:]
+  tmp = tmp_path_factory.mktemp("processes")
+  out = tmp / "out.json"
+  run_process_group(["tests.sharding_child", "process", str(out)], tmp / "logs", n=2)
   return json.loads(out.read_text())
+
+
+_EIGH = re.compile(r'custom_call_target="[^"]*syev')
 
 
 def _close(a, b, atol=1e-5, rtol=1e-5):
@@ -172,8 +127,82 @@ def test_data_parallel_training_equals_one_device(devices):
     _close(many["variables"][path], one["variables"][path], atol=1e-5)
 
 
-def test_spread_eigh_is_bit_identical_to_one_device(devices):
-  assert devices["eigh_equal"]
+def test_correct_in_rounds_with_a_row_budget_equals_one_device(devices):
+  """Round 1's congruence Qᵀ C Q and eigh run spread over the devices; batch 12 on 8
+  devices (2 per device) keeps the same budgeted rows as one process's batches of 12."""
+  one, many = devices["one"]["correct_rounds"], devices["many"]["correct_rounds"]
+  assert list(many) == list(one)
+  for path in one:
+    _close(many[path], one[path], atol=1e-5)
+
+
+def test_sap_rounds_on_sharded_inputs_equals_one_device(devices):
+  one, many = devices["one"]["sap_rounds"], devices["many"]["sap_rounds"]
+  assert len(one["records"]) == 2  # round 1 ran (the α = 300 model fits the labels)
+  assert many["alphas"] == one["alphas"] and one["alphas"][0] == 300.0
+  assert many["records"] == one["records"]
+  for path in one["variables"]:
+    _close(many["variables"][path], one["variables"][path], atol=1e-5)
+
+
+def test_spread_eigh_equals_one_device(devices):
+  """Every device's outputs start at zero and are summed: equality with one device's
+  eigh (the same program, so up to round-off) means exactly one device contributed each
+  layer's basis (two would double it)."""
+  spread, one = devices["eigh_spread"], devices["eigh_one"]
+  assert set(spread) == set(one) == {p[0] for p in child.spread_grams()}
+  for name, (spectrum, vectors) in one.items():
+    _close(spread[name][0], spectrum, atol=1e-6)
+    _close(spread[name][1], vectors, atol=1e-5)
+
+
+def test_padded_local_batches_pad_each_share_with_its_first_sample(devices):
+  """40 samples on 8 devices (5 each), batches of 2 per device: the last batch holds each
+  device's fifth sample, padded with that device's first one and masked."""
+  batches = devices["padded_batches"]
+  assert [len(x) for x, _, _ in batches] == [16, 16, 16]
+  for i, (_, starts, valid) in enumerate(batches):
+    assert starts == [5 * d + 2 * i for d in range(8)]
+    assert valid == (None if i < 2 else [1] * 8)  # only the padded batch is masked
+  last = batches[2][0]
+  assert last == [float(v) for d in range(8) for v in (5 * d + 4, 5 * d)]
+
+
+def _computations(hlo: str) -> dict[str, list[str]]:
+  """HLO computation name → its instruction lines."""
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    head = re.match(r"(?:ENTRY )?%(\S+) \(", line)
+    if head and line.rstrip().endswith("{"):
+      name = "ENTRY" if line.startswith("ENTRY") else head.group(1)
+      comps[name] = []
+    elif name is not None and line.strip() != "}":
+      comps[name].append(line)
+  return comps
+
+
+def test_spread_program_runs_each_layer_eigh_on_one_device(devices):
+  """The compiled spread program (11 layers, 8 devices): the plan gives each layer to one
+  device; each layer's eigh is the branch of a conditional on the device index that only
+  its owner takes (none runs unconditionally); one all-reduce shares the bases."""
+  grams = child.spread_grams()
+  table = spread_plan([g.shape for g in grams.values()], 8)
+  assert table.shape[0] == 8 and table.shape[1] >= 2  # 11 layers: some devices get several
+  assert sorted(int(i) for i in table.ravel() if i >= 0) == list(range(len(grams)))
+  comps = _computations(devices["spread_hlo"])
+  eighs = {n for n, lines in comps.items() if any(_EIGH.search(ln) for ln in lines)}
+  branches = set()
+  for lines in comps.values():
+    for ln in lines:
+      if " conditional(" in ln:
+        branches |= set(re.findall(r"(?:true|false)_computation=%([\w.\-]+)", ln))
+        listed = re.search(r"branch_computations=\{([^}]*)\}", ln)
+        branches |= set(re.findall(r"%([\w.\-]+)", listed.group(1) if listed else ""))
+  assert "ENTRY" not in eighs and eighs <= branches
+  assert sum(len([ln for ln in comps[n] if _EIGH.search(ln)]) for n in eighs) == len(grams)
+  coll = shd.collectives(devices["spread_hlo"])
+  assert [c.kind for c in coll] == ["all-reduce"]
+  assert coll[0].bytes == sum(4 * (g.shape[0] + g.size) for g in grams.values())
 
 
 def test_errors_name_the_problem(devices):
@@ -248,6 +277,48 @@ def test_collectives_parses_tuple_and_single_operands():
     ("all-gather", (("bf16", (8, 4)),)),
   ]
   assert got[0].bytes == 4 * (18 * 18 + 3) and got[1].bytes == 2 * 32
+
+
+def test_collectives_parses_long_tuples_with_index_comments():
+  """XLA marks every fifth operand of a long tuple with /*index=5*/ (an '=' inside)."""
+  shapes = ", ".join(["f32[2,2]{1,0}"] * 5 + ["/*index=5*/f32[3]{0}"])
+  hlo = f"  ROOT %all-reduce = ({shapes}) all-reduce(%a, %b), channel_id=1\n"
+  (got,) = shd.collectives(hlo)
+  assert got.kind == "all-reduce" and len(got.shapes) == 6
+  assert got.bytes == 4 * (5 * 4 + 3)
+
+
+def test_spread_plan_gives_every_layer_to_one_device():
+  shapes = [(3, 5, 5), (9, 9), (2, 2), (4, 4), (7, 7)]
+  table = spread_plan(shapes, 3)
+  assert table.shape == (3, 2) and table.dtype == np.int32
+  assert sorted(int(i) for i in table.ravel() if i >= 0) == [0, 1, 2, 3, 4]
+  assert table[0, 0] == 1  # d³ = 729: the largest first
+  assert spread_plan([(2, 2)], 4).tolist() == [[0], [-1], [-1], [-1]]
+
+
+def _weighted(basis):
+  """V diag(σ̃) Vᵀ: the basis without the eigenvectors' signs."""
+  v, s = np.asarray(basis.vectors), np.asarray(basis.spectrum)
+  return np.einsum("...ij,...j,...kj->...ik", v, s, v)
+
+
+def test_spread_eigh_with_transforms_on_one_device_mesh():
+  """Qᵀ C Q formed where its eigh runs; on a one-device mesh, as eigh of congruence."""
+  rng = np.random.default_rng(3)
+  grams, qs = {}, {}
+  for name, shape in (("a", (6, 6)), ("b", (2, 4, 4))):
+    r = rng.normal(size=(*shape[:-2], 3 * shape[-1], shape[-1])).astype(np.float32)
+    grams[(name,)] = np.swapaxes(r, -1, -2) @ r
+    qs[(name,)] = rng.normal(size=shape).astype(np.float32)
+  mesh = shd.data_mesh(jax.devices()[:1])
+  got = spread_eigh(grams, mesh, transforms=qs)
+  for p in grams:
+    want = eigh_basis(congruence(qs[p], grams[p]))
+    _close(got[p].spectrum, want.spectrum, atol=1e-6)
+    _close(_weighted(got[p]), _weighted(want), atol=1e-5)  # eigenvectors up to sign
+  with pytest.raises(ValueError, match="one Q per layer"):
+    spread_eigh(grams, mesh, transforms={("a",): qs[("a",)]})
 
 
 def test_check_divides_names_the_fix():

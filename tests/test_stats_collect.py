@@ -154,6 +154,31 @@ def test_errors_before_work():
     sj.activation_stats(model.apply, v, [x], dtype=jnp.float64)
 
 
+def test_nonfinite_variables_refused_after_one_batch_and_statistics_at_the_end():
+  """The step checks the variables (refused after the first batch: the rest of the
+  batches are never read) and each new Gram matrix (refused at the end, naming the
+  layer: an overflow to Inf in a later batch is caught)."""
+  model = _Mixed()
+  x = np.ones((2, 5, 6), np.float32)
+  v = model.init(jax.random.PRNGKey(1), x)
+  bad = jax.tree_util.tree_map(lambda a: a.at[0].set(jnp.nan) if a.ndim else a, v)
+  read = []
+
+  def batches():
+    for i in range(3):
+      read.append(i)
+      yield x
+
+  with pytest.raises(ValueError, match=r"Variables contain NaN or Inf at .*'head'.*'kernel'"):
+    sj.activation_stats(model.apply, bad, batches())
+  assert read == [0]
+  huge = np.full_like(x, 1e30)  # finite inputs whose squares overflow float32
+  with pytest.raises(
+    ValueError, match=r"Non-finite activations \(NaN/Inf\) reached layers \['shared'"
+  ):
+    sj.activation_stats(model.apply, v, [x, huge])
+
+
 class _Body(nn.Module):
   @nn.compact
   def __call__(self, c, _):

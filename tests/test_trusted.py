@@ -157,3 +157,11 @@ def test_trusted_set_published_takes_n_over_k_plus_one_per_class(linear):
   )
   with pytest.raises(ValueError, match="Unknown score"):
     sj.trusted.trusted_set(apply_fn, variables, x, y, 6, score="curv")
+
+
+def test_sharded_curvature_refuses_host_arrays_and_unknown_kinds(linear):
+  apply_fn, variables, x, y = linear
+  with pytest.raises(ValueError, match="for a host array use input_curvature"):
+    sj.trusted.sharded_curvature(apply_fn, variables, x, y, "curvature")
+  with pytest.raises(ValueError, match='kind must be "curvature"'):
+    sj.trusted.sharded_curvature(apply_fn, variables, x, y, "loss")

@@ -5,6 +5,14 @@ Each function turns the model into the core's ``(apply_fn, variables)`` pair
 so statistics, decompositions, α sweeps and trusted sets are the very same code and
 numbers. Models come back as copies (`to_model`); the user's model and its state are
 never modified, and eval mode is set on the library's own copy only.
+
+Many devices: every function that takes data takes, as the Linen one does, host arrays
+or global arrays sharded over a mesh's data axis (`sap_jax.sharding.shard_batch`,
+`from_process_local`, or batches from `sap_jax.sharding.local_batches`); the work then
+runs where the samples are, only small things (per-sample scores, labels, counts, α)
+cross to the host, and the results equal one process's with all the data. The model's
+arrays (its RNG streams too) are replicated over the mesh for the run; the models
+returned from a run on sharded data hold replicated arrays.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ def activation_stats(
   dtype=jnp.float32,
 ) -> dict[Path, LayerStats]:
   """`sap_jax.activation_stats` of an NNX model, keyed by each layer's graph path.
+
+  ``batches``: host arrays, or global arrays sharded over a mesh's data axis (e.g.
+  `sap_jax.sharding.local_batches`): each device then accumulates its own partial
+  statistics, combined once per run.
 
   Covered: ``nnx.Linear``, ``nnx.LinearGeneral`` (so ``nnx.MultiHeadAttention``'s
   projections), ``nnx.Conv`` (every padding mode, strides, dilations, groups). A path
@@ -74,17 +86,21 @@ def project(model: nnx.Module, projections: Mapping[Path, proj.Projection]) -> n
 
 
 def evaluate(model: nnx.Module, x: Any, y: Any, batch_size: int = 1024) -> dict[str, float]:
-  """`sap_jax.evaluate` (accuracy and mean cross-entropy) of an NNX model in eval mode."""
+  """`sap_jax.evaluate` (accuracy and mean cross-entropy) of an NNX model in eval mode;
+  ``x``, ``y`` host arrays or global arrays sharded over a mesh's data axis."""
   return evaluation.evaluate(*functional(model), x, y, batch_size=batch_size)
 
 
 def per_example_loss(model: nnx.Module, x: Any, y: Any, *, batch_size: int = 512) -> np.ndarray:
-  """`sap_jax.per_example_loss` of an NNX model in eval mode."""
+  """`sap_jax.per_example_loss` of an NNX model in eval mode; ``x``, ``y`` host arrays
+  or global arrays sharded over a mesh's data axis (only the N losses cross to the host)."""
   return tr.per_example_loss(*functional(model), x, y, batch_size=batch_size)
 
 
 def trust_scores(model: nnx.Module, x: Any, y: Any, **kwargs: Any) -> np.ndarray:
-  """`sap_jax.trust_scores` (loss or input curvature) of an NNX model in eval mode."""
+  """`sap_jax.trust_scores` (loss or input curvature) of an NNX model in eval mode;
+  ``x``, ``y`` host arrays or global arrays sharded over a mesh's data axis (every
+  score equals one process's; only the N scores cross to the host)."""
   return tr.trust_scores(*functional(model), x, y, **kwargs)
 
 
@@ -98,7 +114,9 @@ def sweep_alpha(
   batch_size: int = 512,
   eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
 ) -> sw.SweepResult:
-  """`sap_jax.sweep_alpha` of an NNX model: every α scored, the best chosen."""
+  """`sap_jax.sweep_alpha` of an NNX model: every α scored, the best chosen. The
+  validation split (and ``eval_splits``) may be global arrays sharded over a mesh's
+  data axis: each α's evaluation then runs where the samples are."""
   return sw.sweep_alpha(
     *functional(model),
     stats,
@@ -111,7 +129,8 @@ def sweep_alpha(
 
 
 def correct(model: nnx.Module, x_trusted: Any, alpha: Any, **kwargs: Any) -> nnx.Module:
-  """`sap_jax.correct` of an NNX model: a corrected copy (options as there)."""
+  """`sap_jax.correct` of an NNX model: a corrected copy (options as there).
+  ``x_trusted``: a host array, or a global array sharded over a mesh's data axis."""
   return to_model(model, _correct(*functional(model), x_trusted, alpha, **kwargs))
 
 
@@ -159,7 +178,9 @@ def run_sap(
   Takes the options of `sap_jax.run_sap` (``n_trusted``, ``alphas``, ``score``,
   ``class_balanced``, ``exclude``, ``layer_range``, ``batch_size``, ``rows_per_batch``,
   ``seed``, ``eval_splits``); ``exclude`` patterns match "/"-joined graph paths
-  (``"layers/1"``).
+  (``"layers/1"``). The data may be global arrays sharded over a mesh's data axis, as
+  for `sap_jax.run_sap` (the trusted samples selected in place, only the N scores,
+  labels, counts and α on the host); the corrected copy then holds replicated arrays.
   """
   apply_fn, variables = functional(model)
   r = pipeline.run_sap(apply_fn, variables, x_train, y_train, x_val, y_val, **kwargs)
@@ -175,7 +196,7 @@ def run_sap(
       model,
       apply_fn,
       variables,
-      np.asarray(x_train)[:1],
+      np.zeros((1, *x_train.shape[1:]), x_train.dtype),  # shapes only: no data moves
       r.decomposition.paths,
       exclude=kwargs.get("exclude", ()),
       layer_range=kwargs.get("layer_range"),

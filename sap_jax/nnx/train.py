@@ -19,6 +19,10 @@ training forward the model's RNG streams (`nnx.RngStream`, e.g. an `nnx.Dropout`
 are reseeded from it, one ``fold_in`` per stream; the model's own RNG state is neither
 read nor advanced, and the returned copy keeps it as it was.
 
+Many devices: ``train_model(..., mesh=)`` trains data-parallel over a mesh's data axis
+with the Linen code's ``mesh`` option (the batch sharded, the variables replicated,
+gradients and BatchNorm statistics synchronised), equal to one device to float tolerance.
+
 `sap_jax.optim.make_optimizer(config, steps_per_epoch)` is an optax transformation, so
 a hand-written NNX loop uses the same chain with
 ``nnx.Optimizer(model, make_optimizer(config, steps), wrt=nnx.Param)`` (`optimizer`).
@@ -181,6 +185,7 @@ def train_model(
   y_val: Any = None,
   progress: bool = True,
   log_fn: Callable[[dict[str, float]], None] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
 ) -> NNXTrainResult:
   """Trains a copy of the NNX ``model`` on ``(x, y)``: `sap_jax.train.train_model`'s
   loop, step and optimizer, from the model's current weights.
@@ -190,13 +195,22 @@ def train_model(
   Args:
     model: an ``nnx.Module`` called as ``model(x)`` → ``(N, K)`` logits; its
       ``.train()``/``.eval()`` modes are used for training/validation.
-    x: ``(N, ...)`` training inputs.
-    y: ``(N,)`` integer (noisy) labels.
+    x: ``(N, ...)`` training inputs, as `sap_jax.train.train_model` takes them: a host
+      array, or a global array sharded over a mesh's data axis (then trained
+      data-parallel over that mesh).
+    y: ``(N,)`` integer (noisy) labels (host, or sharded like ``x``).
     config: the training config (every option of `sap_jax.train_config.TrainConfig`).
     x_val: optional validation inputs.
     y_val: optional validation labels.
     progress: a tqdm bar over epochs (on a terminal only).
     log_fn: called with each epoch's history dict.
+    mesh: data-parallel training over a mesh with a data axis
+      (`sap_jax.sharding.data_mesh`), as `sap_jax.train.train_model`'s ``mesh``: each
+      step's batch sharded over the data axis (``config.batch_size`` a multiple of its
+      devices), the variables replicated, the gradients and BatchNorm statistics
+      synchronised (the step's means run over the whole batch), so the result equals
+      one device's to float tolerance. The trained model holds replicated arrays.
+      Every process passes the same host ``(x, y)`` (as for the Linen function).
 
   Returns:
     An `NNXTrainResult` (``.model``, ``.history``, ``.train_time_s``).
@@ -207,7 +221,7 @@ def train_model(
   """
   view = linen_view(model)
   result = linen_train.train_model(
-    view, x, y, config, x_val=x_val, y_val=y_val, progress=progress, log_fn=log_fn
+    view, x, y, config, x_val=x_val, y_val=y_val, progress=progress, log_fn=log_fn, mesh=mesh
   )
   trained = with_variables(model, result.variables)
   return NNXTrainResult(model=trained, history=result.history, train_time_s=result.train_time_s)

@@ -240,6 +240,12 @@ def refuse_train_mode(out: Any) -> Any:
   return out
 
 
+def shape_of(x: Any) -> jax.ShapeDtypeStruct:
+  """The shape and dtype ``jnp.asarray(x)`` would have, without making it: a shape-only
+  trace (`jax.eval_shape`) of a host array then compiles no transfer program."""
+  return jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+
+
 def module_calls(apply_fn: ApplyFn, variables: Any, x: Any) -> dict[Path, tuple[str, bool]]:
   """path → (class name, covered) of every Linen module whose ``__call__`` the forward
   runs; covered: a layer the statistics read (`rows.is_supported`).
@@ -260,7 +266,7 @@ def module_calls(apply_fn: ApplyFn, variables: Any, x: Any) -> dict[Path, tuple[
     with nn.intercept_methods(interceptor):
       return apply_fn(v, xx)
 
-  jax.eval_shape(run, variables, jnp.asarray(x))
+  jax.eval_shape(run, variables, shape_of(x))
   return out
 
 
@@ -322,7 +328,7 @@ def gram_costs(
     )
 
   jax.eval_shape(
-    lambda v, xx: observe_linen_calls(apply_fn, v, xx, on_call), variables, jnp.asarray(x)
+    lambda v, xx: observe_linen_calls(apply_fn, v, xx, on_call), variables, shape_of(x)
   )
   return out
 
@@ -406,15 +412,30 @@ def _batch_stats_kw(variables, x, key, real, offset=0, *, apply_fn, rows_per_bat
 _batch_stats_jit = jax.jit(_batch_stats_kw, static_argnames=_STATIC)
 
 
+def _finite_leaves(leaves: list[Any]) -> jax.Array:
+  """bool[len(leaves)], traced: whether each leaf holds no NaN or Inf (True for integer
+  and bool leaves)."""
+  flags = [
+    jnp.all(jnp.isfinite(leaf)) if jnp.issubdtype(leaf.dtype, jnp.inexact) else jnp.bool_(True)
+    for leaf in leaves
+  ]
+  return jnp.stack(flags) if flags else jnp.zeros((0,), bool)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=0)
 def _accumulate(acc, variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype):
+  """The running sums with one more batch, and the finiteness checks `activation_stats`
+  makes (`_finite_leaves` of every variable leaf, then of every new Gram matrix): in the
+  step, so that a new process lowers no separate program for them (O(parameters + Σ d²)
+  comparisons per batch, beside the batch's forward and products)."""
   new = _batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, acc, real, offset)
   if new.paths != acc.paths:
     raise ValueError(
       f"The model called layers {list(new.paths)} on this batch but "
       f"{list(acc.paths)} on the first one; statistics need the same layers in every batch."
     )
-  return new
+  leaves = jax.tree_util.tree_leaves(variables) + [s.gram for s in new.stats]
+  return new, _finite_leaves(leaves)
 
 
 # Sharded batches (global arrays split over a mesh's data axis): the running sums carry a
@@ -620,15 +641,44 @@ def _nonfinite(named_leaves: list[tuple[str, Any]]) -> list[str]:
   return [n for (n, _), ok in zip(named, flags) if not ok]
 
 
-def _check_finite_variables(variables: Any) -> None:
-  bad = _nonfinite(
-    [(jax.tree_util.keystr(p), leaf) for p, leaf in jax.tree_util.tree_leaves_with_path(variables)]
-  )
+def _named_variables(variables: Any) -> list[tuple[str, Any]]:
+  return [(jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_leaves_with_path(variables)]
+
+
+def _refuse_nonfinite_variables(bad: list[str]) -> None:
   if bad:
     raise ValueError(
       f"Variables contain NaN or Inf at {bad[:5]}; SAP needs a finite model. "
       "Restore a healthy checkpoint before correcting."
     )
+
+
+def _check_finite_variables(variables: Any) -> None:
+  _refuse_nonfinite_variables(_nonfinite(_named_variables(variables)))
+
+
+def _placed_zeros(shapes: Any, variables: Any) -> Any:
+  """Zeros of ``shapes`` (a pytree of `jax.ShapeDtypeStruct`), placed as the running sums
+  `_accumulate` returns will be: committed to the variables' device when the variables
+  are committed to one, so that every batch's call lowers the same program (a first call
+  on uncommitted sums and later ones on committed outputs would lower it twice). Made on
+  the host: eager ``jnp.zeros`` would compile a program per shape."""
+  zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  placed = {
+    leaf.sharding
+    for leaf in jax.tree_util.tree_leaves(variables)
+    if isinstance(leaf, jax.Array) and leaf.committed
+  }
+  return jax.device_put(zeros, placed.pop() if len(placed) == 1 else None)
+
+
+def _pad_batch(x: Any, size: int) -> Any:
+  """``x`` padded to ``size`` samples by repeating its first sample (on the host for a
+  host array: eager slicing and concatenation would compile programs per shape)."""
+  fill = (size - x.shape[0], *x.shape[1:])
+  if isinstance(x, np.ndarray):
+    return np.concatenate([x, np.broadcast_to(x[:1], fill)])
+  return jnp.concatenate([x, jnp.broadcast_to(x[:1], fill)])
 
 
 def activation_stats(
@@ -705,8 +755,6 @@ def activation_stats(
     )
   if rows_per_batch is not None and rows_per_batch < 1:
     raise ValueError(f"rows_per_batch must be ≥ 1 or None, got {rows_per_batch}.")
-  _check_finite_variables(variables)
-
   static = dict(apply_fn=hashable(apply_fn), rows_per_batch=rows_per_batch, dtype=jnp.dtype(dtype))
 
   batches = iter(batches)
@@ -714,6 +762,8 @@ def activation_stats(
   if first is not None and (
     isinstance(first, shd.LocalBatch) or shd.data_axis_of(first) is not None
   ):
+    # Up front here; the host path checks them in its first step (`_accumulate`).
+    _check_finite_variables(variables)
     ordered = _sharded_activation_stats(
       apply_fn,
       variables,
@@ -725,16 +775,18 @@ def activation_stats(
     return _checked_stats(ordered)
   batches = itertools.chain([] if first is None else [first], batches)
 
-  key = jax.random.PRNGKey(seed)
-  acc = None
+  # Only a row budget draws (and needs) a key: none spares the eager PRNGKey programs.
+  key = None if rows_per_batch is None else jax.random.PRNGKey(seed)
+  acc = flags = None
   full = None  # shape of the first batch; smaller batches are padded to it
   masked = True
   offset = 0  # global index of the batch's first sample
+  variable_names = [name for name, _ in _named_variables(variables)]
+  # Host batches stay numpy arrays and the scalars numpy scalars up to the compiled step:
+  # eager jnp conversions would compile (and, in a new process, lower) a program each.
   for x in batches:
-    x = jnp.asarray(check_inputs(x, f"activation_stats batch at sample {offset}"))
+    x = check_inputs(x, f"activation_stats batch at sample {offset}")
     real = x.shape[0]
-    if real == 0:
-      continue
     k = key  # the row budget's keys are per layer and global sample, not per batch
     if acc is None:
       full = x.shape
@@ -742,23 +794,30 @@ def activation_stats(
       # sums) then serves every batch, the first included, and the last one too
       # (padded) when every covered layer sees the batch on its first axis.
       try:
-        shapes = _batch_stats_jit.eval_shape(variables, x, k, jnp.int32(real), **static)
+        shapes = _batch_stats_jit.eval_shape(variables, x, k, np.int32(real), **static)
       except _NotBatchMajor:
         masked = False
         shapes = _batch_stats_jit.eval_shape(variables, x, k, None, **static)
-      acc = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      acc = _placed_zeros(shapes, variables)
     if masked and real < full[0] and x.shape[1:] == full[1:]:
-      pad = jnp.broadcast_to(x[:1], (full[0] - real, *x.shape[1:]))
-      x = jnp.concatenate([x, pad])
-    acc = _accumulate(
-      acc, variables, x, k, jnp.int32(real) if masked else None, jnp.int32(offset), **static
+      x = _pad_batch(x, full[0])
+    first = flags is None
+    acc, flags = _accumulate(
+      acc, variables, x, k, np.int32(real) if masked else None, np.int32(offset), **static
     )
+    if first:  # the variables are refused after one batch, before any other
+      ok = np.asarray(flags)[: len(variable_names)]
+      _refuse_nonfinite_variables([n for n, fine in zip(variable_names, ok) if not fine])
     offset += real
-  return _checked_stats(acc)
+  return _checked_stats(acc, None if flags is None else np.asarray(flags)[len(variable_names) :])
 
 
-def _checked_stats(acc: _Ordered | None) -> dict[Path, LayerStats]:
-  """The statistics as a dict, after the checks every run ends with."""
+def _checked_stats(
+  acc: _Ordered | None, gram_flags: np.ndarray | None = None
+) -> dict[Path, LayerStats]:
+  """The statistics as a dict, after the checks every run ends with: inputs given, a
+  covered layer called, finite statistics (``gram_flags``: per layer, whether its Gram
+  matrix is finite, as the last step found it; None: checked here)."""
   if acc is None:
     raise ValueError(
       "activation_stats got no inputs: `batches` was empty. Pass a non-empty "
@@ -772,7 +831,11 @@ def _checked_stats(acc: _Ordered | None) -> dict[Path, LayerStats]:
       "runs the model's forward pass (an NNX model: use sap_jax.nnx.activation_stats)."
     )
   acc = dict(zip(acc.paths, acc.stats))
-  bad = _nonfinite([(path_name(p), s.gram) for p, s in acc.items()])
+  named = [(path_name(p), s.gram) for p, s in acc.items()]
+  if gram_flags is None:
+    bad = _nonfinite(named)
+  else:
+    bad = [name for (name, _), fine in zip(named, gram_flags) if not fine]
   if bad:
     raise ValueError(
       f"Non-finite activations (NaN/Inf) reached layers {bad}: the statistics are "
