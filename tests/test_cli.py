@@ -15,6 +15,7 @@ import pytest
 
 import sap_jax
 from sap_jax import checkpoint, cli, compilation, provenance, trusted
+from sap_jax.cli.progress import Progress
 from sap_jax.data import load_dataset
 from sap_jax.metrics import METRIC_KEYS
 from sap_jax.train import TrainConfig
@@ -311,28 +312,28 @@ def test_progress_is_lines_in_a_pipe_a_bar_on_a_terminal_and_nothing_when_quiet(
       progress.phase("α sweep", i, 3)
 
   pipe = io.StringIO()
-  drive(cli._Progress(quiet=False, stream=pipe))
+  drive(Progress(quiet=False, stream=pipe))
   lines = pipe.getvalue().splitlines()
   assert "\r" not in pipe.getvalue() and len(lines) == 10
   assert lines[0] == "correct: trusted set …" and lines[1].startswith("correct: trusted set done")
   assert lines[-1] == "correct: α sweep 3/3 α values scored"
   terminal = _Terminal()
-  drive(cli._Progress(quiet=False, stream=terminal))
+  drive(Progress(quiet=False, stream=terminal))
   assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()  # tqdm's live bar
   quiet = io.StringIO()
-  drive(cli._Progress(quiet=True, stream=quiet))
+  drive(Progress(quiet=True, stream=quiet))
   assert quiet.getvalue() == ""
 
 
 def test_training_progress_in_a_pipe_is_one_line_every_twentieth_epoch():
   pipe = io.StringIO()
-  options = cli._Progress(quiet=False, stream=pipe).train_options(epochs=100)
+  options = Progress(quiet=False, stream=pipe).train_options(epochs=100)
   assert options["progress"] is False
   for epoch in range(1, 101):
     options["log_fn"]({"epoch": epoch, "loss": 0.5, "train_accuracy": 0.75})
   lines = pipe.getvalue().splitlines()
   assert len(lines) == 20 and lines[-1] == "train epoch 100/100: loss 0.5000, train acc 0.750"
-  assert cli._Progress(quiet=False, stream=_Terminal()).train_options(5) == {
+  assert Progress(quiet=False, stream=_Terminal()).train_options(5) == {
     "progress": True,
     "log_fn": None,
   }

@@ -1,0 +1,85 @@
+"""Argument types and defaults of the command line: every option shows its default,
+numbers and ``KEY=VALUE`` pairs are read strictly, defaults come from the library."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows every option's default, except None (the option's help says what None means)."""
+
+  def _get_help_string(self, action):
+    if action.default is None or action.required:
+      return action.help
+    return super()._get_help_string(action)
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+  """A dataclass's field defaults (fields with a default factory are left out)."""
+  return {
+    f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+  }
+
+
+def keyword_defaults(fn) -> dict[str, Any]:
+  """A function's keyword argument defaults."""
+  return {
+    name: p.default
+    for name, p in inspect.signature(fn).parameters.items()
+    if p.default is not inspect.Parameter.empty
+  }
+
+
+def floats_text(values: Sequence[float]) -> str:
+  """Comma-separated numbers (``1e2,3e2,…``) that `floats` reads back exactly."""
+
+  def text(v: float) -> str:
+    mantissa, exponent = f"{v:e}".split("e")
+    short = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return short if float(short) == v else repr(float(v))
+
+  return ",".join(text(v) for v in values)
+
+
+def floats(text: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(t) for t in text.split(",") if t.strip())
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+  if not values:
+    raise argparse.ArgumentTypeError("expected at least one number")
+  return values
+
+
+def positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+  return value
+
+
+def kv(text: str) -> tuple[str, Any]:
+  """``KEY=VALUE``, VALUE read as JSON when it is JSON (``3``, ``[1,2]``, ``true``), else text."""
+  if "=" not in text:
+    raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as width=64, got {text!r}")
+  key, value = text.split("=", 1)
+  if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key.strip()):
+    raise argparse.ArgumentTypeError(
+      f"expected KEY=VALUE with KEY a name such as width, got {text!r}"
+    )
+  key = key.strip()
+  try:
+    parsed = json.loads(value)
+  except json.JSONDecodeError:
+    parsed = value
+  return key.replace("-", "_"), parsed
