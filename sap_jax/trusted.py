@@ -162,6 +162,19 @@ def input_curvature(
   Returns:
     float32[N] curvature scores (lower = more trusted).
   """
+
+  def step(fn, xb, yb, key, real):
+    return _curvature_jit(fn, variables, xb, yb, key, h, num_probes)
+
+  return _batch_scores(
+    "curvature", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
+  )
+
+
+def _batch_scores(kind, step, apply_fn, variables, x, y, h, num_probes, seed, batch_size):
+  """The curvature score ``kind`` of every sample: `sharded_curvature` for a global
+  array, else ``step(fn, xb, yb, key, real)`` on each padded batch of consecutive
+  samples, batch i with ``key = fold_in(PRNGKey(seed), i)``."""
   if h <= 0 or num_probes < 1:
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
   if shd.is_global(x):
@@ -170,7 +183,7 @@ def input_curvature(
       variables,
       x,
       y,
-      "curvature",
+      kind,
       h=h,
       num_probes=num_probes,
       seed=seed,
@@ -178,13 +191,11 @@ def input_curvature(
     )
   x, y = check_labelled(apply_fn, variables, x, y)
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-
   fn = hashable(apply_fn)
   key = jax.random.PRNGKey(seed)
   out = []
   for i, ((xb, yb), real) in enumerate(padded_batches(x, y, batch_size=batch_size)):
-    k = jax.random.fold_in(key, i)
-    out.append(np.asarray(_curvature_jit(fn, variables, xb, yb, k, h, num_probes))[:real])
+    out.append(np.asarray(step(fn, xb, yb, jax.random.fold_in(key, i), real))[:real])
   return np.concatenate(out).astype(np.float32)
 
 
@@ -262,30 +273,14 @@ def published_curvature(
   Returns:
     float32[N] scores (lower = more trusted).
   """
-  if h <= 0 or num_probes < 1:
-    raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
-  if shd.is_global(x):
-    return sharded_curvature(
-      apply_fn,
-      variables,
-      x,
-      y,
-      "curvature_published",
-      h=h,
-      num_probes=num_probes,
-      seed=seed,
-      batch_size=batch_size,
-    )
-  x, y = check_labelled(apply_fn, variables, x, y)
-  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-  fn = hashable(apply_fn)
-  key = jax.random.PRNGKey(seed)
-  out = []
-  for i, ((xb, yb), real) in enumerate(padded_batches(x, y, batch_size=batch_size)):
-    probes = rademacher_probes(jax.random.fold_in(key, i), num_probes, xb.shape)
-    got = _published_curvature_jit(fn, variables, xb, yb, probes, jnp.float32(real), h)
-    out.append(np.asarray(got)[:real])
-  return np.concatenate(out).astype(np.float32)
+
+  def step(fn, xb, yb, key, real):
+    probes = rademacher_probes(key, num_probes, xb.shape)
+    return _published_curvature_jit(fn, variables, xb, yb, probes, jnp.float32(real), h)
+
+  return _batch_scores(
+    "curvature_published", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
+  )
 
 
 def _sharded_curvature_body(apply_fn, kind, num_probes, bs, n, share):
