@@ -227,7 +227,7 @@ def random_trusted_influence(settings, van, alpha: float, alphas) -> dict[str, A
 
   def sap_on(x):
     stats = sj.activation_stats(apply_fn, variables, sj.batched(x, 256))
-    dec = sj.decompose(variables, stats)
+    dec = sj.decompose(variables, stats, method="eigh")  # influence needs every basis
     return dec, sj.sweep_alpha(apply_fn, variables, dec, alphas, s.x_val, s.y_val, eval_splits=test)
 
   dec, sweep = sap_on(x_trusted)

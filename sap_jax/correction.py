@@ -49,6 +49,7 @@ from jax.sharding import Mesh
 
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
+from sap_jax import solve as slv
 from sap_jax.batching import batched
 from sap_jax.evaluation import check_finite_inputs, evaluate
 from sap_jax.kernels import kernels_of, with_kernels
@@ -62,6 +63,7 @@ from sap_jax.sweep import (
   check_split,
   choose_alpha,
   decompose,
+  layer_methods,
   sweep_alpha,
 )
 from sap_jax.types import ApplyFn, Path, Variables
@@ -208,10 +210,16 @@ def round_bases(
   return {p: _eigh_jit(g) for p, g in grams.items()}
 
 
-def _first_decomposition(variables, stats, mesh) -> Decomposition:
-  """Round 0's decomposition; over a mesh each layer's eigh runs on one device."""
-  bases = None if mesh is None else round_bases(stats, None, mesh)
-  return decompose(variables, stats, consume=True, bases=bases)  # frees each Gram matrix
+def _first_decomposition(variables, stats, mesh, method=slv.EIGH) -> Decomposition:
+  """Round 0's decomposition (one α: ``n_alphas=1``); over a mesh each eigh layer's eigh
+  runs on one device."""
+  methods = layer_methods(stats, method=method, n_alphas=1)
+  bases = None
+  if mesh is not None:
+    eigh_stats = {p: s for p, s in stats.items() if methods[p] == slv.EIGH}
+    bases = round_bases(eigh_stats, None, mesh) if eigh_stats else {}
+  # consume: frees each Gram matrix as it is decomposed
+  return decompose(variables, stats, consume=True, bases=bases, method=method, n_alphas=1)
 
 
 def compose(
@@ -255,6 +263,7 @@ def correct(
   rounds: int = 1,
   rows_per_batch: int | None = None,
   seed: int = 0,
+  method: str = slv.AUTO,
 ) -> Variables:
   """Corrects a model with SAP: statistics on the trusted inputs → projections → params.
 
@@ -275,6 +284,9 @@ def correct(
       paper's method.
     rows_per_batch: optional row budget per layer and batch (default: all rows).
     seed: seed of the row subsampling (round r uses ``seed + r``).
+    method: how each layer is decomposed with ``rounds=1`` (`sap_jax.decompose` for one
+      α): "auto" (default), "eigh" or "solve". More rounds compose every round's
+      projection matrix from its eigenbasis, so they take "auto" or "eigh" and use eigh.
 
   Returns:
     Corrected variables (replicated on the mesh for sharded ``x_trusted``).
@@ -283,6 +295,13 @@ def correct(
   proj.check_alpha(alpha)
   if rounds < 1:
     raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
+  if method not in slv.METHODS:
+    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
+  if rounds > 1 and method == slv.SOLVE:
+    raise ValueError(
+      "rounds > 1 compose each round's projection matrix from its eigenbasis; the solve "
+      'path has none. Use method="auto" (or "eigh"), or rounds=1.'
+    )
   opts = dict(
     batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
   )
@@ -291,7 +310,7 @@ def correct(
     variables = shd.replicate(dict(variables), mesh[0])
   if rounds == 1:
     stats = _input_stats(apply_fn, variables, x_trusted, seed=seed, **opts)
-    decomposition = _first_decomposition(variables, stats, mesh)
+    decomposition = _first_decomposition(variables, stats, mesh, method)
     del stats
     return apply_alpha(variables, decomposition, alpha)
   current, previous = dict(variables), None

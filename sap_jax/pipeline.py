@@ -12,10 +12,11 @@ import numpy as np
 from sap_jax import multihost
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
+from sap_jax import solve as slv
 from sap_jax import trusted as tr
 from sap_jax.batching import batched
 from sap_jax.kernels import skipped_kernels
-from sap_jax.layers import select_layers
+from sap_jax.layers import path_name, select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import activation_stats
@@ -25,6 +26,7 @@ from sap_jax.sweep import (
   SweepResult,
   apply_alpha,
   decompose,
+  layer_methods,
   sweep_alpha,
 )
 from sap_jax.tuning import TuneResult, tune_alpha
@@ -99,6 +101,16 @@ def trusted_batches(
   return list(shd.local_batches(gathered, size, n_valid=n)), budget
 
 
+def layer_summary(stats, decomposition: Decomposition) -> dict[str, dict[str, Any]]:
+  """`stats_summary` of the corrected layers plus each one's ``method``; a solve layer
+  (no spectrum computed) has ``effective_rank`` and ``top_energy`` None."""
+  methods = decomposition.methods
+  out = stats_summary(stats, decomposition.spectra, missing=False)
+  for path in stats:
+    out[path_name(path)]["method"] = methods[path]
+  return out
+
+
 def run_sap(
   apply_fn: ApplyFn,
   variables: Mapping[str, Any],
@@ -121,15 +133,16 @@ def run_sap(
   progress: Callable[[str, int, int], None] | None = None,
   tune: str | None = None,
   tune_options: Mapping[str, Any] | None = None,
+  method: str = slv.AUTO,
 ) -> SAPResult:
   """Runs SAP end to end without knowing which labels are wrong.
 
   1. score every training sample (cross-entropy, or input curvature) and keep the
      ``n_trusted`` lowest as the trusted set;
   2. stream each layer's input statistics on the trusted inputs;
-  3. score every α in ``alphas`` on the validation split (one eigendecomposition
-     per layer, then one projected evaluation per α) and keep the best, or the original model if no α
-     beats it;
+  3. score every α in ``alphas`` on the validation split (one decomposition per
+     layer, then one projected evaluation per α) and keep the best, or the original
+     model if no α beats it;
   4. optionally (``tune="per_layer"``) learn one α per layer from the chosen α on
      the same validation split (`sap_jax.tune_alpha`, guarded by K-fold early
      stopping; same bases);
@@ -167,6 +180,10 @@ def run_sap(
       inputs the validation split is gathered to the host for the tuning).
     tune_options: keyword arguments of `sap_jax.tune_alpha` (``folds``, ``steps``,
       ``learning_rate``, ``penalty``); its ``seed`` is ``seed``.
+    method: how each layer is decomposed (`sap_jax.decompose`): "auto" (default: eigh
+      below `sap_jax.solve.AUTO_MIN_WIDTH` inputs, above it the cost model's choice for
+      ``len(alphas)`` α values), "eigh" (every layer: spectra of every layer in
+      ``result.layers`` and ``result.decomposition``) or "solve".
 
   Returns:
     A `SAPResult`.
@@ -197,6 +214,7 @@ def run_sap(
       "trusted": trusted,
       "tune": tune,
       "tune_options": tune_options,
+      "method": method,
     },
     "run_sap",
   )
@@ -216,6 +234,8 @@ def run_sap(
     )
   if tune_options and tune is None:
     raise ValueError('tune_options were given without tune; pass tune="per_layer".')
+  if method not in slv.METHODS:
+    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
   found = shd.common_data_axis(x_train, y_train, x_val, y_val)
   if found is not None:  # global arrays over a mesh: the data stays where it is
     variables = shd.replicate(variables, found[0])
@@ -248,10 +268,13 @@ def run_sap(
   t2 = time.perf_counter()
   report("statistics", 1, 1)
   report("decomposition", 0, 1)
+  n_alphas = len(np.asarray(alphas).reshape(-1))
+  methods = layer_methods(stats, method=method, n_alphas=n_alphas)
   bases = None
-  if found is not None:  # each layer's eigh on one device, the bases then shared
-    bases = spread_eigh({p: s.gram for p, s in stats.items()}, *found)
-  decomposition = decompose(variables, stats, bases=bases)
+  if found is not None:  # each eigh layer's eigh on one device, the bases then shared
+    grams = {p: s.gram for p, s in stats.items() if methods[p] == slv.EIGH}
+    bases = spread_eigh(grams, *found) if grams else {}
+  decomposition = decompose(variables, stats, bases=bases, method=method, n_alphas=n_alphas)
   report("decomposition", 1, 1)
   sweep = sweep_alpha(
     apply_fn,
@@ -290,7 +313,7 @@ def run_sap(
     alpha=sweep.best_alpha,
     sweep=sweep,
     trusted_indices=trusted,
-    layers=stats_summary(stats, decomposition.spectra),
+    layers=layer_summary(stats, decomposition),
     timings={
       "scores": t1 - t0,
       "stats": t2 - t1,

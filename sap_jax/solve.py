@@ -27,7 +27,9 @@ path: ≤ 1e-6); against a float64 SVD of a steep spectrum the solve path is the
 accurate of the two (2.4e-3 against 5.0e-3 at α = 3e4).
 
 `choose_method` picks this path or the eigendecomposition per layer from a cost model
-in K (how many α will be applied), d and the kernel's output width. Everything here is
+in K (how many α will be applied), d and the kernel's output width, and keeps the
+eigendecomposition for every layer narrower than `AUTO_MIN_WIDTH`, where it is cheap
+and the more accurate of the two on unused directions. Everything here is
 a pure function of arrays: it jits, vmaps over α and differentiates in α and in the
 Gram matrix.
 """
@@ -42,7 +44,10 @@ from jax import lax
 
 EIGH = "eigh"
 SOLVE = "solve"
-METHODS = (EIGH, SOLVE, "auto")
+AUTO = "auto"
+METHODS = (EIGH, SOLVE, AUTO)
+"""The ``method`` values of `sap_jax.decompose`; "auto" (`choose_method` per layer) is the
+default."""
 
 # Cost model, in GEMM-flop equivalents (2 per multiply-add at the machine's matmul
 # rate). Measured on the project's 2-core CPU, float32, one BLAS thread (d = 4608:
@@ -52,6 +57,13 @@ EIGH_CUBIC = 7.0
 """An eigendecomposition (LAPACK syevd) of a d × d matrix costs ≈ EIGH_CUBIC · d³."""
 CHOLESKY_CUBIC = 0.5
 """A Cholesky factorisation (potrf) costs ≈ CHOLESKY_CUBIC · d³."""
+AUTO_MIN_WIDTH = 1024
+"""``method="auto"`` decomposes a layer narrower than this (d < 1024) by eigh whatever the
+cost model says: its eigendecomposition takes ≈ 0.1 s on one CPU core at d = 1024 (and
+0.016 s at d = 576), so the solve path would save little, while eigh is the more
+accurate path on directions the trusted inputs never use (≤ 1e-6 of ‖P‖ against
+5e-4 at α = 3e4: tests/test_solve.py). Every model of the committed experiment tables
+(d ≤ 640) is therefore decomposed exactly as by ``method="eigh"``."""
 
 
 class SolveData(NamedTuple):
@@ -145,7 +157,8 @@ def solve_cost(d: int, out: int, k: int, groups: int = 1) -> float:
 
 
 def choose_method(d: int, out: int, k: int, groups: int = 1) -> str:
-  """ "solve" when `solve_cost` < `eigh_cost` for this layer and K α values, else "eigh".
+  """ "solve" when d ≥ `AUTO_MIN_WIDTH` and `solve_cost` < `eigh_cost` for this layer and
+  K α values, else "eigh".
 
   Args:
     d: the layer's input width (row length of one group).
@@ -153,4 +166,6 @@ def choose_method(d: int, out: int, k: int, groups: int = 1) -> str:
     k: how many α values will be applied (a sweep's grid size, 1 for one correction).
     groups: conv groups.
   """
+  if d < AUTO_MIN_WIDTH:
+    return EIGH
   return SOLVE if solve_cost(d, out, k, groups) < eigh_cost(d, out, k, groups) else EIGH

@@ -1,10 +1,12 @@
 """Decompose once, apply α many times: the two phases of a correction, and the α sweep.
 
 SAP's expensive part does not depend on α: one eigendecomposition of every layer's
-input statistics (and Vᵀ K, the kernel in that basis). `decompose` does it once and
-returns a `Decomposition`; `apply_alpha` then turns it into corrected variables for any
-α — a scalar for every layer, or one per layer — at the cost of one (d × d)·(d × O)
-product per layer:
+input statistics (and Vᵀ K, the kernel in that basis), or for a wide layer where the
+cost model says it is cheaper, C̃ and a filtered kernel after which each α costs one
+Cholesky factorisation (`sap_jax.solve`). `decompose` does it once and returns a
+`Decomposition`; `apply_alpha` then turns it into corrected variables for any α — a
+scalar for every layer, or one per layer — at the cost of one (d × d)·(d × O) product
+(or one Cholesky and two triangular solves) per layer:
 
     decomposition = sap_jax.decompose(variables, stats)
     corrected = sap_jax.apply_alpha(variables, decomposition, 3e4)
@@ -146,13 +148,15 @@ JITTED = {
 def layer_methods(
   stats: Mapping[Path, LayerStats | LayerFactor],
   *,
-  method: str = slv.EIGH,
+  method: str = slv.AUTO,
   n_alphas: int = 1,
 ) -> dict[Path, str]:
   """The method `decompose` uses for each layer ("eigh" or "solve"), from shapes alone.
 
-  ``method="auto"`` asks `sap_jax.solve.choose_method` (a cost model in K = ``n_alphas``,
-  d and the kernel's output width) per layer; "eigh" or "solve" applies to every layer.
+  ``method="auto"`` (default) asks `sap_jax.solve.choose_method` per layer: eigh below
+  `sap_jax.solve.AUTO_MIN_WIDTH` inputs, else the cheaper path by a cost model in
+  K = ``n_alphas``, d and the kernel's output width; "eigh" or "solve" applies to every
+  layer.
   A `LayerFactor` (TSQR statistics) always takes the eigh-like path: the thin SVD of
   its factor.
   """
@@ -177,11 +181,13 @@ MAX_DEFAULT_WORKERS = 4
 """The cap of `max_workers` (measured only on 2 cores; more concurrent LAPACK calls also
 mean more workspaces alive at once)."""
 
-PARALLEL_ABOVE = 1e9
-"""Below this total cost (`_layer_cost` units, ≈ flops; 1e9 is about 0.1 s of LAPACK on one
-core) `decompose` runs its layers one after another: threads would cost more than they
-save (small models, e.g. the digits CNN, whose first call in a new process is mostly
-fixed costs). Applies to the default ``workers`` only; an explicit value is obeyed."""
+PARALLEL_ABOVE = 1e10
+"""Below this total cost (`_layer_cost` units, GEMM-flop equivalents; 1e10 is about 0.15 s
+of LAPACK on one core of the project's CPU, 6.9e10 a second) `decompose` runs its layers
+one after another: threads would cost more than they save (small models, e.g. the
+digits CNN at 1.5e9, whose first call in a new process is mostly fixed costs that
+threads only contend for). Applies to the default ``workers`` only; an explicit value
+is obeyed."""
 
 
 def max_workers() -> int:
@@ -307,7 +313,7 @@ def decompose(
   stats: Mapping[Path, LayerStats | LayerFactor],
   *,
   consume: bool = False,
-  method: str = slv.EIGH,
+  method: str = slv.AUTO,
   n_alphas: int = 1,
   bases: Mapping[Path, proj.Basis] | None = None,
   workers: int | None = None,
@@ -332,8 +338,10 @@ def decompose(
     consume: donate the Gram matrices and drop them from ``stats`` (a dict the caller
       owns and no longer needs) as they are decomposed: the eigenvectors reuse their
       memory.
-    method: "eigh" (default: every layer as before), "solve", or "auto" (the cost model
-      chooses per layer for ``n_alphas`` α values).
+    method: "auto" (default: eigh for every layer narrower than
+      `sap_jax.solve.AUTO_MIN_WIDTH`, the cost model's choice for ``n_alphas`` α values
+      above), "eigh" (every layer; what rounds, influence and the spectra of every
+      layer need), or "solve".
     n_alphas: how many α values will be applied (1 for one correction, a sweep's grid
       size for a sweep); only "auto" reads it.
     bases: eigenbases already computed for some "eigh" layers (path → `Basis`, e.g.
@@ -560,10 +568,10 @@ def sweep_alpha(
   batch_size: int = 512,
   eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
   progress: Callable[[int, int], None] | None = None,
-  method: str = slv.EIGH,
+  method: str = slv.AUTO,
   workers: int | None = None,
 ) -> SweepResult:
-  """Scores every α with one eigendecomposition per layer and chooses the best.
+  """Scores every α with one decomposition per layer and chooses the best.
 
   Given statistics, the layers are decomposed first (`decompose` with ``workers``),
   then the unchanged model and every α are scored. (Decomposing on a host thread while
@@ -585,8 +593,9 @@ def sweep_alpha(
       (e.g. ``{"val_clean": …, "test": …}``); they never influence the choice.
     progress: optional ``progress(done, K)``, called before each α and after the last
       with the number of α values scored so far (for a progress bar; no effect on results).
-    method: how `decompose` treats each layer when ``stats`` are statistics: "eigh"
-      (default), "solve", or "auto" (the cost model, for K = len(alphas) α values).
+    method: how `decompose` treats each layer when ``stats`` are statistics: "auto"
+      (default: eigh below `sap_jax.solve.AUTO_MIN_WIDTH`, the cost model for
+      K = len(alphas) α values above), "eigh" or "solve".
     workers: layers decomposed at once (see `decompose`; default `default_workers`).
 
   Returns:

@@ -126,6 +126,9 @@ def test_evaluate_and_correct(trained):
   assert set(report["sweep_noisy_val"]["per_alpha"]) == {"10.0", "1000.0"}
   assert report["chosen_alpha"] in (None, 10.0, 1000.0)
   assert "oracle_alpha_clean_val" in report and "layers" in report
+  # the default decomposition: every layer of this small model below solve.AUTO_MIN_WIDTH
+  assert report["method"] == "auto"
+  assert {layer["method"] for layer in report["layers"].values()} == {"eigh"}
   # The oracle α is the sweep's rule applied to the clean validation curve of the same pass.
   clean = report["sweep_clean_val"]
   assert set(clean["per_alpha"]) == {"10.0", "1000.0"}

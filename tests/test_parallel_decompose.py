@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import sap_jax as sj
+from sap_jax import models
 from sap_jax import projection as proj
 from sap_jax import sweep as sw
 from sap_jax.stats.qr import activation_factors
+from sap_jax.train import eval_apply_fn
 from tests.baseline_cases import leaves_equal as _equal  # same structure, bitwise leaves
 
 
@@ -171,6 +173,7 @@ def test_a_thread_local_jax_context_keeps_everything_in_the_calling_thread(mlp):
 
 
 def test_default_workers_run_a_small_model_serially(mlp, stats, monkeypatch):
+  PARALLEL_ABOVE = sw.PARALLEL_ABOVE  # noqa: N806 (the module's value, restored below)
   variables = mlp[1]
   seen = []
   real = sw.run_dearest_first
@@ -186,3 +189,11 @@ def test_default_workers_run_a_small_model_serially(mlp, stats, monkeypatch):
   monkeypatch.setattr(sw, "PARALLEL_ABOVE", 0.0)
   sj.decompose(variables, stats)
   assert seen == [1, 2, 2]
+  # the digits CNN of the demo and the tables (d up to 576) stays on one thread
+  model = models.get("cnn", 10, width=32)
+  x = np.zeros((2, 8, 8, 1), np.float32)
+  cnn = model.init(jax.random.PRNGKey(0), x)
+  cnn_stats = sj.activation_stats(eval_apply_fn(model), cnn, [x])
+  monkeypatch.setattr(sw, "PARALLEL_ABOVE", PARALLEL_ABOVE)
+  sj.decompose(cnn, cnn_stats)
+  assert seen[-1] == 1

@@ -244,10 +244,12 @@ def test_cost_model_choices():
   assert slv.choose_method(4608, 512, 8) == "solve"
   assert slv.choose_method(4608, 512, 40) == "eigh"
   # A wide output makes every solve dearer than a rotation, pushing towards eigh.
-  assert slv.choose_method(64, 4096, 8) == "eigh"
-  for d, o, k in ((27, 64, 1), (576, 64, 9), (4608, 512, 9)):
+  assert slv.choose_method(1152, 4096, 8) == "eigh"
+  for d, o, k in ((1024, 64, 1), (2304, 64, 9), (4608, 512, 9)):
     want = "solve" if slv.solve_cost(d, o, k) < slv.eigh_cost(d, o, k) else "eigh"
     assert slv.choose_method(d, o, k) == want
+  # Below AUTO_MIN_WIDTH: eigh, whatever the cost model says (tests/test_default_method.py).
+  assert slv.choose_method(576, 64, 9) == "eigh" and slv.choose_method(27, 64, 1) == "eigh"
   # The closed forms.
   d, o, k = 100, 10, 3
   assert slv.eigh_cost(d, o, k) == slv.EIGH_CUBIC * d**3 + 2 * d * d * o * (1 + k)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sap_jax import solve as slv
 from sap_jax.baselines import base
 from sap_jax.correction import sap_rounds
 from sap_jax.pipeline import run_sap
@@ -43,6 +44,7 @@ def sap_method(
   rows_per_batch: int | None = None,
   rounds: int = 1,
   trusted_labels: str = "noisy",
+  method: str = slv.AUTO,
 ) -> base.Method:
   """SAP (Scaled Activation Projection) as a correction method.
 
@@ -58,6 +60,9 @@ def sap_method(
     rows_per_batch: optional row budget per layer and batch.
     rounds: SAP rounds (published ``--num-rounds``; 1: the paper's method).
     trusted_labels: "noisy" (honest) or "clean" (the published code's oracle).
+    method: how each layer is decomposed (`sap_jax.decompose`): "auto" (default),
+      "eigh" or "solve"; rounds > 1 decompose round 0 by eigh (they compose its
+      eigenbasis) and take "auto" or "eigh".
 
   Returns:
     The method ``"sap"``; ``chosen["alpha"]`` is None when the unchanged model
@@ -71,6 +76,12 @@ def sap_method(
     raise ValueError(f"trusted_labels must be one of {TRUSTED_LABELS}, got {trusted_labels!r}.")
   if score not in SCORES:
     raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+  if method not in slv.METHODS:
+    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
+  if rounds > 1 and method == slv.SOLVE:
+    raise ValueError(
+      'rounds > 1 compose each round\'s eigenbasis; use method="auto" or "eigh" with them.'
+    )
   hparams = dict(
     n_trusted=n_trusted,
     alphas=alphas,
@@ -86,6 +97,8 @@ def sap_method(
     hparams["rounds"] = rounds
   if trusted_labels != "noisy":
     hparams["trusted_labels"] = trusted_labels
+  if method != slv.AUTO:
+    hparams["method"] = method
 
   def body(task: base.CorrectionTask) -> base.Outcome:
     n = base.clip_budget(n_trusted, task.n_train)
@@ -124,6 +137,7 @@ def sap_method(
       rows_per_batch=rows_per_batch,
       seed=task.seed,
       trusted=trusted,
+      method=slv.EIGH if rounds > 1 else method,
     )
     variables, num_settings = r.variables, len(alphas)
     round_details = None

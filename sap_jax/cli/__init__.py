@@ -57,6 +57,7 @@ from sap_jax import (
   provenance,
   run_sap,
   safe_write,
+  solve,
   train,
   trusted,
 )
@@ -344,6 +345,7 @@ def cmd_correct(args) -> int:
     eval_splits={"val_clean": (splits.x_val, splits.y_val_clean)},
     progress=progress.phase,
     tune=args.tune,
+    method=args.method,
   )
   before = split_metrics(apply_fn, variables, splits)
   after = split_metrics(apply_fn, corrected, splits)
@@ -355,6 +357,7 @@ def cmd_correct(args) -> int:
     "output": str(out),
     "n_trusted": n_trusted,
     "score": args.score,
+    "method": args.method,
     "class_balanced": args.class_balanced,
     "exclude": list(args.exclude),
     "trusted_noise_rate": float(np.mean(splits.noise_mask[result.trusted_indices])),
@@ -576,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     type=positive_int,
     default=sap["batch_size"],
     help="samples per forward pass",
+  )
+  p.add_argument(
+    "--method",
+    choices=solve.METHODS,
+    default=sap["method"],
+    help="how each layer is decomposed: auto (eigh below "
+    f"{solve.AUTO_MIN_WIDTH} inputs, above it eigh or one Cholesky per α, whichever the "
+    "cost model finds cheaper), eigh (every layer), solve (every layer)",
   )
   p.add_argument(
     "--tune",

@@ -26,6 +26,7 @@ from flax import nnx
 
 from sap_jax import evaluation, pipeline
 from sap_jax import projection as proj
+from sap_jax import solve as slv
 from sap_jax import sweep as sw
 from sap_jax import trusted as tr
 from sap_jax.correction import correct as _correct
@@ -62,10 +63,17 @@ def activation_stats(
 
 
 def decompose(
-  model: nnx.Module, stats: Mapping[Path, LayerStats], *, consume: bool = False
+  model: nnx.Module,
+  stats: Mapping[Path, LayerStats],
+  *,
+  consume: bool = False,
+  method: str = slv.AUTO,
+  n_alphas: int = 1,
 ) -> sw.Decomposition:
   """`sap_jax.decompose` of an NNX model's statistics (the α-independent part)."""
-  return sw.decompose(functional(model)[1], stats, consume=consume)
+  return sw.decompose(
+    functional(model)[1], stats, consume=consume, method=method, n_alphas=n_alphas
+  )
 
 
 def apply_alpha(model: nnx.Module, decomposition: sw.Decomposition, alpha: Any) -> nnx.Module:
@@ -113,6 +121,7 @@ def sweep_alpha(
   *,
   batch_size: int = 512,
   eval_splits: Mapping[str, tuple[Any, Any]] | None = None,
+  method: str = slv.AUTO,
 ) -> sw.SweepResult:
   """`sap_jax.sweep_alpha` of an NNX model: every α scored, the best chosen. The
   validation split (and ``eval_splits``) may be global arrays sharded over a mesh's
@@ -125,6 +134,7 @@ def sweep_alpha(
     y_val,
     batch_size=batch_size,
     eval_splits=eval_splits,
+    method=method,
   )
 
 
