@@ -141,6 +141,36 @@ def _rounds(res, apply_fn, variables, x, xv, mesh) -> None:
     }
 
 
+def _mixed_methods(res, apply_fn, variables, host, sharded, mesh) -> None:
+  """`run_sap` and `correct` with the conv on the solve path and the Dense layers on eigh
+  (the cost model patched: every layer here is narrower than solve.AUTO_MIN_WIDTH), on one
+  device and on the mesh (each eigh layer's eigh on one device, the solve layer prepared
+  where its replicated Gram matrix is)."""
+  import jax
+
+  import sap_jax
+  from sap_jax import solve as slv
+
+  real = slv.choose_method
+  slv.choose_method = lambda d, out, k, groups=1: "solve" if d == 18 else "eigh"
+  try:
+    kw = dict(n_trusted=N_TRUSTED, batch_size=BATCH, alphas=ALPHAS)
+    for side, args in (("one", host), ("many", sharded)):
+      result = sap_jax.run_sap(apply_fn, variables, *args, **kw)
+      res[side]["sap_mixed"] = sap_summary(result, apply_fn, variables)
+      res[side]["sap_mixed"]["methods"] = {
+        "/".join(p): m for p, m in result.decomposition.methods.items()
+      }
+      xt = host[0][:40] if side == "one" else sap_jax.sharding.shard_batch(host[0][:40], mesh)
+      corrected = sap_jax.correct(apply_fn, variables, xt, 300.0, batch_size=16)
+      res[side]["correct_mixed"] = {
+        jax.tree_util.keystr(p): np.asarray(leaf).tolist()
+        for p, leaf in jax.tree_util.tree_leaves_with_path(corrected)
+      }
+  finally:
+    slv.choose_method = real
+
+
 def devices(out: str) -> None:
   import jax
 
@@ -209,6 +239,7 @@ def devices(out: str) -> None:
       jax.tree_util.keystr(p): np.asarray(leaf).tolist()
       for p, leaf in jax.tree_util.tree_leaves_with_path(corrected)
     }
+  _mixed_methods(res, apply_fn, variables, (x, y, xv, yv), (xs, ys, xvs, yvs), mesh)
   _rounds(res, apply_fn, variables, x, xv, mesh)
   for mesh_or_none, side in ((None, "one"), (mesh, "many")):
     res[side]["train"] = train_summary(mesh_or_none)

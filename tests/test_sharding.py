@@ -96,6 +96,22 @@ def test_run_sap_on_sharded_arrays_equals_one_device(devices, budget):
   assert devices["many"][f"sap_{budget}_replicated"]
 
 
+def test_mixed_decomposition_methods_on_sharded_arrays_equal_one_device(devices):
+  one, many = devices["one"]["sap_mixed"], devices["many"]["sap_mixed"]
+  assert one["methods"] == many["methods"]
+  assert sorted(set(one["methods"].values())) == ["eigh", "solve"]
+  assert (many["trusted"], many["alpha"], many["val"]) == (one["trusted"], one["alpha"], one["val"])
+  assert set(one["spectra"]) == {p for p, m in one["methods"].items() if m == "eigh"}
+  for path in one["spectra"]:
+    _close(many["spectra"][path], one["spectra"][path], atol=1e-6)
+  for path in one["corrected"]:
+    _close(many["corrected"][path], one["corrected"][path])
+  one, many = devices["one"]["correct_mixed"], devices["many"]["correct_mixed"]
+  assert list(many) == list(one)
+  for path in one:
+    _close(many[path], one[path])
+
+
 def test_per_layer_tuning_on_sharded_arrays_equals_one_device(devices):
   one, many = devices["one"]["tuned"], devices["many"]["tuned"]
   assert one is not None and set(one) == set(many)
