@@ -16,8 +16,6 @@ import functools
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.bad_input_case import Case, cli_env, cli_error, run_cli
+from tests.child_processes import interrupt_after_first_line
 
 DEAD_PID = 2**22 + 1  # above Linux's largest pid_max: never a live process
 MODEL = ("--model", "mlp", "--model-kw", "width=32", "--model-kw", "depth=1")
@@ -168,18 +167,9 @@ def _cli(*args: object):
 
 def _interrupted_training(tmp: Path) -> str:
   """Ctrl-C once training has started; returns standard error."""
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "sap_jax", *TRAIN[:-1], "--epochs", "100000", "--out", "out"],
-    cwd=tmp,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=cli_env(),
-  )
-  first = proc.stderr.readline()
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 130, (proc.returncode, first + err)
+  cmd = [sys.executable, "-m", "sap_jax", *TRAIN[:-1], "--epochs", "100000", "--out", "out"]
+  code, first, err = interrupt_after_first_line(cmd, tmp, cli_env())
+  assert code == 130, (code, first + err)
   return first + err
 
 

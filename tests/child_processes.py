@@ -106,3 +106,46 @@ def run_process_group(
     t[-3000:] for t in texts
   )
   return texts
+
+
+INTERRUPT_TIMEOUT_S = 120
+"""How long an interrupted child may take to exit (about 1–3 s on 2 loaded cores)."""
+
+
+def interrupt_after_first_line(
+  cmd: Sequence[str], cwd: Path | str, env: dict[str, str], timeout_s: float = INTERRUPT_TIMEOUT_S
+) -> tuple[int, str, str]:
+  """Starts ``cmd``, waits for its first line on standard error, sends it SIGINT (Ctrl-C)
+  and returns ``(exit status, that first line, the rest of standard error)``.
+
+  A child still running after ``timeout_s`` is sent SIGABRT, so that Python's fault
+  handler (``PYTHONFAULTHANDLER=1``, set here) writes every thread's stack to standard
+  error, then killed; the assertion then carries those stacks, to tell a lost interrupt
+  from a hang at exit.
+  """
+  import signal
+
+  proc = subprocess.Popen(
+    list(cmd),
+    cwd=cwd,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**env, "PYTHONFAULTHANDLER": "1"},
+  )
+  first = proc.stderr.readline()
+  proc.send_signal(signal.SIGINT)
+  try:
+    _, err = proc.communicate(timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGABRT)
+    try:
+      _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      _, err = proc.communicate()
+    raise AssertionError(
+      f"{' '.join(cmd[:4])} … still ran {timeout_s:.0f} s after SIGINT; its stacks at "
+      f"SIGABRT:\n{first}{err[-6000:]}"
+    ) from None
+  return proc.returncode, first, err

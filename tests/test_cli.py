@@ -6,7 +6,6 @@ import inspect
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -19,6 +18,7 @@ from sap_jax.cli.progress import Progress
 from sap_jax.data import load_dataset
 from sap_jax.metrics import METRIC_KEYS
 from sap_jax.train import TrainConfig
+from tests.child_processes import interrupt_after_first_line
 
 
 def _cli(*args, cwd, cache="off"):
@@ -283,19 +283,10 @@ def test_a_checkpoint_without_a_fingerprint_loads_with_a_note(trained, tmp_path)
 def test_ctrl_c_says_nothing_was_written(tmp_path):
   env = {**os.environ, compilation.ENV_VAR: "off"}
   args = [a if a != "3" else "100000" for a in TRAIN if a != "--quiet"]  # --epochs 100000
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "sap_jax", *args, "--out", str(tmp_path / "out")],
-    cwd=tmp_path,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=env,
-  )
-  first = proc.stderr.readline()  # training has started
-  assert first.startswith("training mlp on digits"), first
-  proc.send_signal(signal.SIGINT)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 130
+  cmd = [sys.executable, "-m", "sap_jax", *args, "--out", str(tmp_path / "out")]
+  code, first, err = interrupt_after_first_line(cmd, tmp_path, env)
+  assert first.startswith("training mlp on digits"), first  # training had started
+  assert code == 130, (code, err)
   assert err.strip().splitlines()[-1] == "interrupted: nothing was written."
   assert "Traceback" not in err
   assert os.listdir(tmp_path) == []
