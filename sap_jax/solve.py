@@ -60,7 +60,7 @@ CHOLESKY_CUBIC = 0.5
 AUTO_MIN_WIDTH = 1024
 """``method="auto"`` decomposes a layer narrower than this (d < 1024) by eigh whatever the
 cost model says: its eigendecomposition takes ≈ 0.1 s on one CPU core at d = 1024 (and
-0.016 s at d = 576), so the solve path would save little, while eigh is the more
+0.02 s at d = 576), so the solve path would save little, while eigh is the more
 accurate path on directions the trusted inputs never use (≤ 1e-6 of ‖P‖ against
 5e-4 at α = 3e4: tests/test_solve.py). Every model of the committed experiment tables
 (d ≤ 640) is therefore decomposed exactly as by ``method="eigh"``."""

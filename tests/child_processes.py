@@ -145,7 +145,7 @@ def interrupt_after_first_line(
       proc.kill()
       _, err = proc.communicate()
     raise AssertionError(
-      f"{' '.join(cmd[:4])} … still ran {timeout_s:.0f} s after SIGINT; its stacks at "
-      f"SIGABRT:\n{first}{err[-6000:]}"
+      f"{' '.join(cmd[:4])} … still ran {timeout_s:.0f} s after SIGINT; its standard error "
+      f"(head, then the stacks at SIGABRT):\n{first}{err[:2000]}\n…\n{err[-5000:]}"
     ) from None
   return proc.returncode, first, err

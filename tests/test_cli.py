@@ -6,6 +6,7 @@ import inspect
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import pytest
 
 import sap_jax
 from sap_jax import checkpoint, cli, compilation, provenance, trusted
+from sap_jax.cli import interrupts
 from sap_jax.cli.progress import Progress
 from sap_jax.data import load_dataset
 from sap_jax.metrics import METRIC_KEYS
@@ -327,10 +329,25 @@ def test_training_progress_in_a_pipe_is_one_line_every_twentieth_epoch():
     options["log_fn"]({"epoch": epoch, "loss": 0.5, "train_accuracy": 0.75})
   lines = pipe.getvalue().splitlines()
   assert len(lines) == 20 and lines[-1] == "train epoch 100/100: loss 0.5000, train acc 0.750"
-  assert Progress(quiet=False, stream=_Terminal()).train_options(5) == {
-    "progress": True,
-    "log_fn": None,
-  }
+  live = Progress(quiet=False, stream=_Terminal()).train_options(5)
+  assert live["progress"] is True
+  live["log_fn"]({"epoch": 1})  # only the interrupt check: the bar shows the epochs
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_dropped_in_a_finalizer_is_raised_at_the_next_epoch():
+  class Finalized:
+    def __del__(self):
+      os.kill(os.getpid(), signal.SIGINT)  # its KeyboardInterrupt is printed and dropped
+
+  quiet = Progress(quiet=True).train_options(100)["log_fn"]
+  with interrupts.installed():
+    quiet({"epoch": 1})  # nothing pending
+    Finalized()  # collected at once: the handler runs inside __del__, its raise dropped
+    with pytest.raises(KeyboardInterrupt):
+      quiet({"epoch": 2})
+  quiet({"epoch": 3})  # the record ends with the block
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_user_errors_are_one_line_and_bugs_are_not_hidden(tmp_path, capsys, monkeypatch):

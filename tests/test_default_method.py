@@ -116,6 +116,16 @@ def test_run_sap_default_records_each_layers_method_and_matches_eigh(wide):
     sj.run_sap(apply_fn, variables, x[:300], y[:300], x[300:], y[300:], method="qr", **kw)
 
 
+def test_per_layer_tuning_differentiates_through_a_solve_layer(wide):
+  apply_fn, variables, x, y = wide
+  stats = sj.activation_stats(apply_fn, variables, [x[:200]])
+  dec = sj.decompose(variables, stats, n_alphas=3)
+  assert dec.methods[("wide",)] == "solve"
+  tuned = sj.tune_alpha(apply_fn, variables, dec, x[300:], y[300:], 1e3, folds=2, steps=3)
+  assert set(tuned.alpha) == {("wide",), ("head",)}
+  assert all(np.isfinite(a) and a > 0 for a in tuned.alpha.values())
+
+
 def test_correct_default_is_the_default_decomposition_and_rounds_refuse_solve(wide):
   apply_fn, variables, x, _ = wide
   got = sj.correct(apply_fn, variables, x[:200], 3e4, batch_size=100)

@@ -61,6 +61,7 @@ from sap_jax import (
   train,
   trusted,
 )
+from sap_jax.cli import interrupts
 from sap_jax.cli.args import (
   HelpFormatter,
   field_defaults,
@@ -626,13 +627,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   args.written = []
   shown, warnings.showwarning = warnings.showwarning, _show_warning
   try:
-    start_devices(args)
-    compilation.enable_persistent_cache(args.compilation_cache)
-    if first_process():
-      return args.func(args)
-    args.quiet = True  # only process 0 prints (errors excepted)
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-      return args.func(args)
+    with interrupts.installed():  # a Ctrl-C dropped in a finalizer is raised again
+      start_devices(args)
+      compilation.enable_persistent_cache(args.compilation_cache)
+      if first_process():
+        return args.func(args)
+      args.quiet = True  # only process 0 prints (errors excepted)
+      with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        return args.func(args)
   except KeyboardInterrupt:
     if args.written:
       done = " and ".join(str(p) for p in args.written)

@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from sap_jax.cli.interrupts import raise_if_interrupted
+
 
 class Progress:
   """Progress on stderr: a live bar on a terminal, one line per update in a file or a
@@ -21,6 +23,7 @@ class Progress:
     self._started: dict[str, float] = {}
 
   def say(self, text: str) -> None:
+    raise_if_interrupted()
     if not self.quiet:
       print(text, file=self.stream, flush=True)
 
@@ -28,10 +31,15 @@ class Progress:
     """`train.train_model`'s ``progress``/``log_fn``: its tqdm bar on a terminal, else
     one line every ``epochs // 20`` epochs (and the last)."""
     if self.quiet or self.live:
-      return {"progress": self.live, "log_fn": None}
+
+      def check(entry: dict[str, float]) -> None:
+        raise_if_interrupted()
+
+      return {"progress": self.live, "log_fn": check}
     every = max(1, epochs // 20)
 
     def line(entry: dict[str, float]) -> None:
+      raise_if_interrupted()
       epoch = int(entry["epoch"])
       if epoch % every and epoch != epochs:
         return
@@ -45,6 +53,7 @@ class Progress:
 
   def phase(self, name: str, done: int, total: int) -> None:
     """`run_sap`'s ``progress`` callback: a line per phase, a bar over the α values."""
+    raise_if_interrupted()
     if self.quiet:
       return
     if name == "α sweep":
