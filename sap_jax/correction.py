@@ -63,7 +63,6 @@ from sap_jax.sweep import (
   check_split,
   choose_alpha,
   decompose,
-  layer_methods,
   sweep_alpha,
 )
 from sap_jax.types import ApplyFn, Path, Variables
@@ -212,14 +211,8 @@ def round_bases(
 
 def _first_decomposition(variables, stats, mesh, method=slv.EIGH) -> Decomposition:
   """Round 0's decomposition (one α: ``n_alphas=1``); over a mesh each eigh layer's eigh
-  runs on one device."""
-  methods = layer_methods(stats, method=method, n_alphas=1)
-  bases = None
-  if mesh is not None:
-    eigh_stats = {p: s for p, s in stats.items() if methods[p] == slv.EIGH}
-    bases = round_bases(eigh_stats, None, mesh) if eigh_stats else {}
-  # consume: frees each Gram matrix as it is decomposed
-  return decompose(variables, stats, consume=True, bases=bases, method=method, n_alphas=1)
+  runs on one device. ``consume``: frees each Gram matrix as it is decomposed."""
+  return decompose(variables, stats, consume=True, method=method, n_alphas=1, mesh=mesh)
 
 
 def compose(

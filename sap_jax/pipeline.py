@@ -18,7 +18,6 @@ from sap_jax.batching import batched
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import path_name, select_layers
 from sap_jax.spectrum import stats_summary
-from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import activation_stats
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
@@ -26,7 +25,6 @@ from sap_jax.sweep import (
   SweepResult,
   apply_alpha,
   decompose,
-  layer_methods,
   sweep_alpha,
 )
 from sap_jax.tuning import TuneResult, tune_alpha
@@ -268,13 +266,9 @@ def run_sap(
   t2 = time.perf_counter()
   report("statistics", 1, 1)
   report("decomposition", 0, 1)
+  # over a mesh, each eigh layer's eigh on one device, the bases then shared
   n_alphas = len(np.asarray(alphas).reshape(-1))
-  methods = layer_methods(stats, method=method, n_alphas=n_alphas)
-  bases = None
-  if found is not None:  # each eigh layer's eigh on one device, the bases then shared
-    grams = {p: s.gram for p, s in stats.items() if methods[p] == slv.EIGH}
-    bases = spread_eigh(grams, *found) if grams else {}
-  decomposition = decompose(variables, stats, bases=bases, method=method, n_alphas=n_alphas)
+  decomposition = decompose(variables, stats, method=method, n_alphas=n_alphas, mesh=found)
   report("decomposition", 1, 1)
   sweep = sweep_alpha(
     apply_fn,

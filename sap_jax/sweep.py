@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh
 
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
@@ -39,6 +40,7 @@ from sap_jax import solve as slv
 from sap_jax.evaluation import check_finite_inputs, evaluate, labels_as_array
 from sap_jax.input_checks import check_labels
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
+from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import LayerStats, Layout
 from sap_jax.stats.qr import LayerFactor
 from sap_jax.types import ApplyFn, Path, Variables
@@ -317,6 +319,7 @@ def decompose(
   n_alphas: int = 1,
   bases: Mapping[Path, proj.Basis] | None = None,
   workers: int | None = None,
+  mesh: tuple[Mesh, str] | None = None,
 ) -> Decomposition:
   """Decomposes every layer's statistics once (the α-independent part of a correction).
 
@@ -352,12 +355,24 @@ def decompose(
       them one after another in layer order. Under an outer `jax.jit` (traced statistics),
       or inside a thread-local JAX context (`threads_share_context` is False), they run
       one after another in the calling thread whatever ``workers`` says.
+    mesh: ``(mesh, axis)`` when the statistics were combined over a mesh (replicated
+      Gram matrices): every "eigh" layer not in ``bases`` is then decomposed on one
+      device of the axis and its basis shared (`sap_jax.spread_eigh.spread_eigh`); a
+      "solve" layer is prepared where its Gram matrix is.
 
   Returns:
     A `Decomposition`, computed (not pending) when this returns.
   """
   default = workers is None
   methods, kernels, workers = _checked(variables, stats, method, n_alphas, workers)
+  if mesh is not None:
+    given = dict(bases or {})
+    spread = {
+      p: s.gram
+      for p, s in stats.items()
+      if methods[p] == slv.EIGH and p not in given and not isinstance(s, LayerFactor)
+    }
+    bases = {**given, **spread_eigh(spread, *mesh)}
   layouts = tuple((p, s.layout) for p, s in stats.items())
   if workers > 1 and (_is_traced((stats, kernels)) or not threads_share_context()):
     workers = 1  # traced into the caller's program, or a thread-local context: no threads
