@@ -110,6 +110,29 @@ def evaluate(
   if shd.is_global(x):
     return _sharded_evaluate(apply_fn, variables, x, y, batch_size)
   x, y = check_labelled(apply_fn, variables, x, y, "x/y")
+  return evaluate_checked(apply_fn, variables, x, y, batch_size)
+
+
+def evaluate_checked(
+  apply_fn: ApplyFn, variables: Variables, x: Any, y: Any, batch_size: int = 1024
+) -> dict[str, float]:
+  """`evaluate` of inputs and labels that `sap_jax.input_checks.check_labelled` has
+  accepted for this model already, without checking them again: for a caller that
+  scores the same split many times (the α sweep: every α, every split). A global array
+  sharded over a data axis goes through `evaluate`.
+
+  Args:
+    apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
+    variables: the model variables.
+    x: ``(N, ...)`` finite floating inputs, N ≥ 1.
+    y: ``(N,)`` int32 labels in ``[0, K)``.
+    batch_size: evaluation batch size.
+
+  Returns:
+    ``{"accuracy": float, "loss": float}``, as `evaluate`.
+  """
+  if shd.is_global(x):
+    return evaluate(apply_fn, variables, x, y, batch_size)
   x = np.asarray(x)
   n = len(x)
   fn = hashable(apply_fn)

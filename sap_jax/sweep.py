@@ -37,8 +37,8 @@ from jax.sharding import Mesh
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
-from sap_jax.evaluation import check_finite_inputs, evaluate, labels_as_array
-from sap_jax.input_checks import check_labels
+from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
+from sap_jax.input_checks import check_labelled, check_labels
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
 from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import LayerStats, Layout
@@ -543,18 +543,33 @@ def score_alphas(
   Returns:
     name → `SplitScores`.
   """
-  splits = {name: check_split(x, y, name) for name, (x, y) in splits.items()}
+  splits = checked_splits(apply_fn, variables, splits)
   return _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size)
 
 
+def checked_splits(
+  apply_fn: ApplyFn, variables: Variables, splits: Mapping[str, tuple[Any, Any]]
+) -> dict[str, tuple[Any, Any]]:
+  """name → ``(x, y)`` after every check, once per split before any work (`check_split`,
+  then labels in ``[0, K)`` for the model's K outputs), so the sweep scores every α
+  without checking the splits again."""
+  out = {}
+  for name, (x, y) in splits.items():
+    x, y = check_split(x, y, name)
+    if not shd.is_global(x):  # a sharded split is checked where it is evaluated
+      x, y = check_labelled(apply_fn, variables, x, y, f"split {name!r}")
+    out[name] = (x, y)
+  return out
+
+
 def _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size, progress=None):
-  """`score_alphas` on splits already checked (host arrays, int32 labels); ``progress(i, K)``
-  before each α and after the last (i: α values scored so far)."""
+  """`score_alphas` on splits from `checked_splits`; ``progress(i, K)`` before each α and
+  after the last (i: α values scored so far)."""
   alphas_np = np.asarray(alphas, np.float64).reshape(-1)
 
   def accuracies(v) -> dict[str, float]:
     return {
-      name: evaluate(apply_fn, v, x, y, batch_size=batch_size)["accuracy"]
+      name: evaluate_checked(apply_fn, v, x, y, batch_size=batch_size)["accuracy"]
       for name, (x, y) in splits.items()
     }
 
@@ -623,7 +638,9 @@ def sweep_alpha(
   named = {CHOICE_SPLIT: (x_val, y_val), **dict(eval_splits or {})}
   if eval_splits and CHOICE_SPLIT in eval_splits:
     raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
-  named = {name: check_split(x, y, name) for name, (x, y) in named.items()}  # before any work
+  if not isinstance(stats, Decomposition):  # the options first: they need no model trace
+    _checked(variables, stats, method, len(alphas_np), workers)
+  named = checked_splits(apply_fn, variables, named)  # before any work
   if isinstance(stats, Decomposition):
     decomposition = stats
   else:

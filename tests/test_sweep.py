@@ -151,3 +151,30 @@ def test_errors(mlp):
     sj.sweep_alpha(apply_fn, variables, stats, [10.0], x, y, eval_splits={"val": (x, y)})
   with pytest.raises(ValueError, match="alpha"):
     sj.apply_alpha(variables, sj.decompose(variables, stats), 0.0)
+
+
+def test_split_labels_are_refused_before_the_decomposition_and_checked_once(mlp, monkeypatch):
+  apply_fn, variables, x, y = mlp
+  stats = sj.activation_stats(apply_fn, variables, [x])
+  k = int(np.asarray(apply_fn(variables, x[:1])).shape[-1])
+  bad = y.copy()
+  bad[3] = k  # one past the model's outputs
+  decomposed = []
+  real_decompose = sj.sweep.decompose
+  monkeypatch.setattr(
+    sj.sweep, "decompose", lambda *a, **kw: decomposed.append(1) or real_decompose(*a, **kw)
+  )
+  with pytest.raises(ValueError, match=rf"^split 'test': label {k} \(at index 3\) is outside"):
+    sj.sweep_alpha(apply_fn, variables, stats, [10.0], x, y, eval_splits={"test": (x, bad)})
+  assert decomposed == []  # refused before any work
+  # Every split is checked once, however many α values are scored.
+  checked = []
+  real_check = sj.input_checks.check_inputs
+  monkeypatch.setattr(
+    sj.input_checks, "check_inputs", lambda *a, **kw: checked.append(a[1]) or real_check(*a, **kw)
+  )
+  result = sj.sweep_alpha(
+    apply_fn, variables, stats, [1.0, 10.0, 100.0], x, y, eval_splits={"test": (x, y)}
+  )
+  assert sorted(checked) == ["split 'test'", "split 'val'"]  # not once per α and split
+  assert result.splits["test"].accuracies.shape == (3,)
