@@ -25,7 +25,16 @@ PHASES = ("losses", "select", "stats", "decompose", "apply_alpha")
 @pytest.fixture(scope="module")
 def report():
   proc = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "benchmarks", "bench_sap.py"), "--quick", "--paths"],
+    # The digits CNN only: the quick ResNet18 adds about 45 s of compilation and no code
+    # path of the benchmark that the CNN does not take.
+    [
+      sys.executable,
+      os.path.join(ROOT, "benchmarks", "bench_sap.py"),
+      "--quick",
+      "--paths",
+      "--models",
+      "cnn",
+    ],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -50,7 +59,7 @@ def test_report_has_every_section(report):
   ):
     assert key in report, key
   assert report["device"]["platform"] and report["device"]["device_kind"]
-  assert set(report["models"]) == {"resnet18", "cnn"}
+  assert set(report["models"]) == {"cnn"}
   for name, m in report["models"].items():
     for key in ("unit_forward", *PHASES, "correction", "stats_flops", "sweep"):
       assert key in m, (name, key)
