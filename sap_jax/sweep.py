@@ -38,7 +38,7 @@ from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
-from sap_jax.input_checks import check_labelled, check_labels
+from sap_jax.input_checks import check_labels, output_width
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
 from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import LayerStats, Layout
@@ -555,9 +555,9 @@ def checked_splits(
   without checking the splits again."""
   out = {}
   for name, (x, y) in splits.items():
-    x, y = check_split(x, y, name)
+    x, y = check_split(x, y, name)  # inputs finite, labels non-negative integers
     if not shd.is_global(x):  # a sharded split is checked where it is evaluated
-      x, y = check_labelled(apply_fn, variables, x, y, f"split {name!r}")
+      y = check_labels(y, len(x), output_width(apply_fn, variables, x), f"split {name!r}")
     out[name] = (x, y)
   return out
 

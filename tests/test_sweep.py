@@ -167,12 +167,16 @@ def test_split_labels_are_refused_before_the_decomposition_and_checked_once(mlp,
   with pytest.raises(ValueError, match=rf"^split 'test': label {k} \(at index 3\) is outside"):
     sj.sweep_alpha(apply_fn, variables, stats, [10.0], x, y, eval_splits={"test": (x, bad)})
   assert decomposed == []  # refused before any work
-  # Every split is checked once, however many α values are scored.
+  # Every split's inputs are scanned once, however many α values are scored.
   checked = []
   real_check = sj.input_checks.check_inputs
-  monkeypatch.setattr(
-    sj.input_checks, "check_inputs", lambda *a, **kw: checked.append(a[1]) or real_check(*a, **kw)
-  )
+
+  def counting_check(*a, **kw):
+    checked.append(a[1])
+    return real_check(*a, **kw)
+
+  for module in (sj.input_checks, sj.evaluation):  # every name the checks are called by
+    monkeypatch.setattr(module, "check_inputs", counting_check)
   result = sj.sweep_alpha(
     apply_fn, variables, stats, [1.0, 10.0, 100.0], x, y, eval_splits={"test": (x, y)}
   )
