@@ -288,13 +288,7 @@ def correct(
   proj.check_alpha(alpha)
   if rounds < 1:
     raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
-  if method not in slv.METHODS:
-    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
-  if rounds > 1 and method == slv.SOLVE:
-    raise ValueError(
-      "rounds > 1 compose each round's projection matrix from its eigenbasis; the solve "
-      'path has none. Use method="auto" (or "eigh"), or rounds=1.'
-    )
+  slv.check_method(method, rounds)
   opts = dict(
     batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
   )

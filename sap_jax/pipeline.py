@@ -232,8 +232,7 @@ def run_sap(
     )
   if tune_options and tune is None:
     raise ValueError('tune_options were given without tune; pass tune="per_layer".')
-  if method not in slv.METHODS:
-    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
+  slv.check_method(method)
   found = shd.common_data_axis(x_train, y_train, x_val, y_val)
   if found is not None:  # global arrays over a mesh: the data stays where it is
     variables = shd.replicate(variables, found[0])

@@ -169,3 +169,20 @@ def choose_method(d: int, out: int, k: int, groups: int = 1) -> str:
   if d < AUTO_MIN_WIDTH:
     return EIGH
   return SOLVE if solve_cost(d, out, k, groups) < eigh_cost(d, out, k, groups) else EIGH
+
+
+def check_method(method: str, rounds: int = 1) -> None:
+  """Refuses a ``method`` that is not one of `METHODS`, and "solve" with ``rounds > 1``
+  (several SAP rounds compose each round's projection matrix from its eigenbasis, which
+  the solve path never computes).
+
+  Raises:
+    ValueError: naming the accepted values, or the fix.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+  if rounds > 1 and method == SOLVE:
+    raise ValueError(
+      "rounds > 1 compose each round's projection matrix from its eigenbasis; the solve "
+      'path has none. Use method="auto" (or "eigh"), or rounds=1.'
+    )

@@ -162,8 +162,7 @@ def layer_methods(
   A `LayerFactor` (TSQR statistics) always takes the eigh-like path: the thin SVD of
   its factor.
   """
-  if method not in slv.METHODS:
-    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
+  slv.check_method(method)
   if n_alphas < 1:
     raise ValueError(f"n_alphas must be ≥ 1 (how many α will be applied), got {n_alphas}.")
   out = {}

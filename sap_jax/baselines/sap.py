@@ -76,12 +76,7 @@ def sap_method(
     raise ValueError(f"trusted_labels must be one of {TRUSTED_LABELS}, got {trusted_labels!r}.")
   if score not in SCORES:
     raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
-  if method not in slv.METHODS:
-    raise ValueError(f"method must be one of {slv.METHODS}, got {method!r}.")
-  if rounds > 1 and method == slv.SOLVE:
-    raise ValueError(
-      'rounds > 1 compose each round\'s eigenbasis; use method="auto" or "eigh" with them.'
-    )
+  slv.check_method(method, rounds)
   hparams = dict(
     n_trusted=n_trusted,
     alphas=alphas,
