@@ -18,6 +18,7 @@ import numpy as np
 
 from sap_jax import sharding as shd
 from sap_jax.batching import padded_batches
+from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import (
   check_inputs,
@@ -84,7 +85,7 @@ def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray 
 
 
 def evaluate(
-  apply_fn: ApplyFn, variables: Variables, x: Any, y: Any, batch_size: int = 1024
+  apply_fn: ApplyFn, variables: Variables, x: Any, y: Any = None, batch_size: int = 1024
 ) -> dict[str, float]:
   """Accuracy and mean cross-entropy of ``apply_fn`` on ``(x, y)``.
 
@@ -94,9 +95,11 @@ def evaluate(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
-    x: ``(N, ...)`` inputs: a host array, or a global array sharded over a mesh's data
-      axis (each device evaluates its own samples; only the sums cross to the host).
-    y: ``(N,)`` integer labels (host, or sharded like ``x``).
+    x: ``(N, ...)`` inputs: a host array, a global array sharded over a mesh's data
+      axis (each device evaluates its own samples; only the sums cross to the host), or
+      a labelled source (`sap_jax.data.sources`; ``y`` None), streamed in one pass
+      (`sap_jax.streaming.evaluate`).
+    y: ``(N,)`` integer labels (host, or sharded like ``x``); None for a source.
     batch_size: evaluation batch size (sharded ``x``: over all devices together).
 
   Returns:
@@ -107,6 +110,11 @@ def evaluate(
       (labels outside ``[0, K)`` for the model's K outputs, NaN inputs, ``uint8``
       images, a forward that does not return logits, …).
   """
+  if is_source(x):
+    from sap_jax import streaming
+
+    no_separate_labels(y)
+    return streaming.evaluate(apply_fn, variables, x, batch_size=batch_size)
   if shd.is_global(x):
     return _sharded_evaluate(apply_fn, variables, x, y, batch_size)
   x, y = check_labelled(apply_fn, variables, x, y, "x/y")
@@ -183,12 +191,16 @@ def predict_logits(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
-    x: ``(N, ...)`` inputs.
+    x: ``(N, ...)`` inputs, or a source (its labels are not read).
     batch_size: evaluation batch size (ragged last batch padded).
 
   Returns:
     ``np.ndarray`` of logits.
   """
+  if is_source(x):
+    from sap_jax import streaming
+
+    return streaming.predict_logits(apply_fn, variables, x, batch_size=batch_size)
   if shd.is_global(x):
     x, _, variables = _sharded_setup(apply_fn, variables, x, None, "x")
     fn = hashable(apply_fn)

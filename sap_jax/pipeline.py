@@ -15,6 +15,7 @@ from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax import trusted as tr
 from sap_jax.batching import batched
+from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import path_name, select_layers
 from sap_jax.spectrum import stats_summary
@@ -109,6 +110,32 @@ def layer_summary(stats, decomposition: Decomposition) -> dict[str, dict[str, An
   return out
 
 
+def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) -> SAPResult:
+  """`run_sap` of sources (`sap_jax.streaming.run_sap`), after refusing what is not
+  streamed yet."""
+  from sap_jax import streaming
+
+  x_train, y_train, x_val, y_val = data
+  no_separate_labels(y_train, "y_train")
+  no_separate_labels(y_val, "y_val")
+  if score != "loss":
+    raise ValueError(
+      f"score={score!r} is not streamed over a source yet; use score='loss' (the paper's), "
+      "or pass the data as arrays."
+    )
+  if tune is not None:
+    raise ValueError(
+      "tune='per_layer' needs the validation split in memory; it is not streamed over a "
+      "source yet: run without tune, or pass the data as arrays."
+    )
+  if not is_source(x_val):
+    raise ValueError(
+      "x_train is a source, so x_val must be one too (wrap arrays with "
+      "sap_jax.data.sources.ArraySource(x, y))."
+    )
+  return streaming.run_sap(apply_fn, variables, x_train, x_val, **options)
+
+
 def run_sap(
   apply_fn: ApplyFn,
   variables: Mapping[str, Any],
@@ -149,7 +176,11 @@ def run_sap(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the trained (noisy) model's variables.
-    x_train, y_train: training inputs and their (noisy) labels. Host arrays, or global
+    x_train, y_train: training inputs and their (noisy) labels. A labelled source
+      (`sap_jax.data.sources`; then ``y_train`` and ``y_val`` are None, ``x_val`` and
+      every ``eval_splits`` value are sources too): every phase streams through the
+      feeder (`sap_jax.streaming.run_sap`: the trusted set by a streaming top-k of the
+      losses, each split read once for the whole α grid). Host arrays, or global
       arrays sharded over a mesh's data axis (`sap_jax.sharding`): then every step
       runs where the data is (per-sample losses, statistics on the trusted samples
       gathered in place, the sweep's evaluations); only the N scores, the labels, the
@@ -192,6 +223,26 @@ def run_sap(
       the variables and the global shapes of the data must agree;
       `sap_jax.multihost.check_same_across_processes`), raised on every process.
   """
+  if is_source(x_train):
+    return _run_sap_on_sources(
+      apply_fn,
+      variables,
+      (x_train, y_train, x_val, y_val),
+      n_trusted=n_trusted,
+      alphas=alphas,
+      score=score,
+      class_balanced=class_balanced,
+      exclude=exclude,
+      layer_range=layer_range,
+      batch_size=batch_size,
+      rows_per_batch=rows_per_batch,
+      seed=seed,
+      eval_splits=eval_splits,
+      trusted=trusted,
+      progress=progress,
+      tune=tune,
+      method=method,
+    )
   multihost.check_same_across_processes(
     {
       "variables": variables,

@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
+from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
 from sap_jax.input_checks import check_labels, output_width
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
@@ -615,7 +616,9 @@ def sweep_alpha(
       `Decomposition` of them already made.
     alphas: the grid of α > 0 (e.g. `DEFAULT_ALPHAS`).
     x_val: inputs of the split that chooses α; in the honest protocol the *noisy*
-      validation split.
+      validation split. Or a labelled source (`sap_jax.data.sources`): then ``y_val`` is
+      None, every ``eval_splits`` value is a source too, and each split is read once for
+      the whole grid (`sap_jax.streaming.score_alphas`).
     y_val: its labels.
     batch_size: samples per evaluation call.
     eval_splits: further name → ``(x, y)`` splits to score at every α in the same pass
@@ -634,21 +637,38 @@ def sweep_alpha(
   if alphas_np.size == 0:
     raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
   proj.check_alpha(alphas_np)
-  named = {CHOICE_SPLIT: (x_val, y_val), **dict(eval_splits or {})}
+  streamed = is_source(x_val)
+  named = {CHOICE_SPLIT: x_val if streamed else (x_val, y_val), **dict(eval_splits or {})}
   if eval_splits and CHOICE_SPLIT in eval_splits:
     raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
   if not isinstance(stats, Decomposition):  # the options first: they need no model trace
     _checked(variables, stats, method, len(alphas_np), workers)
-  named = checked_splits(apply_fn, variables, named)  # before any work
+  if streamed:
+    no_separate_labels(y_val, "y_val")
+    for name, split in named.items():
+      if not is_source(split):
+        raise ValueError(
+          f"split {name!r}: with a source for x_val, every eval split is a source too "
+          "(wrap arrays with sap_jax.data.sources.ArraySource(x, y))."
+        )
+  else:
+    named = checked_splits(apply_fn, variables, named)  # before any work
   if isinstance(stats, Decomposition):
     decomposition = stats
   else:
     decomposition = decompose(
       variables, stats, method=method, n_alphas=len(alphas_np), workers=workers
     )
-  scores = _score_checked(
-    apply_fn, variables, decomposition, alphas_np, named, batch_size, progress
-  )
+  if streamed:  # each split read once for the whole grid
+    from sap_jax import streaming
+
+    scores = streaming.score_alphas(
+      apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size
+    )
+  else:
+    scores = _score_checked(
+      apply_fn, variables, decomposition, alphas_np, named, batch_size, progress
+    )
   choice = scores[CHOICE_SPLIT]
   best_alpha, best_acc = choose_alpha(alphas_np, choice.accuracies, choice.baseline)
   return SweepResult(

@@ -37,6 +37,8 @@ from tqdm.auto import tqdm
 from sap_jax import multihost, robust
 from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
+from sap_jax.data.feeder import Transform, default_mesh, feed
+from sap_jax.data.sources import first_input, is_source, source_length
 from sap_jax.evaluation import check_xy, evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply
 from sap_jax.input_checks import check_labels
@@ -264,6 +266,8 @@ def train_model(
   progress: bool = True,
   log_fn: Callable[[dict[str, float]], None] | None = None,
   mesh: jax.sharding.Mesh | None = None,
+  transform: Transform | None = None,
+  workers: int = 0,
 ) -> TrainResult:
   """Trains ``model`` on ``(x, y)`` with SGD and the configured options.
 
@@ -273,7 +277,10 @@ def train_model(
   Args:
     model: a Linen module called as ``model.apply(v, x, train=bool)``.
     x: ``(N, ...)`` training inputs: a host array (batches are sent to the devices per
-      step), or a global array sharded over a mesh's data axis
+      step), a random-access source of labelled records (`sap_jax.data.sources`; then
+      ``y`` is None and ``x_val`` a source or None: every epoch streams the source
+      through `sap_jax.data.feeder.feed`, each process reading its own part of each
+      batch, and nothing holds the whole data set), or a global array sharded over a mesh's data axis
       (`sap_jax.sharding.from_process_local`: each process holds only its part), which
       trains data-parallel over that mesh: each step's batch is gathered in place from
       the devices that hold its samples (`sap_jax.sharding.gather_rows`), the same
@@ -285,6 +292,10 @@ def train_model(
     y_val: optional validation labels.
     progress: show a tqdm bar over epochs with loss/accuracy (on a terminal only).
     log_fn: called with each epoch's history dict.
+    transform: per-sample ``transform(image, rng) -> image`` applied to the training
+      inputs of a source (augmentation, `sap_jax.data.feeder.feed`): a function of the
+      seed, the epoch and the sample's index only. Sources only.
+    workers: grain worker processes reading a source (0: in this process).
     mesh: data-parallel training over a mesh with a data axis
       (`sap_jax.sharding.data_mesh`): each step's batch is sharded over the data axis
       (``config.batch_size`` a multiple of its devices), the state replicated; the
@@ -314,14 +325,25 @@ def train_model(
     },
     "train_model",
   )
-  mesh = _training_mesh(x, x_val, mesh)
-  if mesh is not None:
+  streamed = is_source(x)
+  if streamed:
+    mesh = default_mesh() if mesh is None else mesh
     shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
-  if isinstance(y, jax.Array) and shd.is_global(y):
-    y = shd.to_host(y)
-  if isinstance(y_val, jax.Array) and shd.is_global(y_val):
-    y_val = shd.to_host(y_val)
-  x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
+    x, y, val = _checked_training_source(model, x, y, x_val, y_val, config)
+  else:
+    if transform is not None:
+      raise ValueError(
+        "transform= applies to a source's records; wrap the arrays as a source "
+        "(sap_jax.data.sources.ArraySource(x, y)) to augment them."
+      )
+    mesh = _training_mesh(x, x_val, mesh)
+    if mesh is not None:
+      shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
+    if isinstance(y, jax.Array) and shd.is_global(y):
+      y = shd.to_host(y)
+    if isinstance(y_val, jax.Array) and shd.is_global(y_val):
+      y_val = shd.to_host(y_val)
+    x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
   start_time = time.perf_counter()
   steps_per_epoch = len(x) // config.batch_size
   rngs = run_rngs(config.seed)
@@ -340,7 +362,11 @@ def train_model(
   bar = tqdm(range(config.epochs), disable=None if progress else True, desc="train", unit="epoch")
   for epoch in bar:
     lr = float(schedule(int(state.step)))
-    state, entry = _train_epoch(state, x, y, config, rngs, epoch, mesh)
+    if streamed:
+      batches = _source_batches(x, config, rngs, epoch, mesh, transform, workers)
+    else:
+      batches = _array_batches(x, y, config, rngs, mesh)
+    state, entry = _train_epoch(state, batches, len(x), config, rngs, epoch)
     entry = {"epoch": epoch + 1, **entry, "lr": lr}
     stop = False
     if val is not None and _validation_due(config, epoch):
@@ -383,7 +409,10 @@ def _training_mesh(x, x_val, mesh: jax.sharding.Mesh | None) -> jax.sharding.Mes
 
 
 def _first_sample(x) -> np.ndarray:
-  """``x[:1]`` on the host; of a global array, gathered in place (every process)."""
+  """``x[:1]`` on the host; of a global array, gathered in place (every process); of a
+  source, its first record's input."""
+  if is_source(x):
+    return first_input(x, "training source")
   if not shd.is_global(x):
     return x[:1]
   mesh, axis = shd.data_axis_of(x)
@@ -423,21 +452,43 @@ def _checked_training_data(model: nn.Module, x, y, x_val, y_val, config: TrainCo
   return x, y, val
 
 
-def _train_epoch(
-  state: TrainState, x, y, config: TrainConfig, rngs: RunRngs, epoch: int, mesh=None
-) -> tuple[TrainState, dict[str, float]]:
-  """One pass over the full batches of a fresh order; mean loss and training accuracy."""
-  steps_per_epoch = len(x) // config.batch_size
-  order = epoch_batches(rngs.data_order, len(x), config.batch_size, drop_last=True)
-  metrics = []
-  for i, idx in enumerate(order):
-    rng = jax.random.fold_in(rngs.steps, epoch * steps_per_epoch + i)
+def _array_batches(x, y, config: TrainConfig, rngs: RunRngs, mesh=None):
+  """One epoch's full batches of arrays in a fresh order, where the step runs."""
+  for idx in epoch_batches(rngs.data_order, len(x), config.batch_size, drop_last=True):
     if shd.is_global(x):  # gathered in place onto the devices a host batch would go to
-      xb, yb = shd.gather_rows(x, idx), shd.shard_batch(y[idx], mesh)
+      yield shd.gather_rows(x, idx), shd.shard_batch(y[idx], mesh)
     elif mesh is not None:  # the batch split over the data axis, where the step runs
-      xb, yb = shd.shard_batch(x[idx], mesh), shd.shard_batch(y[idx], mesh)
+      yield shd.shard_batch(x[idx], mesh), shd.shard_batch(y[idx], mesh)
     else:
-      xb, yb = x[idx], y[idx]
+      yield x[idx], y[idx]
+
+
+def _source_batches(source, config: TrainConfig, rngs: RunRngs, epoch, mesh, transform, workers):
+  """One epoch's full batches of a source in a fresh order (the same order as arrays of
+  the same samples get), streamed by the feeder, ``transform`` applied per sample."""
+  order = epoch_batches(rngs.data_order, len(source), config.batch_size, drop_last=True)
+  for batch in feed(
+    source,
+    config.batch_size,
+    mesh=mesh,
+    indices=order.reshape(-1),
+    transform=transform,
+    seed=config.seed,
+    epoch=epoch,
+    workers=workers,
+    what="training source",
+  ):
+    yield batch.x, batch.y
+
+
+def _train_epoch(
+  state: TrainState, batches, num_samples: int, config: TrainConfig, rngs: RunRngs, epoch: int
+) -> tuple[TrainState, dict[str, float]]:
+  """One pass over an epoch's full batches; mean loss and training accuracy."""
+  steps_per_epoch = num_samples // config.batch_size
+  metrics = []
+  for i, (xb, yb) in enumerate(batches):
+    rng = jax.random.fold_in(rngs.steps, epoch * steps_per_epoch + i)
     state, m = train_step(state, xb, yb, rng, epoch, config=config)
     metrics.append(m)
   metrics = jax.device_get(metrics)
@@ -445,6 +496,39 @@ def _train_epoch(
     "loss": float(np.mean([m["loss"] for m in metrics])),
     "train_accuracy": float(np.mean([m["accuracy"] for m in metrics])),
   }
+
+
+def _checked_training_source(model: nn.Module, source, y, source_val, y_val, config):
+  """``(source, None, val source or None)`` after the checks a source allows before
+  any work: a non-empty labelled source (labels checked in ``[0, K)`` as they stream),
+  a validation source of the same input shape, the batch size."""
+  if y is not None or y_val is not None:
+    raise ValueError(
+      "a source carries its own labels: pass y=None and y_val=None with a source "
+      "(records {'image', 'label'})."
+    )
+  n = source_length(source, "training source")
+  sample = first_input(source, "training source")
+  if source_val is not None:
+    source_length(source_val, "validation source")
+    shape = first_input(source_val, "validation source").shape
+    if shape[1:] != sample.shape[1:]:
+      raise ValueError(
+        f"validation samples have shape {shape[1:]} but training samples "
+        f"{sample.shape[1:]}; validation inputs must be shaped like the training inputs."
+      )
+  if config.early_stopping_patience is not None and source_val is None:
+    raise ValueError(
+      "early_stopping_patience needs a validation set: pass x_val, or set "
+      "early_stopping_patience=None."
+    )
+  if config.batch_size > n:
+    raise ValueError(
+      f"batch_size={config.batch_size} exceeds the {n} training samples; "
+      "pass a smaller TrainConfig.batch_size."
+    )
+  model_output_width(model, sample)
+  return source, None, (None if source_val is None else (source_val,))
 
 
 def _validation_due(config: TrainConfig, epoch: int) -> bool:

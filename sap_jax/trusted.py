@@ -43,6 +43,7 @@ from jax.sharding import PartitionSpec as P
 
 from sap_jax import sharding as shd
 from sap_jax.batching import padded_batches
+from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import check_labelled, check_labels
 from sap_jax.losses import model_cross_entropy
@@ -56,7 +57,7 @@ def per_example_loss(
   apply_fn: ApplyFn,
   variables: Any,
   x: Any,
-  y: Any,
+  y: Any = None,
   *,
   batch_size: int = 512,
 ) -> np.ndarray:
@@ -69,13 +70,19 @@ def per_example_loss(
       (`sap_jax.sharding.shard_batch`); then each device computes its own samples'
       losses and only the N losses cross to the host.
     y: integer labels (N,), the labels the model was trained on (a host array, or
-      sharded like ``x``).
+      sharded like ``x``); None when ``x`` is a labelled source (`sap_jax.data.sources`,
+      streamed: `sap_jax.streaming.losses`).
     batch_size: samples per jitted call (the last batch is padded, not recompiled;
       sharded ``x``: over all devices together).
 
   Returns:
     float32[N] losses.
   """
+  if is_source(x):
+    from sap_jax import streaming
+
+    no_separate_labels(y)
+    return streaming.losses(apply_fn, variables, x, batch_size=batch_size)
   if shd.is_global(x):
     return _sharded_losses(apply_fn, variables, x, y, batch_size)
   x, y = check_labelled(apply_fn, variables, x, y)
@@ -598,6 +605,18 @@ def trusted_set(
   """
   if score not in SCORES:
     raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+  if is_source(x):
+    from sap_jax import streaming
+
+    no_separate_labels(y)
+    if score != "loss":
+      raise ValueError(
+        f"score={score!r} is not streamed over a source yet; use score='loss' (the "
+        "paper's), or pass the samples as arrays."
+      )
+    return streaming.lowest_loss(
+      apply_fn, variables, x, n, class_balanced=class_balanced, batch_size=batch_size
+    )
   if not 1 <= n <= len(x):
     raise ValueError(f"Cannot select n={n} trusted samples from {len(x)}: choose 1 ≤ n ≤ {len(x)}.")
   scores = trust_scores(apply_fn, variables, x, y, score=score, batch_size=batch_size, seed=seed)

@@ -27,7 +27,8 @@ from sap_jax.data.base import (
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _class_dirs(split_dir: str) -> list[str]:
+def class_dirs(split_dir: str) -> list[str]:
+  """The class names of a split: its sorted, non-hidden sub-folders."""
   return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
 
 
@@ -41,7 +42,8 @@ def _image_files(class_dir: str) -> list[str]:
   )
 
 
-def _list_split(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
+def list_split(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarray]:
+  """Every image file of a split and its label (the class's position in ``classes``)."""
   paths, labels = [], []
   for label, cls in enumerate(classes):
     files = _image_files(os.path.join(split_dir, cls))
@@ -50,22 +52,44 @@ def _list_split(split_dir: str, classes: list[str]) -> tuple[list[str], np.ndarr
   return paths, np.asarray(labels, np.int32)
 
 
-def _read_images(paths: list[str], size: int) -> np.ndarray:
-  """Reads images as RGB, resized to size×size (bilinear): uint8 N×size×size×3."""
+def read_image(path: str, size: int) -> np.ndarray:
+  """One image as RGB, resized to size×size (bilinear): uint8 size×size×3.
+
+  Raises:
+    ValueError: the file cannot be decoded (named, with the fix).
+  """
   from PIL import Image
 
+  try:
+    with Image.open(path) as im:
+      rgb = im.convert("RGB")
+      if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+      return np.asarray(rgb, np.uint8)
+  except OSError as err:
+    raise ValueError(
+      f"cannot read image {path!r} ({err}); delete or replace the broken file."
+    ) from None
+
+
+def decode_image(path: str, size: int, normalize: bool = True, index: int | None = None):
+  """One image as `load_folder` holds it: float32 size×size×3 in [0, 1], standardised
+  with the ImageNet mean/std when ``normalize`` (``index`` is named in errors)."""
+  try:
+    pixels = read_image(path, size)
+  except ValueError as err:
+    if index is None:
+      raise
+    raise ValueError(f"sample {index}: {err}") from None
+  x = uint8_to_unit(pixels)
+  return standardize(x, IMAGENET_MEAN, IMAGENET_STD) if normalize else x
+
+
+def _read_images(paths: list[str], size: int) -> np.ndarray:
+  """Reads images as RGB, resized to size×size (bilinear): uint8 N×size×size×3."""
   out = np.empty((len(paths), size, size, 3), np.uint8)
   for i, path in enumerate(paths):
-    try:
-      with Image.open(path) as im:
-        rgb = im.convert("RGB")
-        if rgb.size != (size, size):
-          rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        out[i] = np.asarray(rgb, np.uint8)
-    except OSError as err:
-      raise ValueError(
-        f"cannot read image {path!r} ({err}); delete or replace the broken file."
-      ) from None
+    out[i] = read_image(path, size)
   return out
 
 
@@ -127,7 +151,7 @@ def load_folder(
       "and root/test/<class>/*.png."
     )
   test_dir = os.path.join(root, _pick_test_dir(root, test_dir))
-  classes, test_classes = _class_dirs(train_dir), _class_dirs(test_dir)
+  classes, test_classes = class_dirs(train_dir), class_dirs(test_dir)
   if len(classes) < 2:
     raise ValueError(
       f"{train_dir!r} has {len(classes)} class folder(s); make one sub-folder per class "
@@ -141,8 +165,8 @@ def load_folder(
       f"{only_train}, only in {os.path.basename(test_dir)} {only_test}; give both the "
       "same class sub-folders (empty ones are allowed in the test folder)."
     )
-  train_paths, y_tr = _list_split(train_dir, classes)
-  test_paths, y_te = _list_split(test_dir, classes)
+  train_paths, y_tr = list_split(train_dir, classes)
+  test_paths, y_te = list_split(test_dir, classes)
   empty = sorted(set(classes) - {classes[i] for i in np.unique(y_tr)})
   if empty:
     raise ValueError(

@@ -1,0 +1,287 @@
+"""The feeder: any source → device batches on a mesh. The only place that knows where
+samples live and how they reach the devices.
+
+``feed(source, batch_size)`` reads a source (`sap_jax.data.sources`) in *stream order*
+(``indices``, default ``0 … N−1``) and yields `Batch`es of global arrays sharded over a
+mesh's data axis (a one-device mesh by default), so the same jitted step serves one device
+and a pod:
+
+* every global batch has the same shape, ``B`` samples (``batch_size`` rounded up to a
+  multiple of the devices, or fewer for a short stream); the last one is padded (with
+  each process's first sample) and masked (``Batch.mask``), so N need not divide anything and no
+  split is cut;
+* each process reads only its own part of every batch: with P processes, process p reads
+  stream positions ``b·B + p·B/P … b·B + (p+1)·B/P − 1`` of batch b, and
+  `jax.make_array_from_process_local_data` joins the parts into one global array;
+* reading, decoding and the per-sample transform run in grain (threads, or worker
+  processes with ``workers > 0``), with a bounded prefetch that overlaps reading with the
+  device's compute; at most ``prefetch`` batches are held besides the one in use;
+* bad records fail with the sample's index: a missing image or label, a label outside
+  ``[0, num_classes)``, a non-finite input, an input of another shape than the first, and a
+  source whose length changed during the pass.
+
+A per-sample random transform (augmentation) gets ``rng = sample_rng(seed, epoch, index)``,
+so what a sample looks like depends on the seed, the epoch and its index only, never on
+the batching, the worker count or the process count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from sap_jax import sharding as shd
+from sap_jax.data.sources import IMAGE, INDEX, LABEL, check_record, source_length
+
+MASK = "mask"
+
+Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+class Batch(NamedTuple):
+  """One global batch of a stream.
+
+  Attributes:
+    x: ``(B, ...)`` float32 inputs, sharded over the mesh's data axis.
+    y: ``(B,)`` int32 labels sharded alike, or None for an unlabelled stream.
+    mask: ``(B,)`` bool, sharded alike: False on the padding of the last batch.
+    index: ``(B,)`` int32 source indices, sharded alike (padding: its process's first).
+    start: the stream position of the batch's first sample (``b·B``).
+    real: how many of the batch's samples are real (not padding), over all processes.
+  """
+
+  x: jax.Array
+  y: jax.Array | None
+  mask: jax.Array
+  index: jax.Array
+  start: int
+  real: int
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+  """The random generator of one sample's transform: a function of (seed, epoch, index)."""
+  return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def default_mesh() -> Mesh:
+  """A one-device mesh over this process's first device (the default of `feed`)."""
+  return shd.data_mesh(jax.local_devices()[:1])
+
+
+def batch_layout(n: int, batch_size: int, mesh: Mesh) -> tuple[int, int]:
+  """``(B, batches)``: the global batch size of a stream of ``n`` samples on ``mesh``
+  (``batch_size`` rounded up to a multiple of the devices, at most ``n`` so rounded) and
+  the number of batches."""
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  devices = shd.num_shards(mesh)
+  per_device = -(-min(batch_size, n) // devices)
+  size = per_device * devices
+  return size, -(-n // size)
+
+
+class _Reader:
+  """grain's random-access view of this process's stream positions: element i is the
+  record at local position i, with its mask; positions past the stream read this
+  process's first sample again (masked)."""
+
+  def __init__(self, source, stream, positions, labelled, transform, seed, epoch, what):
+    self.source, self.stream, self.positions = source, stream, positions
+    self.labelled, self.transform, self.seed, self.epoch = labelled, transform, seed, epoch
+    self.what = what
+    # padding repeats this process's first sample (it reads no other process's samples)
+    self.pad = int(positions[0]) if int(positions[0]) < len(stream) else 0
+
+  def __len__(self) -> int:
+    return len(self.positions)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    pos = int(self.positions[i])
+    real = pos < len(self.stream)
+    index = int(self.stream[pos if real else self.pad])
+    try:
+      record = self.source[index]
+    except (IndexError, KeyError) as err:
+      raise ValueError(
+        f"{self.what}[{index}] cannot be read ({type(err).__name__}: {err}); the source "
+        f"has {len(self.source)} samples."
+      ) from None
+    check_record(record, index, labelled=self.labelled, what=self.what)
+    image = np.asarray(record[IMAGE], np.float32)
+    if self.transform is not None:
+      image = np.asarray(
+        self.transform(image, sample_rng(self.seed, self.epoch, index)), np.float32
+      )
+    out = {IMAGE: image, INDEX: np.int32(index), MASK: np.bool_(real)}
+    if self.labelled:
+      out[LABEL] = _label(record[LABEL], index, self.what)
+    return out
+
+
+def _label(value: Any, index: int, what: str) -> np.int32:
+  label = np.asarray(value)
+  if label.shape != () or not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
+    raise ValueError(
+      f"{what}[{index}]: the label {value!r} is not one integer class index; store labels "
+      "as ints in [0, K)."
+    )
+  return np.int32(label)
+
+
+def _stack(what: str):
+  def stack(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    shape = records[0][IMAGE].shape
+    for r in records:
+      if r[IMAGE].shape != shape:
+        raise ValueError(
+          f"{what}[{int(r[INDEX])}] has an input of shape {r[IMAGE].shape}, sample "
+          f"{int(records[0][INDEX])} one of {shape}; the model needs one input shape "
+          "(resize the images, e.g. FolderSource(image_size=...))."
+        )
+    return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+  return stack
+
+
+def local_rows(size: int, mesh: Mesh) -> np.ndarray:
+  """The rows of a global batch of ``size`` samples that this process's devices of
+  ``mesh`` hold (this process reads those stream positions of every batch)."""
+  sharding = shd.batch_sharding(mesh, 1)
+  index_map = sharding.addressable_devices_indices_map((size,))
+  rows = sorted({s[0].indices(size)[:2] for s in index_map.values()})
+  return np.concatenate([np.arange(lo, hi) for lo, hi in rows])
+
+
+def feed(
+  source: Any,
+  batch_size: int,
+  *,
+  mesh: Mesh | None = None,
+  indices: Any = None,
+  labelled: bool = True,
+  num_classes: int | None = None,
+  transform: Transform | None = None,
+  seed: int = 0,
+  epoch: int = 0,
+  workers: int = 0,
+  threads: int = 1,
+  prefetch: int = 2,
+  what: str = "source",
+) -> Iterator[Batch]:
+  """The batches of ``source`` in stream order, as global arrays on ``mesh``.
+
+  Args:
+    source: a random-access source (`sap_jax.data.sources`).
+    batch_size: samples per global batch (rounded up to a multiple of the devices).
+    mesh: the mesh whose data axis splits each batch; default: one local device.
+    indices: the stream: source indices in reading order (a subset, a permutation);
+      default every sample in order.
+    labelled: read labels (records must have one).
+    num_classes: refuse labels outside ``[0, num_classes)``, naming the sample.
+    transform: per-sample ``transform(image, rng) -> image`` (augmentation).
+    seed, epoch: the transform's randomness (`sample_rng`).
+    workers: grain worker processes that read and transform (0: in this process).
+    threads: reading threads per process (0 workers) or per worker.
+    prefetch: batches read ahead of the one in use.
+    what: the source's name in errors.
+
+  Yields:
+    `Batch`es; every one has the same shape.
+
+  Raises:
+    TypeError, ValueError: a bad source or record (before the batch that holds it is
+      used), a bad argument before any read.
+  """
+  n_source = source_length(source, what)
+  mesh = default_mesh() if mesh is None else mesh
+  stream = np.arange(n_source) if indices is None else np.asarray(indices)
+  if stream.ndim != 1 or len(stream) == 0 or not np.issubdtype(stream.dtype, np.integer):
+    raise ValueError(
+      f"{what}: indices must be a non-empty 1-D integer array of source indices, got "
+      f"shape {stream.shape} dtype {stream.dtype}."
+    )
+  if stream.min() < 0 or stream.max() >= n_source:
+    raise ValueError(
+      f"{what}: indices must lie in [0, {n_source}), found [{stream.min()}, {stream.max()}]."
+    )
+  if workers < 0 or threads < 1 or prefetch < 0:
+    raise ValueError(
+      f"feed: need workers ≥ 0, threads ≥ 1 and prefetch ≥ 0, got {workers}, {threads}, {prefetch}."
+    )
+  size, num_batches = batch_layout(len(stream), batch_size, mesh)
+  rows = local_rows(size, mesh)
+  positions = (np.arange(num_batches)[:, None] * size + rows).reshape(-1)
+  local = len(positions) // num_batches
+  return _batches(
+    source, stream, positions, local, size, num_batches, mesh, labelled, num_classes,
+    transform, seed, epoch, workers, threads, prefetch, what, n_source,
+  )  # fmt: skip
+
+
+def _batches(
+  source, stream, positions, local, size, num_batches, mesh, labelled, num_classes,
+  transform, seed, epoch, workers, threads, prefetch, what, n_source,
+):  # fmt: skip
+  import grain
+
+  reader = _Reader(source, stream, positions, labelled, transform, seed, epoch, what)
+  ds = grain.MapDataset.source(reader).batch(local, batch_fn=_stack(what))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch))
+  if workers:
+    _absl_flags_ready()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  n = len(stream)
+  for b, part in enumerate(it):
+    _check_part(part, num_classes, what)
+    start = b * size
+    yield Batch(
+      x=_global(part[IMAGE], mesh),
+      y=_global(part[LABEL], mesh) if labelled else None,
+      mask=_global(part[MASK], mesh),
+      index=_global(part[INDEX], mesh),
+      start=start,
+      real=min(size, n - start),
+    )
+  if len(source) != n_source:
+    raise ValueError(
+      f"{what} changed length during the pass ({n_source} → {len(source)} samples); a "
+      "source must not change while it is read."
+    )
+  del num_batches
+
+
+def _absl_flags_ready() -> None:
+  """grain's worker processes read absl flags, which a program that never ran
+  ``absl.app`` has not parsed: their defaults then stand (as absl's own app would)."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _check_part(part: dict[str, np.ndarray], num_classes: int | None, what: str) -> None:
+  x = part[IMAGE]
+  bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+  if bad.any():
+    raise ValueError(
+      f"{what}[{int(part[INDEX][np.argmax(bad)])}] holds NaN or Inf; clean or drop that sample."
+    )
+  if LABEL in part:
+    y = part[LABEL]
+    top = np.inf if num_classes is None else num_classes
+    out = (y < 0) | (y >= top)
+    if out.any():
+      i = int(np.argmax(out))
+      raise ValueError(
+        f"{what}[{int(part[INDEX][i])}]: label {int(y[i])} is outside [0, {num_classes}) "
+        f"for a model of {num_classes} outputs; remap the labels to 0..K-1."
+      )
+
+
+def _global(local: np.ndarray, mesh: Mesh) -> jax.Array:
+  sharding = shd.batch_sharding(mesh, local.ndim)
+  return jax.make_array_from_process_local_data(sharding, local)

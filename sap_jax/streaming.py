@@ -1,0 +1,487 @@
+"""SAP's phases over a data source, each one pass through the feeder.
+
+Every phase here reads a random-access source (`sap_jax.data.sources`) through
+`sap_jax.data.feeder.feed`, so the samples are never held together: memory is one batch
+(plus the feeder's prefetch) and what the phase accumulates, whatever the number of
+samples. The public entry points (`sap_jax.evaluate`, `sap_jax.predict_logits`,
+`sap_jax.per_example_loss`, `sap_jax.run_sap`) come here when given a source instead of
+arrays; the functions are usable directly too.
+
+* `losses`: per-sample cross-entropy of a source (N floats, in source order).
+* `lowest_loss`: the trusted set by a streaming top-k over the scored stream
+  (`sap_jax.topk.LowestK`; per class for class-balanced selection): O(n_trusted · K)
+  memory.
+* `stats_batches`: the trusted samples read by index, as the batches of
+  `sap_jax.activation_stats` (host batches on one device, `LocalBatch`es on a mesh).
+* `evaluate` / `predict_logits`: sums over the stream.
+* `score_alphas`: every batch scored under the unchanged model and every α (one plain
+  forward each, in one compiled step), so an α sweep reads each split once.
+* `run_sap`: the whole recipe on sources.
+
+Equality with the in-memory run: on the same data, the same trusted indices (ties broken
+by index as `sap_jax.trusted.select_trusted`), the same statistics to float tolerance
+(the same samples in the same order, the same padding and masking), so the same α and the
+same corrected variables.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from sap_jax import projection as proj
+from sap_jax import sharding as shd
+from sap_jax import solve as slv
+from sap_jax.data.feeder import Batch, default_mesh, feed
+from sap_jax.data.sources import first_input, is_source, source_length
+from sap_jax.hashable import hashable
+from sap_jax.input_checks import check_logits_output, output_width
+from sap_jax.losses import cross_entropy, model_cross_entropy
+from sap_jax.topk import LowestK
+from sap_jax.types import ApplyFn, Variables
+
+
+def num_outputs(apply_fn: ApplyFn, variables: Variables, source: Any, what: str) -> int:
+  """K, the model's outputs, from a shape-only trace on the source's first input."""
+  source_length(source, what)
+  return output_width(apply_fn, variables, first_input(source, what))
+
+
+def _placed(variables: Variables, mesh: Mesh | None) -> tuple[Variables, Mesh]:
+  mesh = default_mesh() if mesh is None else mesh
+  return shd.replicate(variables, mesh), mesh
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _losses_step(apply_fn, variables, x, y):
+  return model_cross_entropy(apply_fn, variables, x, y)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  return shd.to_host(x)
+
+
+def losses(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  source: Any,
+  *,
+  batch_size: int = 512,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+  on_batch: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> np.ndarray | None:
+  """Cross-entropy of every sample of ``source`` under its label (eval mode).
+
+  Args:
+    apply_fn, variables: the model.
+    source: a labelled source.
+    batch_size: samples per global batch.
+    mesh: the devices (default one); each process reads its own part of every batch.
+    workers: grain worker processes.
+    on_batch: if given, called with each batch's ``(losses, indices, labels)`` (the real
+      samples only, host arrays on every process) and nothing is kept: the streaming
+      form (`lowest_loss`). Else the N losses are returned.
+
+  Returns:
+    float32[N] losses in source order, or None with ``on_batch``.
+  """
+  n = source_length(source, "source")
+  k = num_outputs(apply_fn, variables, source, "source")
+  variables, mesh = _placed(variables, mesh)
+  fn = hashable(apply_fn)
+  out = None if on_batch is not None else np.empty(n, np.float32)
+  for batch in feed(source, batch_size, mesh=mesh, num_classes=k, workers=workers):
+    values = _host(_losses_step(fn, variables, batch.x, batch.y))[: batch.real]
+    index = _host(batch.index)[: batch.real]
+    if on_batch is None:
+      out[index] = values
+    else:
+      on_batch(values, index, _host(batch.y)[: batch.real])
+  return out
+
+
+def lowest_loss(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  source: Any,
+  n: int,
+  *,
+  class_balanced: bool = False,
+  batch_size: int = 512,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+) -> np.ndarray:
+  """The ``n`` samples of lowest loss (the paper's trusted set), by a streaming top-k.
+
+  Returns what `sap_jax.trusted.select_trusted` returns on the full loss vector (sorted
+  by loss, ties by index; per class with ``class_balanced``), holding O(n · classes)
+  scores instead of N.
+
+  Raises:
+    ValueError: ``n`` outside ``[1, N]``, before any read.
+  """
+  total = source_length(source, "source")
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:
+    raise ValueError(
+      f"Cannot select n={n!r} trusted samples from {total}: choose an integer 1 ≤ n ≤ "
+      f"{total} (e.g. --n-trusted {min(1000, total)})."
+    )
+  top = LowestK(int(n))
+  losses(
+    apply_fn,
+    variables,
+    source,
+    batch_size=batch_size,
+    mesh=mesh,
+    workers=workers,
+    on_batch=top.update,
+  )
+  return top.select(int(n), class_balanced=class_balanced)
+
+
+def stats_batches(
+  source: Any,
+  indices: Any,
+  batch_size: int,
+  *,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+):
+  """The samples ``indices`` of ``source``, in that order, as `sap_jax.activation_stats`
+  batches: host arrays of the real samples on one device (the last batch short: the
+  statistics pad and mask it themselves), `sap_jax.sharding.LocalBatch`es over a mesh
+  of several (each shard's first global position and its count of real samples)."""
+  mesh = default_mesh() if mesh is None else mesh
+  shards = shd.num_shards(mesh)
+  for batch in feed(
+    source, batch_size, mesh=mesh, indices=indices, labelled=False, workers=workers
+  ):
+    if shards == 1:
+      yield np.asarray(batch.x)[: batch.real]
+      continue
+    per = batch.x.shape[0] // shards
+    first = batch.start + per * np.arange(shards)
+    valid = np.clip(batch.start + batch.real - first, 0, per)
+    yield shd.LocalBatch(
+      batch.x,
+      shd.shard_starts(first, mesh),
+      None if valid.min() == per else shd.shard_starts(valid, mesh),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scores_step(apply_fn, stacked, x, y, mask):
+  """Correct counts and loss sums on one batch of every variable set stacked on the
+  leading axis of ``stacked``: one plain forward per set in a loop (`jax.lax.map`; a
+  forward vmapped over parameter sets turns convolutions into grouped ones, measured 5×
+  slower on CPU: see `sap_jax.sweep.score_alphas`), one compilation whatever the count."""
+
+  def one(variables):
+    logits = check_logits_output(apply_fn(variables, x))
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == y) & mask)
+    return correct, jnp.sum(jnp.where(mask, cross_entropy(logits, y), 0.0))
+
+  return jax.lax.map(one, stacked)
+
+
+def stack_variables(candidates: Sequence[Variables], mesh: Mesh) -> Variables:
+  """The variable sets of one model stacked on a new leading axis, replicated on ``mesh``."""
+  stacked = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *candidates)
+  return shd.replicate(stacked, mesh)
+
+
+def _score_pass(fn, candidates, source, batch_size, mesh, k, workers, what):
+  """(correct counts, loss sums) of each candidate on one pass over ``source``."""
+  count = len(jax.tree_util.tree_leaves(candidates)[0])
+  correct = np.zeros(count, np.int64)
+  loss = np.zeros(count, np.float64)
+  for batch in feed(source, batch_size, mesh=mesh, num_classes=k, workers=workers, what=what):
+    c, s = jax.device_get(_scores_step(fn, candidates, batch.x, batch.y, batch.mask))
+    correct += np.asarray(c, np.int64)
+    loss += np.asarray(s, np.float64)
+  return correct, loss
+
+
+def evaluate(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  source: Any,
+  *,
+  batch_size: int = 1024,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+) -> dict[str, float]:
+  """Accuracy and mean cross-entropy on a labelled source: sums over one pass."""
+  return evaluate_many(
+    apply_fn, [variables], source, batch_size=batch_size, mesh=mesh, workers=workers
+  )[0]
+
+
+def evaluate_many(
+  apply_fn: ApplyFn,
+  candidates: Sequence[Variables],
+  source: Any,
+  *,
+  batch_size: int = 1024,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+  what: str = "source",
+) -> list[dict[str, float]]:
+  """`evaluate` of several variable sets of one model in one pass over ``source``."""
+  n = source_length(source, what)
+  k = num_outputs(apply_fn, candidates[0], source, what)
+  mesh = default_mesh() if mesh is None else mesh
+  placed = stack_variables(candidates, mesh)
+  correct, loss = _score_pass(
+    hashable(apply_fn), placed, source, batch_size, mesh, k, workers, what
+  )
+  return [{"accuracy": int(c) / n, "loss": float(s) / n} for c, s in zip(correct, loss)]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_step(apply_fn, variables, x):
+  return check_logits_output(apply_fn(variables, x))
+
+
+def predict_logits(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  source: Any,
+  *,
+  batch_size: int = 1024,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+) -> np.ndarray:
+  """Logits of every sample of ``source`` (labels not read), ``(N, K)`` in source order."""
+  n = source_length(source, "source")
+  k = num_outputs(apply_fn, variables, source, "source")
+  variables, mesh = _placed(variables, mesh)
+  fn = hashable(apply_fn)
+  out = np.empty((n, k), np.float32)
+  for batch in feed(source, batch_size, mesh=mesh, labelled=False, workers=workers):
+    out[_host(batch.index)[: batch.real]] = _host(_predict_step(fn, variables, batch.x))[
+      : batch.real
+    ]
+  return out
+
+
+def score_alphas(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  decomposition: Any,
+  alphas: Sequence[float],
+  splits: Mapping[str, Any],
+  *,
+  batch_size: int = 512,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+  alpha_chunk: int | None = None,
+):
+  """Accuracy of the unchanged model and at every α on every named source split, each
+  split read once for the whole grid (`sap_jax.sweep.SplitScores` per name).
+
+  The corrected variables of every α come from `sap_jax.apply_alpha` (the very models
+  the sweep returns) and are held together on the devices: ``len(alphas) + 1`` copies of
+  the parameters. ``alpha_chunk`` bounds that to ``alpha_chunk + 1`` copies, at
+  ``⌈len(alphas) / alpha_chunk⌉`` passes over each split.
+  """
+  from sap_jax.sweep import SplitScores, apply_alpha
+
+  alphas = np.asarray(alphas, np.float64).reshape(-1)
+  chunk = len(alphas) if alpha_chunk is None else int(alpha_chunk)
+  if chunk < 1:
+    raise ValueError(f"alpha_chunk must be ≥ 1 or None, got {alpha_chunk}.")
+  mesh = default_mesh() if mesh is None else mesh
+  fn = hashable(apply_fn)
+  sizes = {name: source_length(src, f"split {name!r}") for name, src in splits.items()}
+  k = {
+    name: num_outputs(apply_fn, variables, src, f"split {name!r}") for name, src in splits.items()
+  }
+  base = shd.replicate(variables, mesh)
+  correct = {name: [] for name in splits}
+  for lo in range(0, len(alphas), chunk):
+    candidates = [apply_alpha(base, decomposition, a) for a in alphas[lo : lo + chunk]]
+    if lo == 0:
+      candidates = [base, *candidates]
+    placed = stack_variables(candidates, mesh)
+    for name, src in splits.items():
+      c, _ = _score_pass(fn, placed, src, batch_size, mesh, k[name], workers, f"split {name!r}")
+      correct[name].extend(c.tolist())
+  return {
+    name: SplitScores(
+      np.asarray(correct[name][1:], np.float64) / sizes[name], correct[name][0] / sizes[name]
+    )
+    for name in splits
+  }
+
+
+def run_sap(
+  apply_fn: ApplyFn,
+  variables: Mapping[str, Any],
+  train: Any,
+  val: Any,
+  *,
+  n_trusted: int = 1000,
+  alphas: Sequence[float] | None = None,
+  class_balanced: bool = False,
+  exclude: Sequence[str] = (),
+  layer_range: tuple[int | None, int | None] | None = None,
+  batch_size: int = 256,
+  rows_per_batch: int | None = None,
+  seed: int = 0,
+  eval_splits: Mapping[str, Any] | None = None,
+  trusted: Sequence[int] | None = None,
+  progress: Callable[[str, int, int], None] | None = None,
+  method: str = slv.AUTO,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+  alpha_chunk: int | None = None,
+):
+  """`sap_jax.run_sap` on sources: the trusted set by a streaming top-k of the losses,
+  the statistics on the trusted samples read by index, every split read once for the
+  whole α grid. Returns a `sap_jax.pipeline.SAPResult`.
+
+  Args:
+    train: the labelled training source (noisy labels).
+    val: the labelled source that chooses α (the noisy validation split).
+    eval_splits: further name → source splits scored at every α in the same pass.
+    mesh: the devices (default one local device); each process reads its own part.
+    workers: grain worker processes per phase.
+    alpha_chunk: see `score_alphas`.
+    Others: as `sap_jax.run_sap` (the loss score only).
+  """
+  from sap_jax.kernels import skipped_kernels
+  from sap_jax.layers import select_layers
+  from sap_jax.pipeline import SAPResult, layer_summary
+  from sap_jax.stats import activation_stats
+  from sap_jax.sweep import (
+    CHOICE_SPLIT,
+    DEFAULT_ALPHAS,
+    SweepResult,
+    apply_alpha,
+    choose_alpha,
+    decompose,
+  )
+
+  alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, np.float64).reshape(-1)
+  if alphas.size == 0:
+    raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
+  proj.check_alpha(alphas)
+  slv.check_method(method)
+  splits = {CHOICE_SPLIT: val, **dict(eval_splits or {})}
+  if eval_splits and CHOICE_SPLIT in eval_splits:
+    raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
+  n_train = source_length(train, "train")
+  for name, src in splits.items():
+    if not is_source(src):
+      raise ValueError(
+        f"split {name!r}: with source data every eval split is a source too (wrap arrays "
+        "with sap_jax.data.sources.ArraySource(x, y))."
+      )
+    source_length(src, f"split {name!r}")
+  if trusted is None and not 1 <= n_trusted <= n_train:
+    raise ValueError(
+      f"n_trusted={n_trusted} exceeds the {n_train} training samples; use n_trusted ≤ {n_train}."
+    )
+  mesh = default_mesh() if mesh is None else mesh
+  variables = shd.replicate(dict(variables), mesh)
+  report = progress or (lambda phase, done, total: None)
+  t0 = time.perf_counter()
+  report("trusted set", 0, 1)
+  if trusted is None:
+    trusted = lowest_loss(
+      apply_fn,
+      variables,
+      train,
+      n_trusted,
+      class_balanced=class_balanced,
+      batch_size=batch_size,
+      mesh=mesh,
+      workers=workers,
+    )
+  trusted = np.asarray(trusted, np.int64)
+  t1 = time.perf_counter()
+  report("trusted set", 1, 1)
+  report("statistics", 0, 1)
+  batches = stats_batches(train, trusted, batch_size, mesh=mesh, workers=workers)
+  budget = rows_per_batch
+  size = -(-batch_size // shd.num_shards(mesh)) * shd.num_shards(mesh)
+  if budget is not None and size != batch_size:
+    budget = rows_per_batch * size / batch_size
+  stats = activation_stats(apply_fn, variables, batches, rows_per_batch=budget, seed=seed)
+  stats = jax.block_until_ready(select_layers(stats, exclude=exclude, layer_range=layer_range))
+  t2 = time.perf_counter()
+  report("statistics", 1, 1)
+  report("decomposition", 0, 1)
+  found = None if shd.num_shards(mesh) == 1 else (mesh, shd.DATA_AXIS)
+  decomposition = decompose(variables, stats, method=method, n_alphas=len(alphas), mesh=found)
+  report("decomposition", 1, 1)
+  report("α sweep", 0, len(alphas))
+  scores = score_alphas(
+    apply_fn,
+    variables,
+    decomposition,
+    alphas,
+    splits,
+    batch_size=max(batch_size, 512),
+    mesh=mesh,
+    workers=workers,
+    alpha_chunk=alpha_chunk,
+  )
+  report("α sweep", len(alphas), len(alphas))
+  choice = scores[CHOICE_SPLIT]
+  best_alpha, best_acc = choose_alpha(alphas, choice.accuracies, choice.baseline)
+  sweep = SweepResult(
+    alphas, choice.accuracies, float(choice.baseline), best_alpha, best_acc, scores
+  )
+  t3 = time.perf_counter()
+  if best_alpha is None:
+    corrected = dict(variables)
+  else:
+    corrected = jax.block_until_ready(apply_alpha(variables, decomposition, best_alpha))
+  t4 = time.perf_counter()
+  return SAPResult(
+    variables=corrected,
+    alpha=best_alpha,
+    sweep=sweep,
+    trusted_indices=trusted,
+    layers=layer_summary(stats, decomposition),
+    timings={
+      "scores": t1 - t0,
+      "stats": t2 - t1,
+      "sweep": t3 - t2,
+      "project": t4 - t3,
+      "total": t4 - t0,
+    },
+    decomposition=decomposition,
+    tuning=None,
+    skipped=skipped_kernels(
+      apply_fn,
+      variables,
+      first_input(train, "train"),
+      stats,
+      exclude=exclude,
+      layer_range=layer_range,
+    ),
+  )
+
+
+__all__ = [
+  "Batch",
+  "evaluate",
+  "evaluate_many",
+  "losses",
+  "lowest_loss",
+  "predict_logits",
+  "run_sap",
+  "score_alphas",
+  "stats_batches",
+]

@@ -1,0 +1,84 @@
+"""Child of tests/test_feeder.py (8 CPU devices): the feeder on a mesh, and every streamed
+phase on 8 devices against one device, with N not divisible by the devices."""
+
+import functools
+
+import jax
+import numpy as np
+
+import sap_jax as sj
+from sap_jax import sharding as shd
+from sap_jax import streaming
+from sap_jax.data.feeder import feed
+from sap_jax.data.sources import ArraySource
+from sap_jax.evaluation import predict_logits
+from sap_jax.train import train_model
+from sap_jax.train_config import TrainConfig
+from sap_jax.trusted import trusted_set
+from tests.conftest import SmallMLP
+
+
+def main():
+  assert jax.device_count() == 8
+  mesh8 = shd.data_mesh()
+  one = shd.data_mesh(jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  n = 45  # not a multiple of 8
+  x = rng.normal(size=(n, 10)).astype(np.float32)
+  model = SmallMLP()
+  variables = model.init(jax.random.PRNGKey(1), x[:1])
+  apply_fn = functools.partial(model.apply, train=False)
+  y = np.array(np.argmax(apply_fn(variables, x), -1))
+  y[::4] = (y[::4] + 1) % 4  # some labels the model disagrees with
+  src = ArraySource(x, y)
+
+  # the feeder: 16-sample batches, 2 per device, the tail padded and masked
+  batches = list(feed(src, 13, mesh=mesh8))  # 13 → 16
+  assert [b.x.shape for b in batches] == [(16, 10)] * 3
+  for b in batches:
+    assert b.x.sharding.spec[0] == shd.DATA_AXIS
+    shard_rows = sorted(s.index[0].start for s in b.x.addressable_shards)
+    assert shard_rows == list(range(0, 16, 2))
+  mask = np.concatenate([np.asarray(b.mask) for b in batches])
+  np.testing.assert_array_equal(mask, np.arange(48) < n)
+  got = np.concatenate([np.asarray(b.x) for b in batches])[:n]
+  np.testing.assert_array_equal(got, x)
+
+  # every phase: 8 devices equal one device
+  for kw in ({}, {"class_balanced": True}):
+    t8 = streaming.lowest_loss(apply_fn, variables, src, 20, mesh=mesh8, batch_size=16, **kw)
+    t1 = streaming.lowest_loss(apply_fn, variables, src, 20, mesh=one, batch_size=16, **kw)
+    np.testing.assert_array_equal(t8, t1)
+    np.testing.assert_array_equal(t1, trusted_set(apply_fn, variables, x, y, 20, **kw))
+  e8 = streaming.evaluate(apply_fn, variables, src, mesh=mesh8, batch_size=16)
+  e1 = sj.evaluate(apply_fn, variables, x, y)
+  assert e8["accuracy"] == e1["accuracy"], (e8, e1)
+  np.testing.assert_allclose(e8["loss"], e1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(
+    streaming.predict_logits(apply_fn, variables, src, mesh=mesh8, batch_size=16),
+    predict_logits(apply_fn, variables, x),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  opts = dict(n_trusted=30, alphas=[3.0, 30.0, 1e4], batch_size=16, eval_splits={"test": src})
+  r8 = streaming.run_sap(apply_fn, variables, src, src, mesh=mesh8, **opts)
+  r1 = sj.run_sap(apply_fn, variables, x, y, x, y, **{**opts, "eval_splits": {"test": (x, y)}})
+  np.testing.assert_array_equal(r8.trusted_indices, r1.trusted_indices)
+  assert r8.alpha == r1.alpha, (r8.alpha, r1.alpha)
+  np.testing.assert_array_equal(r8.sweep.accuracies, r1.sweep.accuracies)
+  for a, b in zip(jax.tree_util.tree_leaves(r8.variables), jax.tree_util.tree_leaves(r1.variables)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  for name, layer in r1.layers.items():
+    assert r8.layers[name]["rows"] == layer["rows"], name
+
+  # training: data-parallel over 8 devices equals one device
+  cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=0.1)
+  a = train_model(model, src, None, cfg, mesh=mesh8, progress=False)
+  b = train_model(model, x, y, cfg, progress=False)
+  for u, v in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
+  print("feeder child: ok")
+
+
+if __name__ == "__main__":
+  main()
