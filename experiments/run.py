@@ -260,13 +260,13 @@ def load_vanilla(
       f"train {key}: {spec.model} on {spec.dataset} ({len(splits.x_train)} samples, "
       f"{int(splits.noise_mask.sum())} corrupted), {spec.train.epochs} epochs"
     )
+    x_val, y_val = splits.labelled("val")
     result = train.train_model(
       model,
-      splits.x_train,
-      splits.y_train,
+      *splits.labelled("train"),
       spec.train,
-      x_val=splits.x_val,
-      y_val=splits.y_val,
+      x_val=x_val,
+      y_val=y_val,
       progress=train_progress,
     )
     variables, train_time, trained_now = result.variables, result.train_time_s, True

@@ -29,8 +29,9 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
     variables: the model's variables.
     splits: a `sap_jax.data.NoisySplits` (``x_test``/``y_test``, ``x_val`` with
       ``y_val`` (noisy) and ``y_val_clean``, ``x_train``/``y_train`` (noisy) and
-      ``noise_mask``): host arrays, or global arrays sharded over a mesh's data axis
-      (``noise_mask`` on the host; only the training logits are gathered).
+      ``noise_mask``): host arrays, global arrays sharded over a mesh's data axis
+      (``noise_mask`` on the host; only the training logits are gathered), or lazy
+      sources (each split streamed once; the fit reads only the corrupted samples).
 
   Returns:
     ``{"test_accuracy", "val_accuracy_noisy", "val_accuracy_clean", "fit_noisy"}``:
@@ -40,19 +41,21 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
     label is corrupted.
   """
 
-  def accuracy(x, y) -> float:
-    return evaluate(apply_fn, variables, x, y)["accuracy"]
+  def accuracy(name: str) -> float:
+    return evaluate(apply_fn, variables, *splits.labelled(name))["accuracy"]
 
   fit = None
-  if splits.noise_mask.any() and shd.is_global(splits.x_train):  # logits where the data are
+  if splits.noise_mask.any() and splits.streamed:  # streamed: the corrupted samples only
+    fit = evaluate(apply_fn, variables, *splits.corrupted())["accuracy"]
+  elif splits.noise_mask.any() and shd.is_global(splits.x_train):  # logits where the data are
     predicted = np.argmax(predict_logits(apply_fn, variables, splits.x_train), axis=-1)
     mask = np.asarray(splits.noise_mask)
     fit = float(np.mean(predicted[mask] == shd.to_host(splits.y_train)[mask]))
   elif splits.noise_mask.any():
     fit = fit_fraction(apply_fn, variables, splits.x_train, splits.y_train, splits.noise_mask)
   return {
-    "test_accuracy": accuracy(splits.x_test, splits.y_test),
-    "val_accuracy_noisy": accuracy(splits.x_val, splits.y_val),
-    "val_accuracy_clean": accuracy(splits.x_val, splits.y_val_clean),
+    "test_accuracy": accuracy("test"),
+    "val_accuracy_noisy": accuracy("val"),
+    "val_accuracy_clean": accuracy("val_clean"),
     "fit_noisy": fit,
   }

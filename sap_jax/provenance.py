@@ -144,9 +144,15 @@ def global_digest(value: Any) -> str:
 
 
 def data_fingerprint(dataset: Any) -> dict[str, str]:
-  """The fingerprint of a `sap_jax.data.Dataset`: array name → `array_digest`."""
-  out = {name: array_digest(getattr(dataset, name)) for name in ("x_train", "y_train")}
-  out.update({name: array_digest(getattr(dataset, name)) for name in ("x_test", "y_test")})
+  """The fingerprint of a `sap_jax.data.Dataset`: array name → `array_digest` (lazy
+  inputs: their source's fingerprint, e.g. an image folder's files, sizes and times)."""
+  from sap_jax.data.sources import is_source, source_fingerprint
+
+  def digest(value: Any) -> str:
+    return source_fingerprint(value) if is_source(value) else array_digest(value)
+
+  out = {name: digest(getattr(dataset, name)) for name in ("x_train", "y_train")}
+  out.update({name: digest(getattr(dataset, name)) for name in ("x_test", "y_test")})
   sets = getattr(dataset, "noisy_label_sets", None) or {}
   if sets:
     h = hashlib.sha256()

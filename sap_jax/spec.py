@@ -125,7 +125,10 @@ class RunSpec:
 
 @functools.lru_cache(maxsize=8)
 def _load(dataset: str, data_root: str | None, options: str) -> data.Dataset:
-  return data.load_dataset(dataset, root=data_root, **json.loads(options))
+  kwargs = json.loads(options)
+  if dataset.strip().lower() in STREAMED:  # image folders stream: no array of all images
+    kwargs.setdefault("lazy", True)
+  return data.load_dataset(dataset, root=data_root, **kwargs)
 
 
 def load_data(spec: RunSpec) -> data.Dataset:
@@ -141,6 +144,10 @@ def load_data(spec: RunSpec) -> data.Dataset:
       "numbers, strings, lists or dicts."
     ) from None
   return _load(spec.dataset, spec.data_root, options)
+
+
+STREAMED = ("folder",)
+"""The data sets a run reads lazily (`sap_jax.data.sources`), one image at a time."""
 
 
 def build_splits(spec: RunSpec) -> data.NoisySplits:

@@ -45,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sap_jax import train as tr
+from sap_jax.data.sources import is_source
 from sap_jax.input_checks import check_labelled
 from sap_jax.trusted import per_example_loss, rank_by_score
 from sap_jax.types import ApplyFn, Variables
@@ -116,6 +117,12 @@ class CorrectionTask:
   seed: int = 0
 
   def __post_init__(self):
+    if is_source(self.x_train) or is_source(self.x_val):
+      raise ValueError(
+        "the baselines take in-memory data sets; this one streams from a source (an image "
+        "folder): correct it with SAP (sap_jax.run_sap takes sources), or load it with "
+        "lazy=False to compare the baselines."
+      )
     set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
     set_("x_train", np.asarray(self.x_train))
     set_("y_train", _labels(self.y_train, "y_train"))

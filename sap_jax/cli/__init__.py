@@ -232,14 +232,19 @@ def cmd_train(args) -> int:
     f"{len(splits.x_train)} train ({int(splits.noise_mask.sum())} corrupted), "
     f"{len(splits.x_val)} noisy val, {len(splits.x_test)} clean test"
   )
+  if splits.streamed and spec.api == "nnx":
+    raise UserError(
+      "--api nnx trains on in-memory data sets; this one streams from its files (an image "
+      "folder): train the Linen model (--api linen)."
+    )
   train_fn = sap_nnx.train_model if spec.api == "nnx" else train.train_model
+  x_val, y_val = splits.labelled("val")
   result = train_fn(
     model,
-    splits.x_train,
-    splits.y_train,
+    *splits.labelled("train"),
     spec.train,
-    x_val=splits.x_val,
-    y_val=splits.y_val,
+    x_val=x_val,
+    y_val=y_val,
     **progress.train_options(spec.train.epochs),
   )
   if spec.api == "nnx":
@@ -333,17 +338,15 @@ def cmd_correct(args) -> int:
   n_trusted = min(args.n_trusted, len(splits.x_train))
   result, corrected, saved = _run_sap(
     run,
-    splits.x_train,
-    splits.y_train,
-    splits.x_val,
-    splits.y_val,
+    *splits.labelled("train"),
+    *splits.labelled("val"),
     n_trusted=n_trusted,
     alphas=args.alphas,
     score=args.score,
     class_balanced=args.class_balanced,
     exclude=tuple(args.exclude),
     batch_size=args.batch_size,
-    eval_splits={"val_clean": (splits.x_val, splits.y_val_clean)},
+    eval_splits={"val_clean": splits.eval_split("val_clean")},
     progress=progress.phase,
     tune=args.tune,
     method=args.method,

@@ -142,6 +142,12 @@ def on_devices(splits: data.NoisySplits, mesh: Any, say) -> data.NoisySplits:
   cut alike. Unchanged without a mesh."""
   if mesh is None:
     return splits
+  if splits.streamed:
+    raise UserError(
+      "--data-parallel/--distributed/--mesh take in-memory data sets; this one streams "
+      "from its files (an image folder): run it on one device here, or over a mesh with "
+      "the library (sap_jax.streaming.run_sap(..., mesh=), train_model(..., mesh=))."
+    )
   import jax
 
   devices, processes, me = jax.device_count(), jax.process_count(), jax.process_index()

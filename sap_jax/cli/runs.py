@@ -19,6 +19,7 @@ from sap_jax import (
 )
 from sap_jax import sharding as shd
 from sap_jax.cli.errors import UserError, one_line
+from sap_jax.data.sources import input_shape
 from sap_jax.spec import RunSpec, build_model, build_splits, load_data
 
 
@@ -51,7 +52,7 @@ def checked_nnx_model(spec: RunSpec, splits: data.NoisySplits, sample: Any, opti
   """The run's NNX twin, built (initialised) and traced (shapes only) on one sample."""
   import jax
 
-  shape = tuple(splits.x_train.shape[1:])
+  shape = input_shape(splits.x_train)
   try:
     model = build_model(spec, splits.num_classes, shape)
   except TypeError as e:
@@ -81,7 +82,7 @@ def checked_model(spec: RunSpec, splits: data.NoisySplits):
   import jax
 
   options = ", ".join(f"{k}={v!r}" for k, v in spec.model_kwargs.items()) or "no --model-kw"
-  sample = jax.ShapeDtypeStruct((1, *splits.x_train.shape[1:]), splits.x_train.dtype)
+  sample = jax.ShapeDtypeStruct((1, *input_shape(splits.x_train)), np.float32)
   key = jax.random.key(0)
   if spec.api == "nnx":
     return checked_nnx_model(spec, splits, sample, options), None
@@ -97,7 +98,7 @@ def checked_model(spec: RunSpec, splits: data.NoisySplits):
     first = one_line(str(e).split("\n")[0])[:300]
     raise UserError(
       f"model {spec.model!r} ({options}) cannot be built for inputs of shape "
-      f"{tuple(splits.x_train.shape[1:])}: {first}; check the --model-kw values."
+      f"{input_shape(splits.x_train)}: {first}; check the --model-kw values."
     ) from None
   return model, shapes
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from sap_jax.data.sources import input_shape, is_source, source_length
 from sap_jax.input_checks import all_finite
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -17,6 +18,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _check_x(x: Any, what: str) -> np.ndarray:
+  if is_source(x):  # a lazy source: its records are checked as they are read
+    source_length(x, what)
+    return x
   if not isinstance(x, np.ndarray) or x.dtype != np.float32:
     dtype = getattr(x, "dtype", type(x).__name__)
     raise ValueError(
@@ -56,7 +60,9 @@ def _check_y(y: Any, n: int, num_classes: int, what: str) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-  """A classification data set held in memory as numpy arrays.
+  """A classification data set: labels in memory, inputs as numpy arrays or as lazy
+  random-access sources (`sap_jax.data.sources`: an image folder read one image at a
+  time), whose records are checked as they are read.
 
   Attributes:
     name: Source name ("digits", "cifar10", "tfds:cifar100", ...); selects the known
@@ -101,10 +107,10 @@ class Dataset:
       )
     x_train = _check_x(self.x_train, "x_train")
     x_test = _check_x(self.x_test, "x_test")
-    if x_train.shape[1:] != x_test.shape[1:]:
+    if input_shape(x_train) != input_shape(x_test):
       raise ValueError(
-        f"x_train examples have shape {x_train.shape[1:]} but x_test examples "
-        f"{x_test.shape[1:]}; train and test must share the per-example shape."
+        f"x_train examples have shape {input_shape(x_train)} but x_test examples "
+        f"{input_shape(x_test)}; train and test must share the per-example shape."
       )
     _check_y(self.y_train, len(x_train), c, "y_train")
     _check_y(self.y_test, len(x_test), c, "y_test")
@@ -146,7 +152,7 @@ class Dataset:
   @property
   def input_shape(self) -> tuple[int, ...]:
     """Per-example input shape, e.g. (32, 32, 3)."""
-    return tuple(self.x_train.shape[1:])
+    return input_shape(self.x_train)
 
   def __repr__(self) -> str:
     extra = ""

@@ -117,12 +117,16 @@ def load_folder(
   image_size: int = 32,
   test_dir: str | None = None,
   dataset_name: str = "folder",
+  lazy: bool = False,
 ) -> Dataset:
   """Loads ``root/train`` and ``root/test`` (or ``root/val``) image-folder trees.
 
   Images are read with Pillow, converted to RGB, resized to image_size×image_size
-  (bilinear), scaled to [0, 1] and standardised with the ImageNet mean/std. Everything
-  is held in memory (N × image_size² × 3 float32): keep image_size small for big sets.
+  (bilinear), scaled to [0, 1] and standardised with the ImageNet mean/std. With
+  ``lazy=False`` everything is held in memory (N × image_size² × 3 float32); with
+  ``lazy=True`` the inputs are `sap_jax.data.sources.FolderSource`s, which hold the file
+  list and decode one image per read (the same floats), so a folder of any size costs
+  its file names and labels.
 
   Args:
     root: The folder holding train/ and test/ (or val/).
@@ -130,6 +134,7 @@ def load_folder(
     image_size: Output side length in pixels.
     test_dir: Evaluation sub-folder; default "test", else "val".
     dataset_name: Name of the returned Dataset (e.g. "clothing1m").
+    lazy: Inputs as lazy sources instead of arrays.
 
   Returns:
     The Dataset; class names are the sorted class-folder names.
@@ -142,6 +147,8 @@ def load_folder(
   del seed
   root = require_root(root, "folder", "'folder with train/<class>/ and test/<class>/'")
   image_size = check_int(image_size, "image_size")
+  if not isinstance(lazy, bool):
+    raise ValueError(f"lazy must be True or False, got {lazy!r}.")
   if not isinstance(dataset_name, str) or not dataset_name:
     raise ValueError(f"dataset_name must be a non-empty string, got {dataset_name!r}.")
   train_dir = os.path.join(root, "train")
@@ -172,6 +179,19 @@ def load_folder(
     raise ValueError(
       f"training class folders {empty} hold no images ({', '.join(IMAGE_EXTENSIONS)}); "
       "add images or remove those folders from train/ and the test folder."
+    )
+  if lazy:
+    from sap_jax.data.sources import FolderSource
+
+    train = FolderSource(root, "train", image_size=image_size, classes=classes)
+    test = FolderSource(root, os.path.basename(test_dir), image_size=image_size, classes=classes)
+    return Dataset(
+      name=dataset_name,
+      x_train=train,
+      y_train=train.labels,
+      x_test=test,
+      y_test=test.labels,
+      class_names=tuple(classes),
     )
   x_tr = _read_images(train_paths, image_size)
   x_te = _read_images(test_paths, image_size)

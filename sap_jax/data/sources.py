@@ -24,6 +24,7 @@ into device batches; every phase that takes a source reads it through the feeder
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -78,6 +79,13 @@ class ArraySource:
     if self.y is not None:
       record[LABEL] = int(self.y[index])
     return record
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(f"{self.x.dtype.str}|{self.x.shape}|".encode())
+    h.update(np.ascontiguousarray(self.x).view(np.uint8).data)
+    if self.y is not None:
+      h.update(np.asarray(self.y, np.int64).tobytes())
+    return f"sha256:{h.hexdigest()}"
 
   def __repr__(self) -> str:
     return f"ArraySource(x={self.x.shape}, labels={self.y is not None})"
@@ -150,6 +158,16 @@ class FolderSource:
     image = folder.decode_image(self.paths[index], self.image_size, self.normalize, index)
     return {IMAGE: image, LABEL: int(self.labels[index]), INDEX: index}
 
+  def fingerprint(self) -> str:
+    """A digest of the files (relative path, size, modification time), the labels and the
+    decoding options: it changes when a file is added, removed, replaced or relabelled."""
+    h = hashlib.sha256(f"{self.image_size}|{self.normalize}|{self.classes}|".encode())
+    for path, label in zip(self.paths, self.labels):
+      st = os.stat(path)
+      rel = os.path.relpath(path, self.root)
+      h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
   def empty_classes(self) -> list[str]:
     """The class names with no image in this split."""
     present = set(np.unique(self.labels).tolist())
@@ -160,6 +178,76 @@ class FolderSource:
       f"FolderSource({os.path.join(self.root, self.split)!r}, {len(self)} images, "
       f"{len(self.classes)} classes, {self.image_size}px)"
     )
+
+
+class Subset:
+  """A view of a source: the samples ``indices`` (default all), in that order, with
+  ``labels`` in place of the source's own when given (noisy labels over a clean source).
+
+  Record i is ``source[indices[i]]`` with ``"index"`` i (its place in the view) and
+  ``"label"`` ``labels[i]``. Only the indices and labels are held, never the inputs.
+  """
+
+  def __init__(self, source: Any, indices: Any = None, labels: Any = None):
+    n = source_length(source, "Subset source")
+    self.source = source
+    self.indices = np.arange(n) if indices is None else np.asarray(indices, np.int64)
+    if self.indices.ndim != 1 or (
+      self.indices.size and (self.indices.min() < 0 or self.indices.max() >= n)
+    ):
+      raise ValueError(f"Subset: indices must be 1-D positions in [0, {n}).")
+    self.labels = None if labels is None else np.asarray(labels)
+    if self.labels is not None and self.labels.shape != self.indices.shape:
+      raise ValueError(
+        f"Subset: {self.labels.shape} labels for {len(self.indices)} samples; give one each."
+      )
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index)
+    record = dict(self.source[int(self.indices[index])])
+    record[INDEX] = index
+    if self.labels is not None:
+      record[LABEL] = int(self.labels[index])
+    return record
+
+  def fingerprint(self) -> str:
+    """A digest of the view: its source's fingerprint, the indices and the labels."""
+    h = hashlib.sha256(source_fingerprint(self.source).encode())
+    h.update(self.indices.tobytes())
+    if self.labels is not None:
+      h.update(np.asarray(self.labels, np.int64).tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+  def __repr__(self) -> str:
+    return f"Subset({self.source!r}, {len(self)} samples, labels={self.labels is not None})"
+
+
+def subset(x: Any, indices: Any) -> Any:
+  """``x[indices]`` of an array, or the `Subset` view of a source."""
+  return Subset(x, indices) if is_source(x) else x[indices]
+
+
+def with_labels(x: Any, y: Any) -> tuple[Any, Any]:
+  """``(x, y)`` of arrays as they are; of a source, ``(Subset(x, labels=y), None)``: the
+  form every phase takes (a source carries its labels)."""
+  return (Subset(x, labels=y), None) if is_source(x) else (x, y)
+
+
+def input_shape(x: Any) -> tuple[int, ...]:
+  """One sample's shape, of an ``(N, ...)`` array or of a source's first record."""
+  return tuple(first_input(x).shape[1:]) if is_source(x) else tuple(np.shape(x)[1:])
+
+
+def source_fingerprint(source: Any) -> str:
+  """The source's own ``fingerprint()`` (a digest of what identifies its samples), or its
+  type and length when it has none."""
+  fingerprint = getattr(source, "fingerprint", None)
+  if callable(fingerprint):
+    return str(fingerprint())
+  return f"{type(source).__module__}.{type(source).__qualname__}:{len(source)}"
 
 
 class RecordSource:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from typing import Any
 
 import numpy as np
 
 from sap_jax.data.base import Dataset
+from sap_jax.data.sources import Subset, is_source, subset, with_labels
 from sap_jax.noise import NoiseSpec, apply_noise
 
 _SPLIT_STREAM = 1  # SeedSequence([seed, 1]) draws the split; default_rng(seed) the noise.
@@ -85,6 +87,43 @@ class NoisySplits:
   def val_noise_mask(self) -> np.ndarray:
     """bool (V,), ``y_val != y_val_clean``."""
     return self.y_val != self.y_val_clean
+
+  @property
+  def streamed(self) -> bool:
+    """Whether the inputs are lazy sources (read through the feeder) rather than arrays."""
+    return is_source(self.x_train)
+
+  def labelled(self, name: str) -> tuple[Any, Any]:
+    """``(x, y)`` of a split by name ("train", "train_clean", "val", "val_clean",
+    "test"): arrays as they are, or ``(source with those labels, None)`` for lazy
+    inputs (`sap_jax.data.sources.with_labels`): what every phase takes as ``x, y``."""
+    x, y = self._named(name)
+    return with_labels(x, y)
+
+  def eval_split(self, name: str) -> Any:
+    """A split as an ``eval_splits`` value: ``(x, y)`` arrays, or a labelled source."""
+    x, y = self.labelled(name)
+    return x if y is None else (x, y)
+
+  def corrupted(self) -> tuple[Any, Any]:
+    """``(x, y)`` of the corrupted training samples with their noisy labels (as
+    `labelled`): what `sap_jax.evaluation.fit_fraction` scores."""
+    index = np.flatnonzero(self.noise_mask)
+    if self.streamed:
+      return Subset(self.x_train, index, self.y_train[index]), None
+    return self.x_train[index], self.y_train[index]
+
+  def _named(self, name: str) -> tuple[Any, np.ndarray]:
+    table = {
+      "train": (self.x_train, self.y_train),
+      "train_clean": (self.x_train, self.y_train_clean),
+      "val": (self.x_val, self.y_val),
+      "val_clean": (self.x_val, self.y_val_clean),
+      "test": (self.x_test, self.y_test),
+    }
+    if name not in table:
+      raise KeyError(f"no split {name!r}; splits: {sorted(table)}.")
+    return table[name]
 
 
 def _check_val_fraction(val_fraction, n: int) -> int:
@@ -197,11 +236,11 @@ def make_splits(
   train_idx = np.flatnonzero(keep).astype(np.int64)
   clean = dataset.y_train
   return NoisySplits(
-    x_train=dataset.x_train[train_idx],
+    x_train=subset(dataset.x_train, train_idx),
     y_train=noisy[train_idx],
     y_train_clean=clean[train_idx],
     noise_mask=noisy[train_idx] != clean[train_idx],
-    x_val=dataset.x_train[val_idx],
+    x_val=subset(dataset.x_train, val_idx),
     y_val=noisy[val_idx],
     y_val_clean=clean[val_idx],
     x_test=dataset.x_test,

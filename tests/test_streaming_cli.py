@@ -1,0 +1,76 @@
+"""The command line on an image folder: streamed from its files, equal to the in-memory run."""
+
+import json
+
+import pytest
+
+from sap_jax import cli, provenance
+from sap_jax.data import load_dataset
+from tests.bad_input_case import run_cli
+from tests.fake_data import write_image_folder
+
+TRAIN = (
+  *("train", "--dataset", "folder", "--model", "cnn", "--epochs", "2", "--batch-size", "16"),
+  *("--data-opt", "image_size=12", "--noise", "symmetric:0.25", "--seed", "2", "--quiet"),
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Train and correct on the folder, streamed (the default) and in memory (lazy=false)."""
+  work = tmp_path_factory.mktemp("stream_cli")
+  root = write_image_folder(work / "data", per_class=24, size=16, seed=4)
+  for name, extra in (("streamed", ()), ("memory", ("--data-opt", "lazy=false"))):
+    out = work / name
+    done = run_cli(*TRAIN, *extra, "--data-root", root, "--out", out / "ckpt", cwd=work)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("correct", out / "ckpt", "--out", out / "sap", "--n-trusted", "30", cwd=work)
+    assert done.returncode == 0, done.stderr
+  return work, root
+
+
+def test_a_streamed_folder_run_equals_the_in_memory_run(runs):
+  work, _ = runs
+  reports = [json.loads((work / n / "sap_report.json").read_text()) for n in ("streamed", "memory")]
+  for key in ("before", "after", "chosen_alpha", "sweep_noisy_val", "sweep_clean_val"):
+    assert reports[0][key] == reports[1][key], key
+  assert reports[0]["layers"] == reports[1]["layers"]
+
+
+def test_a_streamed_folder_is_fingerprinted_by_its_files(runs, tmp_path):
+  work, root = runs
+  ds = load_dataset("folder", root=root, image_size=12, lazy=True)
+  found = provenance.data_fingerprint(ds)
+  assert found == provenance.data_fingerprint(
+    load_dataset("folder", root=root, image_size=12, lazy=True)
+  )
+  victim = sorted((root / "train" / "coat").iterdir())[0]
+  victim.write_bytes(victim.read_bytes())  # same bytes, a new modification time
+  changed = provenance.data_fingerprint(load_dataset("folder", root=root, image_size=12, lazy=True))
+  assert provenance.changed_arrays(found, changed) == ["x_train"]
+
+
+@pytest.mark.parametrize(
+  "extra, message",
+  [
+    (("--api", "nnx"), "--api nnx trains on in-memory data sets"),
+    (("--data-parallel",), "take in-memory data sets; this one streams"),
+  ],
+)
+def test_what_a_streamed_folder_cannot_do_yet_is_refused_in_one_line(runs, extra, message, capsys):
+  work, root = runs
+  code = cli.main(
+    [
+      "--compilation-cache",
+      "off",
+      *TRAIN,
+      "--data-root",
+      str(root),
+      "--out",
+      str(work / "x"),
+      *extra,
+    ]
+  )
+  err = capsys.readouterr().err
+  assert code != 0 and message in err, err
+  assert not (work / "x").exists()
