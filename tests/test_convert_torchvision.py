@@ -84,7 +84,7 @@ def test_vit_logits_match_torchvision():
 
 def test_vit_in_proj_split_is_query_key_value_by_head():
   state, _, _ = _fixture("vit_small")
-  v = convert.vit_variables(state, num_heads=2)["params"]["encoderblock_1"]["attn"]
+  v = convert.vit_variables(state, num_heads=np.int64(2))["params"]["encoderblock_1"]["attn"]
   w = state["encoder.layers.encoder_layer_1.self_attention.in_proj_weight"]  # (3·32, 32)
   b = state["encoder.layers.encoder_layer_1.self_attention.in_proj_bias"]
   for k, proj in enumerate(("query", "key", "value")):

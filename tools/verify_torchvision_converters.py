@@ -201,6 +201,23 @@ def augmentation_checks(rng: np.random.Generator) -> None:
     print(f"RandomResizedCrop fallback box {h}x{w}: torchvision {ref}, sap_jax {got}")
     if ref != got:
       raise SystemExit("fallback boxes differ")
+  # Boxes with random draws: the two RNGs differ, so compare the distributions' means.
+  n, (h, w) = 20000, (60, 150)
+  ours = np.array(
+    [augment.random_resized_crop_box(h, w, augment.sample_rng(0, 0, i)) for i in range(n)], float
+  )
+  theirs = np.array(
+    [[int(v) for v in want(torch.zeros(3, h, w), [0.08, 1.0], [3 / 4, 4 / 3])] for _ in range(n)],
+    float,
+  )
+  se = np.sqrt((ours.var(0) + theirs.var(0)) / n)
+  z = np.abs(ours.mean(0) - theirs.mean(0)) / se
+  print(
+    f"RandomResizedCrop boxes {h}x{w}, {n} draws each: mean (top, left, h, w) sap_jax "
+    f"{np.round(ours.mean(0), 2)}, torchvision {np.round(theirs.mean(0), 2)}, |z| {np.round(z, 1)}"
+  )
+  if z.max() > 5:
+    raise SystemExit("RandomResizedCrop box distributions differ")
   for shape, size in (((50, 70, 3), (24, 24)), ((20, 30, 3), (40, 40))):
     img = rng.uniform(0, 1, shape).astype(np.float32)
     ref = F.resize(torch.from_numpy(img).permute(2, 0, 1), list(size), antialias=True)

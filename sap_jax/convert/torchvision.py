@@ -43,6 +43,7 @@ head_dim)`` (query/key/value) and ``(heads, head_dim, D)`` (out).
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -211,8 +212,9 @@ def vit_variables(state_dict: Mapping[str, Any], *, num_heads: int) -> Variables
     ValueError: an entry that is not part of such a ViT (``heads.pre_logits`` included),
       num_heads not dividing the width, or a weight of the wrong rank.
   """
-  if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+  if isinstance(num_heads, bool) or not isinstance(num_heads, numbers.Integral) or num_heads < 1:
     raise ValueError(f"num_heads must be a positive int (12 for ViT-B/16), got {num_heads!r}.")
+  num_heads = int(num_heads)
   sd = _arrays(state_dict)
   flat: dict[tuple[str, ...], np.ndarray] = {}
   unknown = []

@@ -263,9 +263,14 @@ def recipe_for(dataset_name: str, *, image_size: int | None = None) -> str:
   if key in _NO_AUGMENTATION:
     return "none"
   if key == "folder":
-    if image_size is None:
+    if (
+      image_size is None
+      or isinstance(image_size, bool)
+      or not isinstance(image_size, numbers.Integral)
+    ):
       raise ValueError(
-        "recipe_for('folder') needs image_size (the folder's image side); pass image_size=."
+        f"recipe_for('folder') needs image_size, the folder's image side as an int, got "
+        f"{image_size!r}; pass image_size=."
       )
     return "imagenet" if image_size >= FOLDER_IMAGENET_MIN_SIZE else "none"
   raise ValueError(
