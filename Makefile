@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-LINTED := sap_jax experiments benchmarks examples tests
+LINTED := sap_jax experiments benchmarks examples tests tools
 
 .PHONY: demo test lint format bench constraints clean
 
