@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from sap_jax.data.base import IMAGENET_MEAN, IMAGENET_STD
+from sap_jax.data.feeder import sample_rng  # noqa: F401  (re-exported: the transforms' randomness)
 
 # Constants of the published CIFAR recipe (used for both CIFAR-10 and CIFAR-100).
 CIFAR_MEAN = (0.491, 0.482, 0.447)
@@ -64,21 +65,6 @@ _NO_AUGMENTATION = frozenset(
 )
 # An image folder is "ImageNet size" from this side length on.
 FOLDER_IMAGENET_MIN_SIZE = 128
-
-
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-  """The generator of one sample's augmentation.
-
-  Args:
-    seed: Run seed (>= 0).
-    epoch: Epoch number (>= 0).
-    index: The sample's index in its source (>= 0), not its position in a batch.
-
-  Returns:
-    A PCG64 generator seeded by ``SeedSequence([seed, epoch, index])``: equal
-    triples give equal draws, and any change of one number gives independent ones.
-  """
-  return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index)]))
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:

@@ -63,8 +63,18 @@ class Batch(NamedTuple):
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-  """The random generator of one sample's transform: a function of (seed, epoch, index)."""
-  return np.random.default_rng([int(seed), int(epoch), int(index)])
+  """The generator of one sample's transform (augmentation).
+
+  Args:
+    seed: Run seed (>= 0).
+    epoch: Epoch number (>= 0).
+    index: The sample's index in its source (>= 0), not its position in a batch.
+
+  Returns:
+    A PCG64 generator seeded by ``SeedSequence([seed, epoch, index])``: equal triples
+    give equal draws, and any change of one number gives independent ones.
+  """
+  return np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), int(index)]))
 
 
 def default_mesh() -> Mesh:
