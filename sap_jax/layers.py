@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sap_jax.types import Path
 
-if TYPE_CHECKING:  # a type only: `sap_jax.stats` imports `path_name` from here
-  from sap_jax.stats import LayerStats
+# `sap_jax.stats` imports `path_name` from here, so the statistics' type is not imported
+# (no import circle): a layer's statistics are any value (`sap_jax.stats.LayerStats`).
+LayerStats = Any
 
 
 def path_name(path: Path) -> str:

@@ -124,17 +124,20 @@ class RunSpec:
 
 
 @functools.lru_cache(maxsize=8)
-def _load(dataset: str, data_root: str | None, options: str) -> data.Dataset:
+def _load(dataset: str, data_root: str | None, options: str, stream: bool) -> data.Dataset:
   kwargs = json.loads(options)
-  if dataset.strip().lower() in STREAMED:  # image folders stream: no array of all images
+  if stream and dataset.strip().lower() in STREAMED:  # no array of all images
     kwargs.setdefault("lazy", True)
   return data.load_dataset(dataset, root=data_root, **kwargs)
 
 
-def load_data(spec: RunSpec) -> data.Dataset:
+def load_data(spec: RunSpec, *, stream: bool = False) -> data.Dataset:
   """The dataset of a run (cached in-process: the same spec loads once).
 
-  Option values may be any JSON value (numbers, strings, lists, dicts).
+  Option values may be any JSON value (numbers, strings, lists, dicts). With ``stream``,
+  a data set of `STREAMED` is loaded lazily (its inputs are sources, read one sample at a
+  time) unless its options say ``lazy``; the command line streams, the experiment runner
+  (whose baselines take arrays) does not.
   """
   try:
     options = json.dumps(dict(spec.data_options), sort_keys=True)
@@ -143,17 +146,21 @@ def load_data(spec: RunSpec) -> data.Dataset:
       f"data options {dict(spec.data_options)!r} are not plain JSON values ({e}); pass "
       "numbers, strings, lists or dicts."
     ) from None
-  return _load(spec.dataset, spec.data_root, options)
+  return _load(spec.dataset, spec.data_root, options, bool(stream))
 
 
 STREAMED = ("folder",)
 """The data sets a run reads lazily (`sap_jax.data.sources`), one image at a time."""
 
 
-def build_splits(spec: RunSpec) -> data.NoisySplits:
-  """The run's noisy train / noisy validation / clean test splits."""
+def build_splits(spec: RunSpec, *, stream: bool = False) -> data.NoisySplits:
+  """The run's noisy train / noisy validation / clean test splits (``stream``: see
+  `load_data`)."""
   return data.make_splits(
-    load_data(spec), noise=spec.noise, val_fraction=spec.val_fraction, seed=spec.seed
+    load_data(spec, stream=stream),
+    noise=spec.noise,
+    val_fraction=spec.val_fraction,
+    seed=spec.seed,
   )
 
 

@@ -223,7 +223,7 @@ def cmd_train(args) -> int:
   )
   spec = _spec_from_args(args)
   dataset = load_spec_data(spec)
-  splits = build_splits(spec)
+  splits = build_splits(spec, stream=True)
   model, _ = checked_model(spec, splits)
   progress = Progress(args.quiet)
   splits = on_devices(splits, args.device_mesh, progress.say)

@@ -36,7 +36,7 @@ def data_record(spec: RunSpec, fingerprint: dict[str, str]) -> dict[str, Any]:
 def load_spec_data(spec: RunSpec, source: str | None = None, given: bool = False) -> data.Dataset:
   """`load_data`, with the way out when the data are not where the run says."""
   try:
-    return load_data(spec)
+    return load_data(spec, stream=True)
   except FileNotFoundError as e:
     if source is None:
       raise
@@ -195,7 +195,7 @@ def load_run(
           "use these anyway."
         )
       say(f"warning: the {where} differ from the training data ({what}); used anyway.")
-  splits = build_splits(spec)
+  splits = build_splits(spec, stream=True)
   model, shapes = checked_model(spec, splits)
   record = data_record(spec, found)
   if spec.api == "nnx":

@@ -166,7 +166,7 @@ class FolderSource:
       st = os.stat(path)
       rel = os.path.relpath(path, self.root)
       h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}|{label}\n".encode())
-    return f"sha256:{h.hexdigest()}"
+    return f"files-sha256:{h.hexdigest()}"
 
   def empty_classes(self) -> list[str]:
     """The class names with no image in this split."""

@@ -27,7 +27,6 @@ The public names are re-exported here, flat.
 from __future__ import annotations
 
 from sap_jax.batching import batched
-from sap_jax.spectrum import stats_summary
 from sap_jax.stats.collect import (
   JITTED,
   LayerCall,
@@ -122,5 +121,4 @@ __all__ = [
   "sample_rows",
   "shift_cost",
   "shift_plan",
-  "stats_summary",
 ]
