@@ -118,11 +118,6 @@ def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) ->
   x_train, y_train, x_val, y_val = data
   no_separate_labels(y_train, "y_train")
   no_separate_labels(y_val, "y_val")
-  if score != "loss":
-    raise ValueError(
-      f"score={score!r} is not streamed over a source yet; use score='loss' (the paper's), "
-      "or pass the data as arrays."
-    )
   if tune is not None:
     raise ValueError(
       "tune='per_layer' needs the validation split in memory; it is not streamed over a "
@@ -133,7 +128,7 @@ def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) ->
       "x_train is a source, so x_val must be one too (wrap arrays with "
       "sap_jax.data.sources.ArraySource(x, y))."
     )
-  return streaming.run_sap(apply_fn, variables, x_train, x_val, **options)
+  return streaming.run_sap(apply_fn, variables, x_train, x_val, score=score, **options)
 
 
 def run_sap(

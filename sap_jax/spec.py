@@ -126,7 +126,8 @@ class RunSpec:
 @functools.lru_cache(maxsize=8)
 def _load(dataset: str, data_root: str | None, options: str, stream: bool) -> data.Dataset:
   kwargs = json.loads(options)
-  if stream and dataset.strip().lower() in STREAMED:  # no array of all images
+  name = dataset.strip().lower()
+  if stream and (name in STREAMED or name.startswith("tfds:")):  # no array of all images
     kwargs.setdefault("lazy", True)
   return data.load_dataset(dataset, root=data_root, **kwargs)
 
@@ -150,7 +151,8 @@ def load_data(spec: RunSpec, *, stream: bool = False) -> data.Dataset:
 
 
 STREAMED = ("folder",)
-"""The data sets a run reads lazily (`sap_jax.data.sources`), one image at a time."""
+"""The data sets a run reads lazily (`sap_jax.data.sources`), one image at a time, besides
+every "tfds:<name>"."""
 
 
 def build_splits(spec: RunSpec, *, stream: bool = False) -> data.NoisySplits:

@@ -7,10 +7,11 @@ samples. The public entry points (`sap_jax.evaluate`, `sap_jax.predict_logits`,
 `sap_jax.per_example_loss`, `sap_jax.run_sap`) come here when given a source instead of
 arrays; the functions are usable directly too.
 
-* `losses`: per-sample cross-entropy of a source (N floats, in source order).
-* `lowest_loss`: the trusted set by a streaming top-k over the scored stream
-  (`sap_jax.topk.LowestK`; per class for class-balanced selection): O(n_trusted · K)
-  memory.
+* `losses` / `scores`: per-sample cross-entropy, or a curvature score, of a source (N
+  floats, in source order; or handed over batch by batch).
+* `trusted_indices` (`lowest_loss`): the trusted set by a streaming top-k over the scored
+  stream (`sap_jax.topk.LowestK`; per class for class-balanced and published
+  selection): O(n_trusted · K) memory.
 * `stats_batches`: the trusted samples read by index, as the batches of
   `sap_jax.activation_stats` (host batches on one device, `LocalBatch`es on a mesh).
 * `evaluate` / `predict_logits`: sums over the stream.
@@ -108,6 +109,106 @@ def losses(
   return out
 
 
+def scores(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  source: Any,
+  *,
+  score: str = "loss",
+  batch_size: int = 512,
+  seed: int = 0,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+  on_batch: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+) -> np.ndarray | None:
+  """Every sample's trust score (`sap_jax.trusted.SCORES`, lower = more trusted) over a
+  source: the loss (`losses`), or a curvature score, each batch with the probes of its
+  index (``fold_in(PRNGKey(seed), i)``) as `sap_jax.trusted.trust_scores` draws them on
+  arrays ("curvature_published" in batches of ``min(batch_size, 128)``, "curvature" of
+  ``min(batch_size, 256)``), so both give the same scores. ``on_batch``: as `losses`.
+  """
+  from sap_jax.trusted import SCORES, curvature_of_batch
+
+  if score not in SCORES:
+    raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+  if score == "loss":
+    return losses(
+      apply_fn,
+      variables,
+      source,
+      batch_size=batch_size,
+      mesh=mesh,
+      workers=workers,
+      on_batch=on_batch,
+    )
+  n = source_length(source, "source")
+  k = num_outputs(apply_fn, variables, source, "source")
+  variables, mesh = _placed(variables, mesh)
+  fn = hashable(apply_fn)
+  size = min(batch_size, 128 if score == "curvature_published" else 256)
+  key = jax.random.PRNGKey(seed)
+  out = None if on_batch is not None else np.empty(n, np.float32)
+  for b, batch in enumerate(feed(source, size, mesh=mesh, num_classes=k, workers=workers)):
+    values = curvature_of_batch(
+      score, fn, variables, batch.x, batch.y, jax.random.fold_in(key, b), batch.real, 1e-3, 10
+    )
+    values = _host(values)[: batch.real]
+    index = _host(batch.index)[: batch.real]
+    if on_batch is None:
+      out[index] = values
+    else:
+      on_batch(values, index, _host(batch.y)[: batch.real])
+  return out
+
+
+def trusted_indices(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  source: Any,
+  n: int,
+  *,
+  score: str = "loss",
+  class_balanced: bool = False,
+  batch_size: int = 512,
+  seed: int = 0,
+  mesh: Mesh | None = None,
+  workers: int = 0,
+) -> np.ndarray:
+  """The trusted set of a source by a streaming top-k over its scores (`scores`): what
+  `sap_jax.trusted.trusted_set` gives on the arrays (the ``n`` lowest, per class with
+  ``class_balanced``; "curvature_published": the ``n // K + 1`` lowest of each of the K
+  classes), holding O(n · classes) scores instead of N.
+
+  Raises:
+    ValueError: ``n`` outside ``[1, N]`` or an unknown score, before any read.
+  """
+  from sap_jax.trusted import SCORES
+
+  total = source_length(source, "source")
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:
+    raise ValueError(
+      f"Cannot select n={n!r} trusted samples from {total}: choose an integer 1 ≤ n ≤ "
+      f"{total} (e.g. --n-trusted {min(1000, total)})."
+    )
+  if score not in SCORES:
+    raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+  top = LowestK(int(n) + 1)
+  scores(
+    apply_fn,
+    variables,
+    source,
+    score=score,
+    batch_size=batch_size,
+    seed=seed,
+    mesh=mesh,
+    workers=workers,
+    on_batch=top.update,
+  )
+  if score == "curvature_published":
+    return top.select_per_class(int(n) // top.num_classes() + 1)
+  return top.select(int(n), class_balanced=class_balanced)
+
+
 def lowest_loss(
   apply_fn: ApplyFn,
   variables: Variables,
@@ -119,32 +220,18 @@ def lowest_loss(
   mesh: Mesh | None = None,
   workers: int = 0,
 ) -> np.ndarray:
-  """The ``n`` samples of lowest loss (the paper's trusted set), by a streaming top-k.
-
-  Returns what `sap_jax.trusted.select_trusted` returns on the full loss vector (sorted
-  by loss, ties by index; per class with ``class_balanced``), holding O(n · classes)
-  scores instead of N.
-
-  Raises:
-    ValueError: ``n`` outside ``[1, N]``, before any read.
-  """
-  total = source_length(source, "source")
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:
-    raise ValueError(
-      f"Cannot select n={n!r} trusted samples from {total}: choose an integer 1 ≤ n ≤ "
-      f"{total} (e.g. --n-trusted {min(1000, total)})."
-    )
-  top = LowestK(int(n))
-  losses(
+  """The ``n`` samples of lowest loss (the paper's trusted set), by a streaming top-k:
+  `trusted_indices` with ``score="loss"``."""
+  return trusted_indices(
     apply_fn,
     variables,
     source,
+    n,
+    class_balanced=class_balanced,
     batch_size=batch_size,
     mesh=mesh,
     workers=workers,
-    on_batch=top.update,
   )
-  return top.select(int(n), class_balanced=class_balanced)
 
 
 def stats_batches(
@@ -331,6 +418,7 @@ def run_sap(
   *,
   n_trusted: int = 1000,
   alphas: Sequence[float] | None = None,
+  score: str = "loss",
   class_balanced: bool = False,
   exclude: Sequence[str] = (),
   layer_range: tuple[int | None, int | None] | None = None,
@@ -345,7 +433,7 @@ def run_sap(
   workers: int = 0,
   alpha_chunk: int | None = None,
 ):
-  """`sap_jax.run_sap` on sources: the trusted set by a streaming top-k of the losses,
+  """`sap_jax.run_sap` on sources: the trusted set by a streaming top-k of the scores,
   the statistics on the trusted samples read by index, every split read once for the
   whole α grid. Returns a `sap_jax.pipeline.SAPResult`.
 
@@ -356,7 +444,7 @@ def run_sap(
     mesh: the devices (default one local device); each process reads its own part.
     workers: grain worker processes per phase.
     alpha_chunk: see `score_alphas`.
-    Others: as `sap_jax.run_sap` (the loss score only).
+    Others: as `sap_jax.run_sap`.
   """
   from sap_jax.kernels import skipped_kernels
   from sap_jax.layers import select_layers
@@ -397,11 +485,13 @@ def run_sap(
   t0 = time.perf_counter()
   report("trusted set", 0, 1)
   if trusted is None:
-    trusted = lowest_loss(
+    trusted = trusted_indices(
       apply_fn,
       variables,
       train,
       n_trusted,
+      score=score,
+      seed=seed,
       class_balanced=class_balanced,
       batch_size=batch_size,
       mesh=mesh,

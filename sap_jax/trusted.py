@@ -171,7 +171,7 @@ def input_curvature(
   """
 
   def step(fn, xb, yb, key, real):
-    return _curvature_jit(fn, variables, xb, yb, key, h, num_probes)
+    return curvature_of_batch("curvature", fn, variables, xb, yb, key, real, h, num_probes)
 
   return _batch_scores(
     "curvature", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
@@ -282,12 +282,25 @@ def published_curvature(
   """
 
   def step(fn, xb, yb, key, real):
-    probes = rademacher_probes(key, num_probes, xb.shape)
-    return _published_curvature_jit(fn, variables, xb, yb, probes, jnp.float32(real), h)
+    return curvature_of_batch(
+      "curvature_published", fn, variables, xb, yb, key, real, h, num_probes
+    )
 
   return _batch_scores(
     "curvature_published", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
   )
+
+
+def curvature_of_batch(kind, apply_fn, variables, x, y, key, real, h, num_probes):
+  """One batch's curvature scores (``kind``: "curvature" or "curvature_published"), the
+  batch padded to its compiled shape with only its first ``real`` samples counting, and
+  ``key`` its probes' key (batch i: ``fold_in(PRNGKey(seed), i)``): the step of
+  `input_curvature` and `published_curvature`, and of their streamed form
+  (`sap_jax.streaming.scores`). A global batch on a mesh gives one device's scores."""
+  if kind == "curvature":
+    return _curvature_jit(apply_fn, variables, x, y, key, h, num_probes)
+  probes = rademacher_probes(key, num_probes, x.shape)
+  return _published_curvature_jit(apply_fn, variables, x, y, probes, jnp.float32(real), h)
 
 
 def _sharded_curvature_body(apply_fn, kind, num_probes, bs, n, share):
@@ -609,13 +622,15 @@ def trusted_set(
     from sap_jax import streaming
 
     no_separate_labels(y)
-    if score != "loss":
-      raise ValueError(
-        f"score={score!r} is not streamed over a source yet; use score='loss' (the "
-        "paper's), or pass the samples as arrays."
-      )
-    return streaming.lowest_loss(
-      apply_fn, variables, x, n, class_balanced=class_balanced, batch_size=batch_size
+    return streaming.trusted_indices(
+      apply_fn,
+      variables,
+      x,
+      n,
+      score=score,
+      class_balanced=class_balanced,
+      batch_size=batch_size,
+      seed=seed,
     )
   if not 1 <= n <= len(x):
     raise ValueError(f"Cannot select n={n} trusted samples from {len(x)}: choose 1 ≤ n ≤ {len(x)}.")

@@ -539,6 +539,26 @@ def test_tfds_loader_with_fake_source(monkeypatch, tmp_path):
     load_dataset("tfds:cifar100", root=tmp_path, label_key="fine")
 
 
+def test_tfds_lazy_sources_equal_the_in_memory_arrays(monkeypatch, tmp_path):
+  from sap_jax.data.sources import RecordSource
+
+  rng = np.random.default_rng(1)
+  names = {"label": ["a", "b", "c"], "coarse_label": ["x", "y"]}
+  train = _FakeSource(_records(rng, 10, human=True), names)
+  test = _FakeSource(_records(rng, 4), names)
+  _fake_tfds(monkeypatch, {"train": train, "test": test}, [])
+  arrays = load_dataset("tfds:cifar100", root=tmp_path)
+  lazy = load_dataset("tfds:cifar100", root=tmp_path, lazy=True)
+  assert isinstance(lazy.x_train, RecordSource) and isinstance(lazy.x_test, RecordSource)
+  for src, x in ((lazy.x_train, arrays.x_train), (lazy.x_test, arrays.x_test)):
+    got = np.stack([src[i]["image"] for i in range(len(src))])
+    np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)  # float64 sums vs two passes
+  for key in ("y_train", "y_test", "coarse_train", "coarse_test"):
+    np.testing.assert_array_equal(getattr(lazy, key), getattr(arrays, key))
+  np.testing.assert_array_equal(lazy.noisy_label_sets["aggre"], arrays.noisy_label_sets["aggre"])
+  assert lazy.class_names == arrays.class_names and lazy.input_shape == (4, 4, 3)
+
+
 def test_tfds_not_prepared(monkeypatch, tmp_path):
   _fake_tfds(monkeypatch, {}, [])
   with pytest.raises(FileNotFoundError, match=r"(?s)could not find data.*tfds build cifar10 "):

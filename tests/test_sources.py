@@ -95,3 +95,40 @@ def test_record_source_adapts_keys_and_pixels():
     RecordSource(raw)[0]
   with pytest.raises(ValueError, match="record 0 has no label 'label'"):
     RecordSource(raw, image_key="img")[0]
+
+
+def test_subset_views_with_other_labels():
+  from sap_jax.data.sources import Subset
+
+  x = np.arange(10, dtype=np.float32).reshape(5, 2)
+  src = ArraySource(x, np.array([0, 1, 2, 0, 1]))
+  view = Subset(src, [4, 0, 2], labels=[9, 8, 7])
+  assert len(view) == 3
+  rec = view[0]
+  np.testing.assert_array_equal(rec["image"], x[4])
+  assert rec["label"] == 9 and rec["index"] == 0  # its place in the view
+  assert Subset(src, [3])[0]["label"] == 0  # the source's label when none given
+  assert view.fingerprint() != Subset(src, [4, 0, 2], labels=[9, 8, 6]).fingerprint()
+  with pytest.raises(ValueError, match=r"indices must be 1-D positions in \[0, 5\)"):
+    Subset(src, [5])
+  with pytest.raises(ValueError, match="give one each"):
+    Subset(src, [1, 2], labels=[1])
+
+
+def test_lazy_folder_splits_equal_the_in_memory_splits(tmp_path):
+  from sap_jax.data import make_splits
+
+  root = write_image_folder(tmp_path, per_class=6, size=10)
+  arrays = make_splits(load_folder(root=root, image_size=8), noise="symmetric:0.3", seed=1)
+  lazy = make_splits(load_folder(root=root, image_size=8, lazy=True), noise="symmetric:0.3", seed=1)
+  assert lazy.streamed and not arrays.streamed
+  for name in ("train", "train_clean", "val", "val_clean", "test"):
+    x, y = arrays.labelled(name)
+    src, none = lazy.labelled(name)
+    assert none is None and len(src) == len(x)
+    for i in range(len(src)):
+      np.testing.assert_array_equal(src[i]["image"], x[i])
+      assert src[i]["label"] == y[i]
+  src, _ = lazy.corrupted()
+  x, y = arrays.corrupted()
+  assert [src[i]["label"] for i in range(len(src))] == y.tolist()

@@ -120,6 +120,23 @@ def test_alpha_chunks_bound_the_copies_and_give_the_same_scores(folder):
   assert len(counted.reads) == 1 + 3 * len(test)  # the first record's shape, ⌈5 / 2⌉ passes
 
 
+@pytest.mark.parametrize("score", ["curvature", "curvature_published"])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_curvature_scores_and_their_trusted_sets_equal_the_arrays(folder, score, balanced):
+  from sap_jax.trusted import trust_scores, trusted_set
+
+  root, ds, _, apply_fn, variables = folder
+  train, _ = folder_sources(root)
+  kw = dict(score=score, batch_size=40, seed=5)
+  np.testing.assert_array_equal(
+    streaming.scores(apply_fn, variables, train, **kw),
+    trust_scores(apply_fn, variables, ds.x_train, ds.y_train, **kw),
+  )
+  got = trusted_set(apply_fn, variables, train, None, 12, class_balanced=balanced, **kw)
+  want = trusted_set(apply_fn, variables, ds.x_train, ds.y_train, 12, class_balanced=balanced, **kw)
+  np.testing.assert_array_equal(got, want)
+
+
 def test_the_trusted_set_of_a_stream_holds_k_scores_not_n(folder, monkeypatch):
   root, ds, _, apply_fn, variables = folder
   train, _ = folder_sources(root)
@@ -132,7 +149,7 @@ def test_the_trusted_set_of_a_stream_holds_k_scores_not_n(folder, monkeypatch):
 
   monkeypatch.setattr(streaming.LowestK, "update", update)
   got = streaming.lowest_loss(apply_fn, variables, train, 5, batch_size=8)
-  assert len(sizes) == 8 and max(sizes) <= 5 * 4  # overall + 3 classes, never N = 63
+  assert len(sizes) == 8 and max(sizes) <= 6 * 4  # overall + 3 classes, never N = 63
   losses = per_example_loss(apply_fn, variables, ds.x_train, ds.y_train)
   np.testing.assert_array_equal(got, sj.select_trusted(losses, ds.y_train, 5))
 
@@ -140,7 +157,7 @@ def test_the_trusted_set_of_a_stream_holds_k_scores_not_n(folder, monkeypatch):
 @pytest.mark.parametrize(
   "call, message",
   [
-    (lambda f, t: sj.run_sap(*f, t, None, t, None, score="curvature"), "not streamed over a"),
+    (lambda f, t: sj.run_sap(*f, t, None, t, None, score="nope"), "Unknown score"),
     (lambda f, t: sj.run_sap(*f, t, None, t, None, tune="per_layer"), "needs the validation"),
     (lambda f, t: sj.run_sap(*f, t, np.zeros(3), t, None), "carries its own labels"),
     (lambda f, t: sj.run_sap(*f, t, None, np.zeros((3, 8, 8, 3)), None), "x_val must be one"),
@@ -210,3 +227,41 @@ def test_array_source_runs_equal_array_runs(mlp):
   b = sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=20, alphas=[1.0, 1e9])
   np.testing.assert_array_equal(a.trusted_indices, b.trusted_indices)
   assert a.alpha == b.alpha is None
+
+
+def test_nnx_training_and_sap_over_a_source_equal_arrays():
+  from flax import nnx
+
+  import sap_jax.nnx
+  from sap_jax.train_config import TrainConfig
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+      self.head = nnx.Linear(8, 10, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(jax.nn.relu(self.conv(x)).mean((1, 2)))
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 6, 6, 1)).astype(np.float32)
+  y = rng.integers(0, 10, 200)
+  config = TrainConfig(epochs=2, batch_size=32)
+  a = sap_jax.nnx.train_model(Net(nnx.Rngs(0)), x, y, config, progress=False)
+  b = sap_jax.nnx.train_model(Net(nnx.Rngs(0)), ArraySource(x, y), None, config, progress=False)
+  for u, v in zip(_leaves(nnx.state(a.model, nnx.Param)), _leaves(nnx.state(b.model, nnx.Param))):
+    np.testing.assert_array_equal(u, v)
+  arrays = sap_jax.nnx.run_sap(a.model, x, y, x[:80], y[:80], n_trusted=40, alphas=[10.0, 1e3])
+  streamed = sap_jax.nnx.run_sap(
+    a.model,
+    ArraySource(x, y),
+    None,
+    ArraySource(x[:80], y[:80]),
+    None,
+    n_trusted=40,
+    alphas=[10.0, 1e3],
+  )
+  np.testing.assert_array_equal(arrays.trusted_indices, streamed.trusted_indices)
+  assert arrays.alpha == streamed.alpha
+  np.testing.assert_array_equal(arrays.sweep.accuracies, streamed.sweep.accuracies)
+  assert arrays.skipped == streamed.skipped

@@ -55,11 +55,7 @@ def test_a_streamed_folder_is_fingerprinted_by_its_files(runs, tmp_path):
 
 
 @pytest.mark.parametrize(
-  "extra, message",
-  [
-    (("--api", "nnx"), "--api nnx trains on in-memory data sets"),
-    (("--data-parallel",), "take in-memory data sets; this one streams"),
-  ],
+  "extra, message", [(("--data-parallel",), "take in-memory data sets; this one streams")]
 )
 def test_what_a_streamed_folder_cannot_do_yet_is_refused_in_one_line(runs, extra, message, capsys):
   work, root = runs

@@ -232,11 +232,6 @@ def cmd_train(args) -> int:
     f"{len(splits.x_train)} train ({int(splits.noise_mask.sum())} corrupted), "
     f"{len(splits.x_val)} noisy val, {len(splits.x_test)} clean test"
   )
-  if splits.streamed and spec.api == "nnx":
-    raise UserError(
-      "--api nnx trains on in-memory data sets; this one streams from its files (an image "
-      "folder): train the Linen model (--api linen)."
-    )
   train_fn = sap_nnx.train_model if spec.api == "nnx" else train.train_model
   x_val, y_val = splits.labelled("val")
   result = train_fn(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sap_jax.data.base import Dataset, as_int32_labels, check_int, num_classes_of, standardize
+from sap_jax.data.sources import RecordSource
 
 _READ_CHUNK = 1024
 
@@ -64,6 +65,35 @@ def _read_split(source: Sequence, keys: Sequence[str]) -> dict[str, np.ndarray]:
   return {k: np.stack(v) if v else np.zeros((0,)) for k, v in columns.items()}
 
 
+def _scan_split(source: Sequence, keys: Sequence[str], stats_of: str | None):
+  """One pass over a split: the fields ``keys`` stacked (labels: small), and with
+  ``stats_of`` (the split's name) the per-channel mean and std of its images in float64,
+  without holding the images."""
+  n = len(source)
+  getitems = getattr(source, "__getitems__", None)
+  columns: dict[str, list] = {k: [] for k in keys}
+  total = squares = None
+  count = 0
+  for start in range(0, n, _READ_CHUNK):
+    indices = list(range(start, min(start + _READ_CHUNK, n)))
+    records = getitems(indices) if getitems is not None else [source[i] for i in indices]
+    for record in records:
+      for k in keys:
+        columns[k].append(np.asarray(record[k]))
+      if stats_of is not None:
+        x = _images_to_float(np.asarray(record["image"])[None], stats_of)[0].astype(np.float64)
+        pixels = x.reshape(-1, x.shape[-1])
+        total = pixels.sum(0) if total is None else total + pixels.sum(0)
+        squares = (pixels**2).sum(0) if squares is None else squares + (pixels**2).sum(0)
+        count += len(pixels)
+  out = {k: np.stack(v) if v else np.zeros((0,)) for k, v in columns.items()}
+  if stats_of is None:
+    return out, None
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+  return out, (mean, np.where(std > 0, std, 1.0))
+
+
 def _feature_names(source: Any, key: str) -> tuple[str, ...] | None:
   """ClassLabel names of a feature, when the source exposes its DatasetInfo."""
   try:
@@ -97,8 +127,9 @@ def load_tfds(
   train_split: str = "train",
   test_split: str = "test",
   num_classes: int | None = None,
+  lazy: bool = False,
 ) -> Dataset:
-  """Loads a prepared TFDS image-classification data set into memory.
+  """Loads a prepared TFDS image-classification data set (into memory, or lazily).
 
   Images are scaled by 1/255 (integer dtypes) and standardised per channel with the
   training split's mean and std. A ``coarse_key`` field (CIFAR-100's "coarse_label") is
@@ -115,6 +146,11 @@ def load_tfds(
     test_split: Split used for testing.
     num_classes: C when the label feature names no classes and some class has no
       sample (otherwise C is the largest label + 1, every class present).
+    lazy: the inputs as `sap_jax.data.sources.RecordSource`s over the TFDS data sources
+      (one image read and converted per access) instead of arrays: one pass over the
+      splits reads the labels and the training split's per-channel mean and std (as
+      float64 sums, so they equal the in-memory ones to float tolerance), and no array
+      of all images is built.
 
   Returns:
     A Dataset named ``"tfds:" + tfds_name``.
@@ -169,13 +205,27 @@ def load_tfds(
   has_coarse = coarse_key in fields
   human = {k: v for k, v in TFDS_HUMAN_FIELDS.items() if k in fields and k != label_key}
   keys = ["image", label_key] + ([coarse_key] if has_coarse else [])
-  train = _read_split(train_src, keys + list(human))
-  test = _read_split(test_src, keys)
-  x_tr = _images_to_float(train["image"], train_split)
-  x_te = _images_to_float(test["image"], test_split)
-  mean = x_tr.mean(axis=(0, 1, 2), dtype=np.float64)
-  std = x_tr.std(axis=(0, 1, 2), dtype=np.float64)
-  std = np.where(std > 0, std, 1.0)
+  if not isinstance(lazy, bool):
+    raise ValueError(f"lazy must be True or False, got {lazy!r}.")
+  if lazy:
+    labels = keys[1:]
+    train, (mean, std) = _scan_split(train_src, labels + list(human), train_split)
+    test, _ = _scan_split(test_src, labels, None)
+
+    def convert(image: np.ndarray) -> np.ndarray:
+      return standardize(_images_to_float(image[None], train_split)[0], mean, std)
+
+    x_tr = RecordSource(train_src, label_key=label_key, convert=convert)
+    x_te = RecordSource(test_src, label_key=label_key, convert=convert)
+  else:
+    train = _read_split(train_src, keys + list(human))
+    test = _read_split(test_src, keys)
+    x_tr = _images_to_float(train["image"], train_split)
+    x_te = _images_to_float(test["image"], test_split)
+    mean = x_tr.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = x_tr.std(axis=(0, 1, 2), dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    x_tr, x_te = standardize(x_tr, mean, std), standardize(x_te, mean, std)
   y_tr = as_int32_labels(train[label_key], f"{train_split}[{label_key!r}]")
   y_te = as_int32_labels(test[label_key], f"{test_split}[{label_key!r}]")
   class_names = _feature_names(train_src, label_key)
@@ -193,9 +243,9 @@ def load_tfds(
     )
   return Dataset(
     name=f"tfds:{tfds_name}",
-    x_train=standardize(x_tr, mean, std),
+    x_train=x_tr,
     y_train=y_tr,
-    x_test=standardize(x_te, mean, std),
+    x_test=x_te,
     y_test=y_te,
     class_names=class_names,
     noisy_label_sets={v: as_int32_labels(train[k], k) for k, v in human.items()},

@@ -30,6 +30,7 @@ from sap_jax import solve as slv
 from sap_jax import sweep as sw
 from sap_jax import trusted as tr
 from sap_jax.correction import correct as _correct
+from sap_jax.data.sources import input_shape
 from sap_jax.nnx.functional import functional, to_model
 from sap_jax.nnx.layers import skipped
 from sap_jax.stats import LayerStats
@@ -206,7 +207,7 @@ def run_sap(
       model,
       apply_fn,
       variables,
-      np.zeros((1, *x_train.shape[1:]), x_train.dtype),  # shapes only: no data moves
+      np.zeros((1, *input_shape(x_train)), np.float32),  # shapes only: no data moves
       r.decomposition.paths,
       exclude=kwargs.get("exclude", ()),
       layer_range=kwargs.get("layer_range"),

@@ -186,6 +186,8 @@ def train_model(
   progress: bool = True,
   log_fn: Callable[[dict[str, float]], None] | None = None,
   mesh: jax.sharding.Mesh | None = None,
+  transform: Any = None,
+  workers: int = 0,
 ) -> NNXTrainResult:
   """Trains a copy of the NNX ``model`` on ``(x, y)``: `sap_jax.train.train_model`'s
   loop, step and optimizer, from the model's current weights.
@@ -196,8 +198,9 @@ def train_model(
     model: an ``nnx.Module`` called as ``model(x)`` → ``(N, K)`` logits; its
       ``.train()``/``.eval()`` modes are used for training/validation.
     x: ``(N, ...)`` training inputs, as `sap_jax.train.train_model` takes them: a host
-      array, or a global array sharded over a mesh's data axis (then trained
-      data-parallel over that mesh).
+      array, a labelled source (`sap_jax.data.sources`; ``y`` None, streamed with
+      ``transform`` and ``workers`` as there), or a global array sharded over a mesh's
+      data axis (then trained data-parallel over that mesh).
     y: ``(N,)`` integer (noisy) labels (host, or sharded like ``x``).
     config: the training config (every option of `sap_jax.train_config.TrainConfig`).
     x_val: optional validation inputs.
@@ -221,7 +224,17 @@ def train_model(
   """
   view = linen_view(model)
   result = linen_train.train_model(
-    view, x, y, config, x_val=x_val, y_val=y_val, progress=progress, log_fn=log_fn, mesh=mesh
+    view,
+    x,
+    y,
+    config,
+    x_val=x_val,
+    y_val=y_val,
+    progress=progress,
+    log_fn=log_fn,
+    mesh=mesh,
+    transform=transform,
+    workers=workers,
   )
   trained = with_variables(model, result.variables)
   return NNXTrainResult(model=trained, history=result.history, train_time_s=result.train_time_s)
