@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sap_jax.data.sources import is_source
 from sap_jax.hashable import hashable
 from sap_jax.kernels import flat_kernel, kernels_of, with_kernels
 from sap_jax.layers import path_name
@@ -168,7 +169,8 @@ def trusted_influence(
   Returns:
     An `Influence`.
   """
-  x_val, y_val = check_split(x_val, y_val, "val")
+  if not is_source(x_val):  # a source's records are checked as they stream
+    x_val, y_val = check_split(x_val, y_val, "val")
   x_trusted = np.asarray(x_trusted)
   if len(x_trusted) == 0:
     raise ValueError("x_trusted is empty; pass the inputs the statistics were taken on.")

@@ -26,6 +26,8 @@ import numpy as np
 import optax
 
 from sap_jax import projection as proj
+from sap_jax.data.feeder import feed
+from sap_jax.data.sources import is_source, no_separate_labels, source_length
 from sap_jax.hashable import hashable
 from sap_jax.kernels import with_kernels
 from sap_jax.sweep import Decomposition, corrected_kernels
@@ -102,6 +104,20 @@ def _value_and_grad_batch(fn, apply_fn, params, data, x, y, weights):
   return jax.value_and_grad(lambda p: fn(apply_fn, p, data, x, y, weights))(params)
 
 
+def _source_loss_and_grad(fn, apply_fn, params, data, source, y, batch_size):
+  no_separate_labels(y)
+  n = source_length(source, "split")
+  total, grad = 0.0, None
+  for batch in feed(source, batch_size, what="split"):
+    weights = jnp.asarray(batch.mask, jnp.float32)
+    value, g = _value_and_grad_batch(
+      fn, hashable(apply_fn), params, data, batch.x, batch.y, weights
+    )
+    total += float(value)
+    grad = g if grad is None else jax.tree_util.tree_map(jnp.add, grad, g)
+  return total / n, jax.tree_util.tree_map(lambda g: g / n, grad)
+
+
 def batched_loss_and_grad(
   fn: Callable[..., jax.Array],
   apply_fn: ApplyFn,
@@ -122,12 +138,15 @@ def batched_loss_and_grad(
     params: the pytree differentiated (e.g. a dict of per-layer log α).
     data: a pytree the loss reads but is not differentiated in (variables,
       decomposition).
-    x, y: the split.
+    x, y: the split: arrays, or a labelled source (``y`` None) read batch by batch
+      through `sap_jax.data.feeder.feed` (the padding masked by the same weights).
     batch_size: samples per compiled call (every batch is padded to it).
 
   Returns:
     ``(mean loss, gradient of the mean loss)``.
   """
+  if is_source(x):
+    return _source_loss_and_grad(fn, apply_fn, params, data, x, y, batch_size)
   x = np.asarray(x)
   y = np.asarray(y, np.int32)
   n = len(x)

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from sap_jax.data.sources import is_source
 from sap_jax.objective import batched_loss_and_grad, corrected_loss_sum, log_alpha_of
 from sap_jax.sweep import Decomposition, check_split
 from sap_jax.types import ApplyFn, Path, Variables
@@ -63,7 +64,8 @@ def alpha_sensitivity(
     apply_fn: eval-mode forward.
     variables: the variables ``decomposition`` was made from.
     decomposition: from `sap_jax.decompose` (bases computed once).
-    x, y: the split (the noisy validation split, in the honest protocol).
+    x, y: the split (the noisy validation split, in the honest protocol): arrays, or a
+      labelled source with ``y`` None (`sap_jax.data.sources`, streamed batch by batch).
     alpha: α > 0, a scalar for every layer or a dict path → α.
     batch_size: samples per compiled call (gradients are summed over batches).
 
@@ -71,7 +73,8 @@ def alpha_sensitivity(
     A `Sensitivity`; in the decomposition's dtype (float64 decompositions give float64
     gradients).
   """
-  x, y = check_split(x, y, "sensitivity")
+  if not is_source(x):  # a source's records are checked as they stream
+    x, y = check_split(x, y, "sensitivity")
   log_alpha = log_alpha_of(decomposition, alpha)
   loss, grad = batched_loss_and_grad(
     _loss_log_alpha,

@@ -265,3 +265,25 @@ def test_nnx_training_and_sap_over_a_source_equal_arrays():
   assert arrays.alpha == streamed.alpha
   np.testing.assert_array_equal(arrays.sweep.accuracies, streamed.sweep.accuracies)
   assert arrays.skipped == streamed.skipped
+
+
+def test_sensitivity_and_influence_over_a_source_equal_arrays(mlp):
+  from sap_jax.influence import trusted_influence
+  from sap_jax.sensitivity import alpha_sensitivity
+
+  apply_fn, variables, x, y = mlp
+  y = y.copy()
+  y[::3] = (y[::3] + 1) % 4
+  stats = sj.activation_stats(apply_fn, variables, [x[:30]])
+  decomposition = sj.decompose(variables, stats, method="eigh")
+  a = alpha_sensitivity(apply_fn, variables, decomposition, x, y, 30.0, batch_size=24)
+  b = alpha_sensitivity(
+    apply_fn, variables, decomposition, ArraySource(x, y), None, 30.0, batch_size=24
+  )
+  np.testing.assert_allclose(b.loss, a.loss, rtol=1e-6)
+  for p in a.per_layer:
+    np.testing.assert_allclose(b.per_layer[p], a.per_layer[p], rtol=1e-5, atol=1e-9)
+  i = trusted_influence(apply_fn, variables, decomposition, x[:30], x, y, 30.0)
+  j = trusted_influence(apply_fn, variables, decomposition, x[:30], ArraySource(x, y), None, 30.0)
+  for p in i.per_layer:
+    np.testing.assert_allclose(j.per_layer[p], i.per_layer[p], rtol=1e-4, atol=1e-9)
