@@ -36,6 +36,7 @@ from sap_jax.kernels import (
   unflat_kernel,
   with_kernels,
 )
+from sap_jax.layer_keys import per_layer_alpha
 from sap_jax.stats import LayerStats, Layout
 from sap_jax.stats.qr import LayerFactor
 from sap_jax.types import Path
@@ -171,7 +172,9 @@ def projections_from_bases(
   layouts: Mapping[Path, Layout],
   alpha: Any,
 ) -> dict[Path, Projection]:
-  """Projections for one α (a scalar or a dict path → scalar) from precomputed bases."""
+  """Projections for one α (a scalar or a dict layer → scalar, keyed by path tuples or
+  "/"-joined names: `sap_jax.layer_keys.per_layer_alpha`) from precomputed bases."""
+  alpha = per_layer_alpha(alpha, layer_bases)
   return {
     path: Projection(projection_matrix(b, alpha_for(alpha, path)), layouts[path])
     for path, b in layer_bases.items()
@@ -187,7 +190,8 @@ def projections(
     stats: output of `activation_stats` (possibly filtered with `select_layers`); for
       TSQR statistics (``basis="qr"``) V and σ̃ come from the thin SVD of each factor.
     alpha: the scaling coefficient α > 0: a scalar (one for all layers) or a dict
-      from layer path to scalar. Differentiable; usable under `jax.vmap` over α
+      from layer (path tuple or "/"-joined name, as ``result.layers`` prints it) to
+      scalar; a key that names no layer is refused. Differentiable; usable under `jax.vmap` over α
       (the eigendecompositions do not depend on α and are computed once).
 
   Returns:
