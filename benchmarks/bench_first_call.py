@@ -44,7 +44,8 @@ GOAL = 0.02
 
 DRIVER = """
 import functools, json, sys, time
-from sap_jax import cli, train
+from sap_jax import train
+from sap_jax.cli import commands
 from sap_jax.compile_cache import lowered_programs
 
 spans = {}
@@ -63,8 +64,8 @@ def measured(name, fn):
   return run
 
 train.train_model = measured("train", train.train_model)
-cli.run_sap = measured("correction", cli.run_sap)
-rc = cli.main(sys.argv[2:])
+commands.run_sap = measured("correction", commands.run_sap)
+rc = commands.main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
   json.dump(spans, f)
 sys.exit(rc)

@@ -17,53 +17,121 @@ patches, Gram statistics), `projection` (σ̃ → λ(α) → P and the kernel up
 `sweep` (decompose → apply α → score splits), `correction` (`correct`), `pipeline`
 (`run_sap`), `layers` (layer selection), `spectrum` (spectrum summaries),
 `evaluation` (accuracy and loss), `kernels` (kernels in a variables tree).
+
+Importing the package is cheap: every name below is imported from its module on first
+use (PEP 562), so `sap-jax --help` and `--version` answer without loading JAX.
 """
 
-from sap_jax.batching import batched
-from sap_jax.correction import correct
-from sap_jax.evaluation import evaluate
-from sap_jax.influence import Influence, trusted_influence
-from sap_jax.layers import select_layers
-from sap_jax.pipeline import SAPResult, run_sap
-from sap_jax.projection import (
-  Basis,
-  Projection,
-  bases,
-  eigh_basis,
-  importance,
-  normalised_spectrum,
-  project_kernel,
-  project_params,
-  projection_matrix,
-  projections,
-  projections_from_bases,
-  svd_basis,
-)
-from sap_jax.sensitivity import Sensitivity, SensitivityCurve, alpha_sensitivity, sensitivity_curve
-from sap_jax.spectrum import stats_summary
-from sap_jax.stats import LayerStats, Layout, activation_rows, activation_stats, conv_patches
-from sap_jax.sweep import (
-  DEFAULT_ALPHAS,
-  Decomposition,
-  SplitScores,
-  SweepResult,
-  apply_alpha,
-  choose_alpha,
-  decompose,
-  score_alphas,
-  sweep_alpha,
-)
-from sap_jax.trusted import (
-  input_curvature,
-  per_example_loss,
-  rank_by_score,
-  select_trusted,
-  trust_scores,
-)
-from sap_jax.tuning import TuneResult, tune_alpha, tuning_report
-from sap_jax.types import ApplyFn, Path, Variables
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the eager imports, for type checkers and editors
+  from sap_jax.batching import batched
+  from sap_jax.correction import correct
+  from sap_jax.evaluation import evaluate
+  from sap_jax.influence import Influence, trusted_influence
+  from sap_jax.layers import select_layers
+  from sap_jax.pipeline import SAPResult, run_sap
+  from sap_jax.projection import (
+    Basis,
+    Projection,
+    bases,
+    eigh_basis,
+    importance,
+    normalised_spectrum,
+    project_kernel,
+    project_params,
+    projection_matrix,
+    projections,
+    projections_from_bases,
+    svd_basis,
+  )
+  from sap_jax.sensitivity import (
+    Sensitivity,
+    SensitivityCurve,
+    alpha_sensitivity,
+    sensitivity_curve,
+  )
+  from sap_jax.spectrum import stats_summary
+  from sap_jax.stats import LayerStats, Layout, activation_rows, activation_stats, conv_patches
+  from sap_jax.sweep import (
+    DEFAULT_ALPHAS,
+    Decomposition,
+    SplitScores,
+    SweepResult,
+    apply_alpha,
+    choose_alpha,
+    decompose,
+    score_alphas,
+    sweep_alpha,
+  )
+  from sap_jax.trusted import (
+    input_curvature,
+    per_example_loss,
+    rank_by_score,
+    select_trusted,
+    trust_scores,
+  )
+  from sap_jax.tuning import TuneResult, tune_alpha, tuning_report
+  from sap_jax.types import ApplyFn, Path, Variables
 
 __version__ = "0.1.0"
+
+_HOMES: dict[str, str] = {
+  "batched": "sap_jax.batching",
+  "correct": "sap_jax.correction",
+  "evaluate": "sap_jax.evaluation",
+  "Influence": "sap_jax.influence",
+  "trusted_influence": "sap_jax.influence",
+  "select_layers": "sap_jax.layers",
+  "SAPResult": "sap_jax.pipeline",
+  "run_sap": "sap_jax.pipeline",
+  "Basis": "sap_jax.projection",
+  "Projection": "sap_jax.projection",
+  "bases": "sap_jax.projection",
+  "eigh_basis": "sap_jax.projection",
+  "importance": "sap_jax.projection",
+  "normalised_spectrum": "sap_jax.projection",
+  "project_kernel": "sap_jax.projection",
+  "project_params": "sap_jax.projection",
+  "projection_matrix": "sap_jax.projection",
+  "projections": "sap_jax.projection",
+  "projections_from_bases": "sap_jax.projection",
+  "svd_basis": "sap_jax.projection",
+  "Sensitivity": "sap_jax.sensitivity",
+  "SensitivityCurve": "sap_jax.sensitivity",
+  "alpha_sensitivity": "sap_jax.sensitivity",
+  "sensitivity_curve": "sap_jax.sensitivity",
+  "stats_summary": "sap_jax.spectrum",
+  "LayerStats": "sap_jax.stats",
+  "Layout": "sap_jax.stats",
+  "activation_rows": "sap_jax.stats",
+  "activation_stats": "sap_jax.stats",
+  "conv_patches": "sap_jax.stats",
+  "DEFAULT_ALPHAS": "sap_jax.sweep",
+  "Decomposition": "sap_jax.sweep",
+  "SplitScores": "sap_jax.sweep",
+  "SweepResult": "sap_jax.sweep",
+  "apply_alpha": "sap_jax.sweep",
+  "choose_alpha": "sap_jax.sweep",
+  "decompose": "sap_jax.sweep",
+  "score_alphas": "sap_jax.sweep",
+  "sweep_alpha": "sap_jax.sweep",
+  "input_curvature": "sap_jax.trusted",
+  "per_example_loss": "sap_jax.trusted",
+  "rank_by_score": "sap_jax.trusted",
+  "select_trusted": "sap_jax.trusted",
+  "trust_scores": "sap_jax.trusted",
+  "TuneResult": "sap_jax.tuning",
+  "tune_alpha": "sap_jax.tuning",
+  "tuning_report": "sap_jax.tuning",
+  "ApplyFn": "sap_jax.types",
+  "Path": "sap_jax.types",
+  "Variables": "sap_jax.types",
+}
+"""Where each public name lives: `__getattr__` imports it from there on first use."""
 
 __all__ = [
   "DEFAULT_ALPHAS",
@@ -117,3 +185,23 @@ __all__ = [
   "tune_alpha",
   "tuning_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+  """A public name (imported from its module on first use) or a submodule."""
+  home = _HOMES.get(name)
+  if home is not None:
+    value = getattr(importlib.import_module(home), name)
+  else:
+    try:
+      value = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+      if e.name != f"{__name__}.{name}":
+        raise
+      raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *_HOMES})

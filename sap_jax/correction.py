@@ -53,7 +53,8 @@ from sap_jax import solve as slv
 from sap_jax.batching import batched
 from sap_jax.evaluation import check_finite_inputs, evaluate
 from sap_jax.kernels import kernels_of, with_kernels
-from sap_jax.layers import select_layers
+from sap_jax.layer_keys import per_layer_alpha
+from sap_jax.layers import exclude_patterns, select_layers
 from sap_jax.spread_eigh import congruence, spread_eigh
 from sap_jax.stats import LayerStats, Layout, activation_stats
 from sap_jax.sweep import (
@@ -286,6 +287,7 @@ def correct(
   """
   x_trusted = check_finite_inputs(x_trusted, "x_trusted")
   proj.check_alpha(alpha)
+  exclude = exclude_patterns(exclude)
   if rounds < 1:
     raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
   slv.check_method(method, rounds)
@@ -304,6 +306,7 @@ def correct(
   for r in range(rounds):
     stats = _input_stats(apply_fn, current, x_trusted, seed=seed + r, **opts)
     layouts = tuple((p, s.layout) for p, s in stats.items())
+    alpha = per_layer_alpha(alpha, stats)
     layer_bases = round_bases(stats, previous, mesh)
     del stats
     previous = compose(previous, layer_bases, layouts, _scaled(alpha, 10.0**r))

@@ -30,10 +30,27 @@ def key_path_name(key_path: tuple) -> str:
   return path_name(tuple(getattr(k, "key", getattr(k, "idx", k)) for k in key_path))
 
 
+def exclude_patterns(exclude: str | Sequence[str]) -> tuple[str, ...]:
+  """The glob patterns of an ``exclude`` argument: a string is one pattern (``"head"``,
+  not the four letters), any other sequence a tuple of patterns.
+
+  Raises:
+    ValueError: a pattern that is not a string.
+  """
+  patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+  for pattern in patterns:
+    if not isinstance(pattern, str):
+      raise ValueError(
+        f"exclude holds glob patterns of layer names (strings such as 'head' or "
+        f"'block1/*'), got {pattern!r}."
+      )
+  return patterns
+
+
 def select_layers(
   stats: Mapping[Path, LayerStats],
   *,
-  exclude: Sequence[str] = (),
+  exclude: str | Sequence[str] = (),
   layer_range: tuple[int | None, int | None] | None = None,
 ) -> dict[Path, LayerStats]:
   """Restricts statistics (and so the correction) to some layers.
@@ -41,7 +58,8 @@ def select_layers(
   Args:
     stats: output of `activation_stats`, ordered by first call.
     exclude: glob patterns matched against "/"-joined layer paths, e.g.
-      ``("head",)`` to leave the classifier alone or ``("*Conv_0",)``.
+      ``("head",)`` to leave the classifier alone or ``("*Conv_0",)``; a string is one
+      pattern (`exclude_patterns`).
     layer_range: ``(start, stop)`` slice over the layers in call order (negative
       indices count from the end; ``(0, -1)`` skips the last layer).
 
@@ -51,6 +69,7 @@ def select_layers(
   Raises:
     ValueError: a pattern that matches no layer (likely a typo), or nothing left.
   """
+  exclude = exclude_patterns(exclude)
   names = {p: path_name(p) for p in stats}
   for pattern in exclude:
     if not any(fnmatch.fnmatchcase(n, pattern) for n in names.values()):
@@ -84,7 +103,7 @@ def skipped_layers(
   called: Iterable[Path],
   kept: Iterable[Path],
   *,
-  exclude: Sequence[str] = (),
+  exclude: str | Sequence[str] = (),
   layer_range: tuple[int | None, int | None] | None = None,
 ) -> dict[str, str]:
   """Every layer with a kernel that SAP does not project, with the reason.
@@ -102,6 +121,7 @@ def skipped_layers(
     'p'", "outside layer_range (a, b)", "layer type T is not supported (…)" or "never
     called in the forward".
   """
+  exclude = exclude_patterns(exclude)
   called, kept = list(called), set(kept)
   out = {}
   for path, kind in kernel_layers.items():

@@ -30,6 +30,7 @@ from sap_jax.data.feeder import feed
 from sap_jax.data.sources import is_source, no_separate_labels, source_length
 from sap_jax.hashable import hashable
 from sap_jax.kernels import with_kernels
+from sap_jax.layer_keys import per_layer_alpha
 from sap_jax.sweep import Decomposition, corrected_kernels
 from sap_jax.types import ApplyFn, Path, Variables
 
@@ -49,21 +50,17 @@ def corrected_variables(
 
 
 def alpha_dict(decomposition: Decomposition, alpha: Any) -> dict[Path, float]:
-  """α as a dict path → float over the decomposed layers (a scalar is shared).
+  """α as a dict path → float over the decomposed layers (a scalar is shared; a dict is
+  keyed by path tuples or "/"-joined names, `sap_jax.layer_keys.per_layer_alpha`).
 
   Raises:
     KeyError: a dict α misses a decomposed layer.
-    ValueError: an α is not finite and > 0.
+    ValueError: an α is not finite and > 0, or a key names no decomposed layer.
   """
+  alpha = per_layer_alpha(alpha, decomposition.paths)
   proj.check_alpha(alpha)
   if isinstance(alpha, Mapping):
-    missing = [p for p in decomposition.paths if p not in alpha]
-    if missing:
-      raise KeyError(
-        f"per-layer alpha has no entry for layers {['/'.join(p) for p in missing]}; "
-        "give every decomposed layer an α, or a scalar."
-      )
-    return {p: float(alpha[p]) for p in decomposition.paths}
+    return {p: float(a) for p, a in alpha.items()}
   return {p: float(alpha) for p in decomposition.paths}
 
 

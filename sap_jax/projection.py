@@ -36,7 +36,9 @@ from sap_jax.kernels import (
   unflat_kernel,
   with_kernels,
 )
+from sap_jax.layer_keys import per_layer_alpha
 from sap_jax.stats import LayerStats, Layout
+from sap_jax.stats.qr import LayerFactor
 from sap_jax.types import Path
 
 
@@ -114,9 +116,18 @@ def svd_basis(rows: jax.Array) -> Basis:
   return Basis(normalised_spectrum(s**2), jnp.swapaxes(vt, -1, -2))
 
 
-def bases(stats: Mapping[Path, LayerStats]) -> dict[Path, Basis]:
-  """One eigendecomposition per layer (the expensive, α-independent part)."""
-  return {path: eigh_basis(s.gram) for path, s in stats.items()}
+def layer_basis(stats: LayerStats | LayerFactor) -> Basis:
+  """One layer's basis: the thin SVD of a TSQR factor F (`LayerFactor`, never C = FᵀF,
+  whose float32 eigendecomposition would square the factor's condition number), else the
+  eigendecomposition of the Gram matrix."""
+  if isinstance(stats, LayerFactor):
+    return svd_basis(stats.factor)
+  return eigh_basis(stats.gram)
+
+
+def bases(stats: Mapping[Path, LayerStats | LayerFactor]) -> dict[Path, Basis]:
+  """One decomposition per layer (the expensive, α-independent part): `layer_basis`."""
+  return {path: layer_basis(s) for path, s in stats.items()}
 
 
 def projection_matrix(basis: Basis, alpha: jax.Array | float) -> jax.Array:
@@ -161,20 +172,26 @@ def projections_from_bases(
   layouts: Mapping[Path, Layout],
   alpha: Any,
 ) -> dict[Path, Projection]:
-  """Projections for one α (a scalar or a dict path → scalar) from precomputed bases."""
+  """Projections for one α (a scalar or a dict layer → scalar, keyed by path tuples or
+  "/"-joined names: `sap_jax.layer_keys.per_layer_alpha`) from precomputed bases."""
+  alpha = per_layer_alpha(alpha, layer_bases)
   return {
     path: Projection(projection_matrix(b, alpha_for(alpha, path)), layouts[path])
     for path, b in layer_bases.items()
   }
 
 
-def projections(stats: Mapping[Path, LayerStats], alpha: Any) -> dict[Path, Projection]:
+def projections(
+  stats: Mapping[Path, LayerStats | LayerFactor], alpha: Any
+) -> dict[Path, Projection]:
   """SAP projections P = V diag(λ(α)) Vᵀ for every layer in ``stats``.
 
   Args:
-    stats: output of `activation_stats` (possibly filtered with `select_layers`).
+    stats: output of `activation_stats` (possibly filtered with `select_layers`); for
+      TSQR statistics (``basis="qr"``) V and σ̃ come from the thin SVD of each factor.
     alpha: the scaling coefficient α > 0: a scalar (one for all layers) or a dict
-      from layer path to scalar. Differentiable; usable under `jax.vmap` over α
+      from layer (path tuple or "/"-joined name, as ``result.layers`` prints it) to
+      scalar; a key that names no layer is refused. Differentiable; usable under `jax.vmap` over α
       (the eigendecompositions do not depend on α and are computed once).
 
   Returns:

@@ -41,6 +41,7 @@ from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
 from sap_jax.input_checks import check_labels, output_width
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
+from sap_jax.layer_keys import check_same_model, per_layer_alpha
 from sap_jax.spread_eigh import spread_eigh
 from sap_jax.stats import LayerStats, Layout
 from sap_jax.stats.qr import LayerFactor
@@ -119,6 +120,7 @@ def corrected_kernels(decomposition: Decomposition, alpha: Any) -> dict[Path, ja
       solve layer, σ̃ and V of an eigh layer).
   """
   layouts = dict(decomposition.layouts)
+  alpha = per_layer_alpha(alpha, layouts)
   eigh_layouts = {p: layouts[p] for p in decomposition.bases}
   out = proj.projected_kernels(
     decomposition.kernels, decomposition.bases, eigh_layouts, alpha, decomposition.rotated
@@ -415,13 +417,16 @@ def apply_alpha(variables: Variables, decomposition: Decomposition, alpha: Any) 
     variables: the variables the decomposition was made from (not modified); every
       leaf but the corrected kernels is shared with the result.
     decomposition: from `decompose`.
-    alpha: α > 0, a scalar for every layer or a dict path → α. Traceable: jit, grad
-      and vmap over α work.
+    alpha: α > 0, a scalar for every layer or a dict layer → α, keyed by path tuples
+      or by the "/"-joined names ``result.layers`` prints; a key that names no layer is
+      refused. Traceable: jit, grad and vmap over α work.
 
   Returns:
     New variables. The sweep, `run_sap` and `correct` all go through this one compiled
     program, so the model a sweep scored is the model they return.
   """
+  alpha = per_layer_alpha(alpha, decomposition.paths)
+  check_same_model(variables, decomposition.kernels)
   if not isinstance(alpha, jax.core.Tracer):
     proj.check_alpha(alpha)
 

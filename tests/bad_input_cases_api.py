@@ -463,3 +463,56 @@ HOOK_CASES: list[Case] = [
 ]
 
 CASES += HOOK_CASES  # the hooks are in (trusted.py, sweep.py, stats/collect.py, baselines/base.py)
+
+
+def _decomposition(num_classes: int = K):
+  """(variables, decomposition) of the tiny MLP (``num_classes`` outputs)."""
+  model = _MLP(num_classes)
+  v = model.init(jax.random.key(0), np.zeros((1, D), np.float32))
+  stats = sap_jax.activation_stats(model.apply, v, [_data()[0]])
+  return v, stats, sap_jax.decompose(v, stats)
+
+
+def _apply_alpha_unknown_layer() -> str:
+  v, _, dec = _decomposition()
+  return api_error(
+    lambda: sap_jax.apply_alpha(v, dec, {"Dense_0": 1e2, "Dense_1": 1e3, "Dense_9": 1})
+  )
+
+
+def _apply_alpha_other_model() -> str:
+  v, _, _ = _decomposition()
+  _, _, other = _decomposition(num_classes=5)
+  return api_error(lambda: sap_jax.apply_alpha(v, other, 1e3))
+
+
+def _projections_unknown_layer() -> str:
+  _, stats, _ = _decomposition()
+  return api_error(lambda: sap_jax.projections(stats, {"Dense_0": 1e2, ("head",): 1e3}))
+
+
+LAYER_KEY_CASES: list[Case] = [
+  Case(
+    "apply-alpha-key-names-no-layer",
+    r"per-layer alpha names no layer \['Dense_9'\]; the layers are \['Dense_1', 'Dense_0'\]",
+    lambda t: _apply_alpha_unknown_layer(),
+  ),
+  Case(
+    "apply-alpha-another-models-decomposition",
+    r"decomposition is of another model: layer 'Dense_0' has a \(8, 5\) kernel there and "
+    r"\(8, 3\) here\. Pass the variables decompose\(\) was given",
+    lambda t: _apply_alpha_other_model(),
+  ),
+  Case(
+    "projections-key-names-no-layer",
+    r"names no layer \['head'\]; the layers are \['Dense_1', 'Dense_0'\]",
+    lambda t: _projections_unknown_layer(),
+  ),
+  Case(
+    "correct-exclude-not-a-pattern",
+    r"exclude holds glob patterns of layer names .*got 3",
+    lambda t: api_error(lambda: sap_jax.correct(*_model(), _X, 1e3, exclude=("Dense_0", 3))),
+  ),
+]
+
+CASES += LAYER_KEY_CASES

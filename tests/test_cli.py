@@ -359,7 +359,7 @@ def test_user_errors_are_one_line_and_bugs_are_not_hidden(tmp_path, capsys, monk
     raise PermissionError(13, "Permission denied", "/root/secret")
 
   parser = cli.build_parser()
-  monkeypatch.setattr(cli, "build_parser", lambda: parser)
+  monkeypatch.setattr(cli.commands, "build_parser", lambda: parser)  # where main reads it
   for sub in parser._subparsers._group_actions[0].choices.values():
     sub.set_defaults(func=denied)
   assert cli.main(["--compilation-cache", "off", "evaluate", "x"]) == 2

@@ -46,7 +46,7 @@ def wide():
 
 
 def test_auto_keeps_eigh_below_the_min_width_and_follows_the_cost_model_above():
-  for d, out, k in ((27, 64, 1), (576, 64, 9), (640, 10, 1), (slv.AUTO_MIN_WIDTH - 1, 8, 1)):
+  for d, out, k in ((27, 64, 1), (576, 64, 5), (640, 10, 1), (slv.AUTO_MIN_WIDTH - 1, 8, 1)):
     assert slv.solve_cost(d, out, k) < slv.eigh_cost(d, out, k)  # the cost model alone: solve
     assert slv.choose_method(d, out, k) == "eigh"
   for d, out, k in ((slv.AUTO_MIN_WIDTH, 8, 1), (4608, 512, 9), (4608, 512, 40), (1152, 4096, 9)):

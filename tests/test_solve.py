@@ -254,7 +254,7 @@ def test_cost_model_choices():
   d, o, k = 100, 10, 3
   assert slv.eigh_cost(d, o, k) == slv.EIGH_CUBIC * d**3 + 2 * d * d * o * (1 + k)
   assert slv.solve_cost(d, o, k, groups=2) == 2 * (
-    slv.CHOLESKY_CUBIC * d**3 + 4 * d * d * o + k * (slv.CHOLESKY_CUBIC * d**3 + 2 * d * d * o)
+    slv.CHOLESKY_CUBIC * d**3 + 2 * d * d * o + k * (slv.CHOLESKY_CUBIC * d**3 + 4 * d * d * o)
   )
 
 
@@ -268,3 +268,56 @@ def test_layer_methods_follow_the_cost_model(mlp):
     for path, s in stats.items():
       out = s.layout.kernel_shape[-1]
       assert got[path] == slv.choose_method(s.layout.dim, out, k)
+
+
+def _wide_relu(n=300, d=768, seed=0):
+  """A wide layer with fewer rows than inputs: ReLU features of a 64-dim input plus a
+  mean, so σ̃ runs from ≈ 0.5 (the mean direction) down to ≈ 3e-5, rank n < d."""
+  rng = np.random.default_rng(seed)
+  w = rng.normal(size=(64, d)) / 8
+  h = np.maximum(rng.normal(size=(n, 64)) @ w + 0.5, 0)
+  return h + 0.1 * np.maximum(rng.normal(size=(n, d)), 0)
+
+
+WIDE_ALPHAS = (1.0, 1e2, 1e4, 1e6, 1e8, 1e10, 1e12)
+
+
+@pytest.mark.parametrize(
+  "name, rows, bound",
+  [
+    # Bounds ≈ 3× what the path measures (1.7e-4 and 4.8e-3, flat at α ≥ 1e8, where λ
+    # has reached 1 on every used direction), far below the all-NaN kernel of the
+    # unshifted Cholesky from α ≈ 1e8…1e10 and the O(1) of a wrong formula. The ReLU
+    # layer's error is the float32 Gram matrix's: its round-off (eps · σ̃_max ≈ 6e-8)
+    # is within 1e3 of its smallest used σ̃ (3e-5), which no float32 Gram path resolves
+    # exactly (eigh: 2.3e-4).
+    ("gaussian", np.random.default_rng(2).normal(size=(300, 768)), 5e-4),
+    ("relu", _wide_relu(), 1.5e-2),
+  ],
+)
+def test_solve_path_finite_and_correct_from_alpha_1_to_1e12_on_a_wide_layer(name, rows, bound):
+  r32 = jnp.asarray(rows, jnp.float32)
+  gram = jnp.matmul(r32.T, r32, precision=jax.lax.Precision.HIGHEST)
+  # The float64 reference, once: SVD of the rows (rank n = 300 of d = 768 inputs).
+  _, s, vt = np.linalg.svd(np.asarray(rows, np.float64), full_matrices=True)
+  n = rows.shape[0]
+  used, null = vt[:n], vt[n:].T
+  sig = s**2 / np.sum(s**2)
+  alphas = np.asarray(WIDE_ALPHAS, np.float32)
+  got = jax.jit(jax.vmap(lambda a: slv.projection_matrix(gram, a)))(alphas)
+  for alpha, p in zip(WIDE_ALPHAS, np.asarray(got, np.float64)):
+    assert np.all(np.isfinite(p)), (name, alpha)
+    lam = alpha * sig / ((alpha - 1) * sig + 1)
+    ref = (used.T * lam) @ used
+    err = np.linalg.norm(p - ref) / np.linalg.norm(ref)
+    assert err < bound, (name, alpha, err)
+    assert np.linalg.norm(p @ null, 2) < 10 * bound, (name, alpha)  # unused: λ ≈ 0
+
+
+def test_solve_path_alpha_below_one_matches_float64():
+  rows = CASES["few_rows"]
+  gram = jnp.asarray(rows.T @ rows, jnp.float32)
+  for alpha in (1e-6, 1e-2, 0.5):
+    p = np.asarray(slv.projection_matrix(gram, alpha))
+    ref = _p64(rows, alpha)
+    assert np.linalg.norm(p - ref) / np.linalg.norm(ref) < 1e-5, alpha

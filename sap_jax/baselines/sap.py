@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from sap_jax import solve as slv
 from sap_jax.baselines import base
 from sap_jax.correction import sap_rounds
+from sap_jax.layers import exclude_patterns
 from sap_jax.pipeline import run_sap
 from sap_jax.sweep import DEFAULT_ALPHAS
 from sap_jax.trusted import SCORES, trusted_set
@@ -38,7 +39,7 @@ def sap_method(
   alphas: Sequence[float] = DEFAULT_ALPHAS,
   score: str = "loss",
   class_balanced: bool = False,
-  exclude: Sequence[str] = (),
+  exclude: str | Sequence[str] = (),
   layer_range: tuple[int | None, int | None] | None = None,
   batch_size: int = 256,
   rows_per_batch: int | None = None,
@@ -54,7 +55,7 @@ def sap_method(
     score: "loss" (paper), "curvature" or "curvature_published" (the published code's
       estimator and its ``n // K + 1`` per class) ranking (`sap_jax.trusted.SCORES`).
     class_balanced: pick the trusted set per class.
-    exclude: glob patterns of layers to leave alone.
+    exclude: glob patterns of layers to leave alone (a string is one pattern).
     layer_range: slice of layers (call order) to project.
     batch_size: samples per forward pass.
     rows_per_batch: optional row budget per layer and batch.
@@ -82,7 +83,7 @@ def sap_method(
     alphas=alphas,
     score=score,
     class_balanced=class_balanced,
-    exclude=tuple(exclude),
+    exclude=exclude_patterns(exclude),
     layer_range=layer_range,
     batch_size=batch_size,
     rows_per_batch=rows_per_batch,
