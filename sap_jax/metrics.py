@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from sap_jax import sharding as shd
+from sap_jax.data.sources import Subset, is_source, with_labels
 from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
 from sap_jax.types import ApplyFn, Variables
 
@@ -41,12 +42,13 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
     label is corrupted.
   """
 
-  def accuracy(name: str) -> float:
-    return evaluate(apply_fn, variables, *splits.labelled(name))["accuracy"]
+  def accuracy(x, y) -> float:
+    return evaluate(apply_fn, variables, *with_labels(x, y))["accuracy"]
 
   fit = None
-  if splits.noise_mask.any() and splits.streamed:  # streamed: the corrupted samples only
-    fit = evaluate(apply_fn, variables, *splits.corrupted())["accuracy"]
+  if splits.noise_mask.any() and is_source(splits.x_train):  # the corrupted samples only
+    index = np.flatnonzero(splits.noise_mask)
+    fit = accuracy(Subset(splits.x_train, index), np.asarray(splits.y_train)[index])
   elif splits.noise_mask.any() and shd.is_global(splits.x_train):  # logits where the data are
     predicted = np.argmax(predict_logits(apply_fn, variables, splits.x_train), axis=-1)
     mask = np.asarray(splits.noise_mask)
@@ -54,8 +56,8 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
   elif splits.noise_mask.any():
     fit = fit_fraction(apply_fn, variables, splits.x_train, splits.y_train, splits.noise_mask)
   return {
-    "test_accuracy": accuracy("test"),
-    "val_accuracy_noisy": accuracy("val"),
-    "val_accuracy_clean": accuracy("val_clean"),
+    "test_accuracy": accuracy(splits.x_test, splits.y_test),
+    "val_accuracy_noisy": accuracy(splits.x_val, splits.y_val),
+    "val_accuracy_clean": accuracy(splits.x_val, splits.y_val_clean),
     "fit_noisy": fit,
   }
