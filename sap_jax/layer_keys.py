@@ -99,9 +99,10 @@ def check_same_model(variables: Mapping[str, Any], kernels: Mapping[Path, Any]) 
         "kernel in these variables. Pass the variables decompose() was given (or "
         "decompose these ones)."
       )
-    if tuple(kernel.shape) != tuple(want.shape):
+    have, had = getattr(kernel, "shape", None), getattr(want, "shape", None)
+    if have is not None and had is not None and tuple(have) != tuple(had):
       raise ValueError(
         f"the decomposition is of another model: layer {path_name(path)!r} has a "
-        f"{tuple(want.shape)} kernel there and {tuple(kernel.shape)} here. Pass the "
+        f"{tuple(had)} kernel there and {tuple(have)} here. Pass the "
         "variables decompose() was given (or decompose these ones)."
       )

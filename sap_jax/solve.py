@@ -35,7 +35,9 @@ The last product by C̃ damps the solve's own error, which lands on the ill-cond
 768 inputs (tests/test_solve.py): ≤ 2e-4 of ‖P‖ for every α from 1 to 1e12 on a flat
 spectrum and ≤ 5e-3 on a ReLU layer's steep one (σ̃ from 0.5 down to 3e-5), where the
 eigh path gives 2e-6 and 2e-4; on a steep synthetic spectrum (12 decades of σ²) the
-solve path is the more accurate of the two (2.4e-3 against 5.0e-3 at α = 3e4).
+solve path is the more accurate of the two (2.7e-3 against 4.8e-3 at α = 3e4, 4.2e-2
+against 8.1e-2 at α = 1e6; the unshifted form gave 2.4e-3 and 3.4e-2 there, and NaN
+from α = 1e8).
 
 `choose_method` picks this path or the eigendecomposition per layer from a cost model
 in K (how many α will be applied), d and the kernel's output width, and keeps the

@@ -515,4 +515,66 @@ LAYER_KEY_CASES: list[Case] = [
   ),
 ]
 
+
+class _ScanBody(nn.Module):
+  @nn.compact
+  def __call__(self, c, _):
+    return nn.Dense(D, name="block")(c), None
+
+
+class _Scanned(nn.Module):
+  """big_vision's ``scan=True``: the encoder blocks under nn.scan."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    scan = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+    return nn.Dense(K, name="head")(scan(name="encoder")(x, None)[0])
+
+
+def _layer_calls_scanned() -> str:
+  from sap_jax.stats.calls import layer_calls
+
+  model = _Scanned()
+  v = model.init(jax.random.key(0), _X[:1])
+  return api_error(lambda: layer_calls(model.apply, v, _X))
+
+
+def _nnx_scan_over_stacked_layers() -> str:
+  from flax import nnx
+
+  import sap_jax.nnx as snnx
+
+  class Stack(nnx.Module):
+    def __init__(self, rngs):
+      @nnx.split_rngs(splits=2)
+      @nnx.vmap(in_axes=(0,), out_axes=0)
+      def make(rngs):
+        return nnx.Linear(D, D, rngs=rngs)
+
+      self.blocks = make(rngs)
+
+    def __call__(self, x):
+      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+      def body(h, block):
+        return block(h)
+
+      return body(x, self.blocks)
+
+  return api_error(lambda: snnx.activation_stats(Stack(nnx.Rngs(0)), [_X]))
+
+
+LAYER_KEY_CASES += [
+  Case(
+    "layer-calls-nn-scan-named-before-any-work",
+    r"Layer 'encoder/block' runs inside nn\.scan \(module 'encoder'\).*without the transform",
+    lambda t: _layer_calls_scanned(),
+  ),
+  Case(
+    "nnx-scan-over-stacked-layers-names-the-stack",
+    r"layer 'blocks' runs inside nnx\.scan or nnx\.vmap over its stacked \(4, 4\) kernels",
+    lambda t: _nnx_scan_over_stacked_layers(),
+  ),
+]
+
 CASES += LAYER_KEY_CASES

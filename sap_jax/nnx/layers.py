@@ -131,18 +131,29 @@ def _refuse_transformed(layer: nnx.Module, model: nnx.Module) -> None:
   if current_trace() == outer_trace():
     return  # a layer built on the fly, holding no parameter of the model: not ours
   shape = tuple(getattr(getattr(layer, "kernel", None), "shape", ()))
-  candidates = [
-    path_name(path)
+  same_type = [
+    (path_name(path), tuple(getattr(getattr(m, "kernel", None), "shape", ())))
     for path, m in nnx.iter_modules(model)
-    if type(m) is type(layer) and tuple(getattr(m.kernel, "shape", ())) == shape
+    if type(m) is type(layer)
   ]
-  which = (
-    f"layer {candidates[0]!r}"
-    if len(candidates) == 1
-    else f"an {type(layer).__name__} layer (one of {candidates})"
-  )
+  candidates = [name for name, s in same_type if s == shape]
+  # nnx.scan / nnx.vmap over a stack of layers: the model holds the kernels stacked on
+  # leading axes, (L, …) for the (…) of the copy that runs.
+  stacked = [
+    name for name, s in same_type if len(s) > len(shape) and s[len(s) - len(shape) :] == shape
+  ]
+  transform = "an NNX transform (nnx.vmap, nnx.scan, nnx.remat, …)"
+  if not candidates and stacked:
+    candidates, transform = stacked, f"nnx.scan or nnx.vmap over its stacked {shape} kernels"
+  kind = type(layer).__name__
+  if len(candidates) == 1:
+    which = f"layer {candidates[0]!r}"
+  elif candidates:
+    which = f"an {kind} layer (one of {candidates})"
+  else:
+    which = f"an {kind} layer with a {shape} kernel"
   raise LiftedTransformError(
-    f"{which} runs inside an NNX transform (nnx.vmap, nnx.scan, nnx.remat, …): SAP "
+    f"{which} runs inside {transform}: SAP "
     "collects statistics in the model's own forward pass and cannot read a layer "
     "inside a lifted transform. Apply SAP to a model without the transform (e.g. "
     "unrolled, or with remat switched off for the correction)."

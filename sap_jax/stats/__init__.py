@@ -20,6 +20,9 @@ One capability per module:
 * `sap_jax.stats.collect`: the layer-call observer (`observe_linen_calls`, `LayerCall`)
   and what is collected through it: `activation_stats` (streamed `LayerStats`),
   `activation_rows`, `intercepted_rows`, `gram_costs`.
+* `sap_jax.stats.calls`: a shape-only trace of a forward's covered layer calls, to run
+  before any work (`layer_calls`: rows per call; a lifted transform refused;
+  `repeated_layers`: layers called more than once per forward).
 
 The public names are re-exported here, flat.
 """

@@ -3,7 +3,8 @@
 A layer's rows (`sap_jax.stats.rows`) are reduced to C = RᵀR inside the jitted forward
 pass, batch by batch, never materialised for the whole set: memory is O(Σ_l d_l²),
 independent of the number of samples, and every row (every conv patch) counts. A layer
-called several times (shared weights) accumulates the rows of every call.
+called several times (shared weights) accumulates the rows of every call, with a warning
+naming it, its calls and their rows (`sap_jax.stats.calls.warn_repeated`).
 
 The layer-call observer: `observe_linen_calls` runs a Linen forward under
 `flax.linen.intercept_methods` and reports every covered layer call (the one guard: a
@@ -95,6 +96,7 @@ class LiftedTransformError(ValueError):
 class _Active(NamedTuple):
   on_call: OnCall
   trace: Any  # the JAX trace the observed forward runs in
+  classes: dict[str, set[str]]  # module name → class names of the Linen modules called
 
 
 _ACTIVE: list[_Active] = []  # the observers running now, innermost last
@@ -113,18 +115,21 @@ _LIFTED_PREFIXES = {
 }
 
 
-def _transform_of(path: Path) -> str:
-  for name in path:
+def _transform_of(path: Path, classes: Mapping[str, set[str]] | None = None) -> str:
+  """The lifted transform a layer at ``path`` runs in: from the names Flax gives lifted
+  modules (``ScanBody_0``) in the path or, for a lifted module given its own name
+  (``nn.scan(Block)(name="encoder")``), from the class of a module named on the path
+  (``ScanBlock``; ``classes``: module name → class names, of the modules called)."""
+  names = [name for name in path if isinstance(name, str)]
+  # (module, the name or class name that may tell its transform)
+  tells = [(n, n) for n in names] + [
+    (n, c) for n in names for c in sorted((classes or {}).get(n, ()))
+  ]
+  for module, name in tells:
     for prefix, transform in _LIFTED_PREFIXES.items():
-      if (
-        isinstance(name, str)
-        and name.startswith(prefix)
-        and (
-          name[len(prefix) : len(prefix) + 1].isupper()
-          or name[len(prefix) : len(prefix) + 1] == "_"
-        )
-      ):
-        return f"{transform} (module {name!r})"
+      after = name[len(prefix) : len(prefix) + 1]
+      if name.startswith(prefix) and (after.isupper() or after == "_"):
+        return f"{transform} (module {module!r})"
   return (
     "a JAX transform (jax.lax.scan, jax.vmap, jax.checkpoint, nnx.scan, nnx.vmap, nnx.remat, …)"
   )
@@ -155,8 +160,8 @@ def report_call(path: Path, layer: Any, inputs: Any, forward: Callable[[], Any])
   if current_trace() != active.trace:
     name = path_name(path)
     raise LiftedTransformError(
-      f"Layer {name!r} runs inside {_transform_of(path)}: SAP collects statistics "
-      "in the model's own forward pass and cannot read a layer inside a lifted "
+      f"Layer {name!r} runs inside {_transform_of(path, active.classes)}: SAP collects "
+      "statistics in the model's own forward pass and cannot read a layer inside a lifted "
       "transform (scan, vmap, remat). Apply SAP to a model without the transform "
       "(e.g. unrolled, or with remat switched off for the correction; a remat changes "
       "no value, so the same weights load into the plain model)."
@@ -204,16 +209,19 @@ def observe_linen_calls(apply_fn: ApplyFn, variables: Any, x: Any, on_call: OnCa
 
   def interceptor(next_fun, args, kwargs, context):
     module = context.module
-    if not (context.method_name == "__call__" and args):
-      return next_fun(*args, **kwargs)
-    covered = covered_layer(module, *args[1:], **kwargs)
+    covered = None
+    if context.method_name == "__call__" and args:
+      covered = covered_layer(module, *args[1:], **kwargs)
     if covered is None:
+      if isinstance(module.name, str):  # its class names a lifted transform, if one fails
+        classes.setdefault(module.name, set()).add(type(module).__name__)
       return next_fun(*args, **kwargs)
     layer, perm = covered
     inputs = args[0] if perm is None else jnp.transpose(args[0], perm)
     return report_call(tuple(module.path), layer, inputs, lambda: next_fun(*args, **kwargs))
 
-  _ACTIVE.append(_Active(on_call, current_trace()))
+  classes: dict[str, set[str]] = {}
+  _ACTIVE.append(_Active(on_call, current_trace(), classes))
   try:
     with nn.intercept_methods(interceptor):
       return refuse_train_mode(apply_fn(variables, x))
@@ -373,8 +381,10 @@ def _batch_stats(
   running = dict(zip(acc.paths, acc.stats)) if acc is not None else {}
   out: dict[Path, LayerStats] = {}
   calls: list[Path] = []
+  seen: list[LayerCall] = []
 
   def on_call(call: LayerCall) -> jax.Array:
+    seen.append(call)
     path, inputs = call.path, call.inputs
     k = None if key is None else jax.random.fold_in(key, len(calls))
     calls.append(path)
@@ -396,6 +406,9 @@ def _batch_stats(
     return y + zero
 
   observe_linen_calls(apply_fn, variables, x, on_call)
+  from sap_jax.stats.calls import warn_repeated  # calls builds on this module
+
+  warn_repeated(seen)  # a layer called twice per forward: its rows are summed
   return _Ordered(tuple(out.values()), tuple(out))
 
 
