@@ -15,11 +15,13 @@ from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax import trusted as tr
 from sap_jax.batching import batched
-from sap_jax.data.sources import is_source, no_separate_labels
+from sap_jax.data.sources import input_shape, is_source, no_separate_labels
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import path_name, select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
+from sap_jax.stats.calls import layer_calls, repeated_layers
+from sap_jax.stats.collect import LiftedTransformError
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
   Decomposition,
@@ -56,6 +58,8 @@ class SAPResult(NamedTuple):
     skipped: every layer with a kernel that SAP left alone, "/"-joined path → reason
       ("excluded by pattern …", "layer type … is not supported", "never called in the
       forward"; `sap_jax.kernels.skipped_kernels`).
+    repeated: the layers called more than once per forward (`sap_jax.stats.calls.
+      RepeatedLayer`: name, calls, rows per call), whose statistics sum every call.
   """
 
   variables: dict[str, Any]
@@ -67,6 +71,7 @@ class SAPResult(NamedTuple):
   decomposition: Decomposition
   tuning: TuneResult | None = None
   skipped: dict[str, str] = {}
+  repeated: tuple = ()
 
 
 def _block(tree):
@@ -129,6 +134,24 @@ def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) ->
       "sap_jax.data.sources.ArraySource(x, y))."
     )
   return streaming.run_sap(apply_fn, variables, x_train, x_val, score=score, **options)
+
+
+def layer_check(apply_fn: ApplyFn, variables: Any, sample_shape, batch: int) -> tuple:
+  """The model's layer calls on a batch of ``batch`` samples of ``sample_shape``, by a
+  shape-only trace (nothing compiled, no data read): refuses a covered layer inside a
+  lifted transform before any work, and returns the layers called more than once.
+
+  A forward that fails this trace for another reason (wrong input shape, a train-mode
+  forward, no logits) is left to the input checks that follow, whose messages name those
+  causes; the trace then reports no repeated layer."""
+  spec = jax.ShapeDtypeStruct((batch, *sample_shape), np.float32)
+  try:
+    calls = layer_calls(apply_fn, variables, spec)
+  except LiftedTransformError:
+    raise
+  except Exception:  # diagnosed by the input checks that follow
+    return ()
+  return tuple(repeated_layers(calls))
 
 
 def run_sap(
@@ -283,6 +306,7 @@ def run_sap(
   if found is not None:  # global arrays over a mesh: the data stays where it is
     variables = shd.replicate(variables, found[0])
     y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
+  repeated = layer_check(apply_fn, variables, input_shape(x_train), min(batch_size, len(x_train)))
   report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
   report("trusted set", 0, 1)
@@ -370,4 +394,5 @@ def run_sap(
       exclude=exclude,
       layer_range=layer_range,
     ),
+    repeated=repeated,
   )

@@ -41,7 +41,7 @@ from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax.data.feeder import Batch, default_mesh, feed
-from sap_jax.data.sources import first_input, is_source, source_length
+from sap_jax.data.sources import first_input, input_shape, is_source, source_length
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import check_logits_output, output_width
 from sap_jax.losses import cross_entropy, model_cross_entropy
@@ -448,7 +448,7 @@ def run_sap(
   """
   from sap_jax.kernels import skipped_kernels
   from sap_jax.layers import select_layers
-  from sap_jax.pipeline import SAPResult, layer_summary
+  from sap_jax.pipeline import SAPResult, layer_check, layer_summary
   from sap_jax.stats import activation_stats
   from sap_jax.sweep import (
     CHOICE_SPLIT,
@@ -481,6 +481,7 @@ def run_sap(
     )
   mesh = default_mesh() if mesh is None else mesh
   variables = shd.replicate(dict(variables), mesh)
+  repeated = layer_check(apply_fn, variables, input_shape(train), min(batch_size, n_train))
   report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
   report("trusted set", 0, 1)
@@ -561,6 +562,7 @@ def run_sap(
       exclude=exclude,
       layer_range=layer_range,
     ),
+    repeated=repeated,
   )
 
 

@@ -125,3 +125,57 @@ def test_run_sap_tune_errors(mlp):
     )
   with pytest.raises(ValueError, match="without tune"):
     sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=20, tune_options={"steps": 3})
+
+
+def test_run_sap_refuses_a_lifted_transform_before_scoring(monkeypatch):
+  import functools
+
+  import flax.linen as nn
+  import jax
+
+  import sap_jax.trusted as tr
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      return nn.relu(nn.Dense(8)(x)), None
+
+  class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Dense(8)(x)
+      scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+      x, _ = scan(name="enc")(x, None)
+      return nn.Dense(3, name="head")(x)
+
+  model = Scanned()
+  x = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+  y = np.zeros(40, np.int32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  scored = []
+  monkeypatch.setattr(tr, "trusted_set", lambda *a, **k: scored.append(1))
+  with pytest.raises(ValueError, match=r"'enc/Dense_0' runs inside nn.scan \(module 'enc'\)"):
+    sj.run_sap(functools.partial(model.apply, train=False), variables, x, y, x, y, n_trusted=10)
+  assert scored == []
+
+
+def test_run_sap_reports_layers_called_twice():
+  import functools
+
+  import flax.linen as nn
+  import jax
+
+  class Shared(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      head = nn.Dense(3, name="head")
+      return head(nn.relu(nn.Dense(3, name="first")(x))) + head(x[:, :3])
+
+  model = Shared()
+  x = np.random.default_rng(1).normal(size=(40, 3)).astype(np.float32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  apply_fn = functools.partial(model.apply, train=False)
+  y = np.asarray(jnp.argmax(apply_fn(variables, x), -1))
+  with pytest.warns(UserWarning, match="'head' 2 times"):
+    result = sj.run_sap(apply_fn, variables, x, y, x, y, n_trusted=20, alphas=[10.0])
+  assert [(r.name, r.calls) for r in result.repeated] == [("head", 2)]
