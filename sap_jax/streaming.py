@@ -41,7 +41,13 @@ from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax.data.feeder import Batch, default_mesh, feed
-from sap_jax.data.sources import first_input, input_shape, is_source, source_length
+from sap_jax.data.sources import (
+  check_length,
+  first_input,
+  input_shape,
+  is_source,
+  source_length,
+)
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import check_logits_output, output_width
 from sap_jax.losses import cross_entropy, model_cross_entropy
@@ -502,6 +508,7 @@ def run_sap(
   t1 = time.perf_counter()
   report("trusted set", 1, 1)
   report("statistics", 0, 1)
+  check_length(train, n_train, "train")  # the trusted indices point into this source
   batches = stats_batches(train, trusted, batch_size, mesh=mesh, workers=workers)
   budget = rows_per_batch
   size = -(-batch_size // shd.num_shards(mesh)) * shd.num_shards(mesh)

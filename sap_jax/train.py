@@ -38,7 +38,7 @@ from sap_jax import multihost, robust
 from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
 from sap_jax.data.feeder import Transform, default_mesh, feed
-from sap_jax.data.sources import first_input, is_source, source_length
+from sap_jax.data.sources import check_length, first_input, is_source, source_length
 from sap_jax.evaluation import check_xy, evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply
 from sap_jax.input_checks import check_labels
@@ -345,7 +345,8 @@ def train_model(
       y_val = shd.to_host(y_val)
     x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
   start_time = time.perf_counter()
-  steps_per_epoch = len(x) // config.batch_size
+  n_train = len(x)  # a source must keep it (checked every epoch)
+  steps_per_epoch = n_train // config.batch_size
   rngs = run_rngs(config.seed)
   state = create_train_state(
     model, _first_sample(x), config, rngs.init, steps_per_epoch=steps_per_epoch
@@ -363,10 +364,10 @@ def train_model(
   for epoch in bar:
     lr = float(schedule(int(state.step)))
     if streamed:
-      batches = _source_batches(x, config, rngs, epoch, mesh, transform, workers)
+      batches = _source_batches(x, n_train, config, rngs, epoch, mesh, transform, workers)
     else:
       batches = _array_batches(x, y, config, rngs, mesh)
-    state, entry = _train_epoch(state, batches, len(x), config, rngs, epoch)
+    state, entry = _train_epoch(state, batches, n_train, config, rngs, epoch)
     entry = {"epoch": epoch + 1, **entry, "lr": lr}
     stop = False
     if val is not None and _validation_due(config, epoch):
@@ -463,10 +464,12 @@ def _array_batches(x, y, config: TrainConfig, rngs: RunRngs, mesh=None):
       yield x[idx], y[idx]
 
 
-def _source_batches(source, config: TrainConfig, rngs: RunRngs, epoch, mesh, transform, workers):
-  """One epoch's full batches of a source in a fresh order (the same order as arrays of
-  the same samples get), streamed by the feeder, ``transform`` applied per sample."""
-  order = epoch_batches(rngs.data_order, len(source), config.batch_size, drop_last=True)
+def _source_batches(source, n, config: TrainConfig, rngs: RunRngs, epoch, mesh, transform, workers):
+  """One epoch's full batches of a source of ``n`` samples in a fresh order (the same
+  order as arrays of the same samples get), streamed by the feeder, ``transform`` applied
+  per sample."""
+  check_length(source, n, "training source")
+  order = epoch_batches(rngs.data_order, n, config.batch_size, drop_last=True)
   for batch in feed(
     source,
     config.batch_size,

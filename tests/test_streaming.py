@@ -287,3 +287,29 @@ def test_sensitivity_and_influence_over_a_source_equal_arrays(mlp):
   j = trusted_influence(apply_fn, variables, decomposition, x[:30], ArraySource(x, y), None, 30.0)
   for p in i.per_layer:
     np.testing.assert_allclose(j.per_layer[p], i.per_layer[p], rtol=1e-4, atol=1e-9)
+
+
+def test_a_training_source_that_changes_length_between_epochs_is_refused(mlp):
+  from sap_jax.train_config import TrainConfig
+  from tests.conftest import SmallMLP
+
+  apply_fn, variables, x, y = mlp
+
+  class Growing(ArraySource):
+    epochs = 0
+
+    def __len__(self):
+      return super().__len__() + (1 if Growing.epochs else 0)
+
+  src = Growing(x, y)
+  logged = []
+
+  def grow(entry):
+    logged.append(entry)
+    Growing.epochs += 1
+
+  with pytest.raises(ValueError, match=r"changed length between two passes \(64 → 65"):
+    train_model(
+      SmallMLP(), src, None, TrainConfig(epochs=3, batch_size=16), progress=False, log_fn=grow
+    )
+  assert len(logged) == 1

@@ -74,3 +74,17 @@ def test_what_a_streamed_folder_cannot_do_yet_is_refused_in_one_line(runs, extra
   err = capsys.readouterr().err
   assert code != 0 and message in err, err
   assert not (work / "x").exists()
+
+
+def test_a_broken_image_ends_the_run_in_one_line_naming_it(tmp_path):
+  root = write_image_folder(tmp_path / "data", per_class=8, size=12, seed=1)
+  victim = sorted((root / "train" / "coat").iterdir())[2]
+  victim.write_bytes(b"not an image")
+  before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+  done = run_cli(*TRAIN, "--data-root", root, "--out", tmp_path / "ckpt", cwd=tmp_path)
+  assert done.returncode == 2
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: sample "), done.stderr
+  assert f"cannot read image '{victim}'" in lines[0] and "delete or replace" in lines[0]
+  assert not (tmp_path / "ckpt").exists()
+  assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before

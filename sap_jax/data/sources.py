@@ -334,6 +334,15 @@ def no_separate_labels(y: Any, what: str = "y") -> None:
     )
 
 
+def check_length(source: Any, n: int, what: str = "source") -> None:
+  """Refuses a source whose length is no longer ``n`` (it changed between two passes)."""
+  if len(source) != n:
+    raise ValueError(
+      f"{what} changed length between two passes ({n} → {len(source)} samples); a source "
+      "must not change while a run reads it."
+    )
+
+
 def first_input(source: Any, what: str = "source") -> np.ndarray:
   """The source's first input as a batch of one, ``(1, ...)`` float32 (for shape-only
   traces of the model)."""
