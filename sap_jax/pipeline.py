@@ -116,9 +116,9 @@ def layer_summary(stats, decomposition: Decomposition) -> dict[str, dict[str, An
 
 
 def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) -> SAPResult:
-  """`run_sap` of sources (`sap_jax.streaming.run_sap`), after refusing what is not
+  """`run_sap` of sources (`sap_jax.source_pipeline.run_sap`), after refusing what is not
   streamed yet."""
-  from sap_jax import streaming
+  from sap_jax import source_pipeline
 
   x_train, y_train, x_val, y_val = data
   no_separate_labels(y_train, "y_train")
@@ -133,7 +133,7 @@ def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) ->
       "x_train is a source, so x_val must be one too (wrap arrays with "
       "sap_jax.data.sources.ArraySource(x, y))."
     )
-  return streaming.run_sap(apply_fn, variables, x_train, x_val, score=score, **options)
+  return source_pipeline.run_sap(apply_fn, variables, x_train, x_val, score=score, **options)
 
 
 def layer_check(apply_fn: ApplyFn, variables: Any, sample_shape, batch: int) -> tuple:
@@ -197,7 +197,7 @@ def run_sap(
     x_train, y_train: training inputs and their (noisy) labels. A labelled source
       (`sap_jax.data.sources`; then ``y_train`` and ``y_val`` are None, ``x_val`` and
       every ``eval_splits`` value are sources too): every phase streams through the
-      feeder (`sap_jax.streaming.run_sap`: the trusted set by a streaming top-k of the
+      feeder (`sap_jax.source_pipeline.run_sap`: the trusted set by a streaming top-k of the
       losses, each split read once for the whole α grid). Host arrays, or global
       arrays sharded over a mesh's data axis (`sap_jax.sharding`): then every step
       runs where the data is (per-sample losses, statistics on the trusted samples

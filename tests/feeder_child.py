@@ -8,7 +8,7 @@ import numpy as np
 
 import sap_jax as sj
 from sap_jax import sharding as shd
-from sap_jax import streaming
+from sap_jax import source_pipeline, streaming
 from sap_jax.data.feeder import feed
 from sap_jax.data.sources import ArraySource
 from sap_jax.evaluation import predict_logits
@@ -61,7 +61,7 @@ def main():
     atol=1e-6,
   )
   opts = dict(n_trusted=30, alphas=[3.0, 30.0, 1e4], batch_size=16, eval_splits={"test": src})
-  r8 = streaming.run_sap(apply_fn, variables, src, src, mesh=mesh8, **opts)
+  r8 = source_pipeline.run_sap(apply_fn, variables, src, src, mesh=mesh8, **opts)
   r1 = sj.run_sap(apply_fn, variables, x, y, x, y, **{**opts, "eval_splits": {"test": (x, y)}})
   np.testing.assert_array_equal(r8.trusted_indices, r1.trusted_indices)
   assert r8.alpha == r1.alpha, (r8.alpha, r1.alpha)

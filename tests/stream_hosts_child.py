@@ -23,7 +23,7 @@ def main(work: Path, index: int, port: int) -> None:
   from flax import serialization
 
   from sap_jax import sharding as shd
-  from sap_jax import streaming
+  from sap_jax import source_pipeline
   from sap_jax.train import train_model
   from tests.stream_cases import (
     CountingSource,
@@ -43,7 +43,7 @@ def main(work: Path, index: int, port: int) -> None:
   def progress(phase, done, total):
     train.phase = phase if done == 0 else None
 
-  result = streaming.run_sap(
+  result = source_pipeline.run_sap(
     apply_fn,
     variables,
     train,

@@ -146,7 +146,7 @@ def on_devices(splits: data.NoisySplits, mesh: Any, say) -> data.NoisySplits:
     raise UserError(
       "--data-parallel/--distributed/--mesh take in-memory data sets; this one streams "
       "from its files (an image folder): run it on one device here, or over a mesh with "
-      "the library (sap_jax.streaming.run_sap(..., mesh=), train_model(..., mesh=))."
+      "the library (sap_jax.source_pipeline.run_sap(..., mesh=), train_model(..., mesh=))."
     )
   import jax
 
