@@ -361,8 +361,8 @@ def run_sap(
       apply_fn,
       variables,
       decomposition,
-      shd.to_host(x_val) if shd.is_global(x_val) else x_val,
-      shd.to_host(y_val) if shd.is_global(y_val) else y_val,
+      shd.to_host(x_val),  # a global array all-gathered; a host array as it is
+      shd.to_host(y_val),
       sweep.best_alpha,
       seed=seed,
       **tune_options,
