@@ -68,7 +68,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from sap_jax import jsonio, multihost, safe_write
@@ -476,7 +476,7 @@ def _default_sharding(saved: Any) -> jax.sharding.Sharding:
       return saved.to_jax_sharding()
     except Exception:  # saved on other devices (another topology)
       pass
-  return SingleDeviceSharding(jax.devices()[0])
+  return jax.sharding.make_single_device_sharding(jax.devices()[0])
 
 
 def _restore_target(var_dir: Path, specs: dict[str, Any], sharding: TargetSharding) -> Any:

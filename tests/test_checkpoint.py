@@ -393,7 +393,7 @@ def test_nnx_checkpoint_refuses_a_model_it_does_not_fit(tmp_path):
 
 def test_load_into_a_sharding_puts_every_array_there(tmp_path):
   device = jax.devices()[0]
-  single = jax.sharding.SingleDeviceSharding(device)
+  single = jax.sharding.make_single_device_sharding(device)
   variables = make_variables()
   path = checkpoint.save_checkpoint(tmp_path / "ckpt", variables, METADATA)
   with pytest.raises(ValueError, match="batch_stats/BatchNorm_0/var is float64, which JAX"):

@@ -620,6 +620,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
   print(f"warning: {one_line(message)}", file=file or sys.stderr)
 
 
+@contextlib.contextmanager
+def _output_of_this_process(args):
+  """Only process 0 prints (errors excepted): the others run quiet, their standard
+  output discarded."""
+  if first_process():
+    yield
+    return
+  args.quiet = True
+  with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+    yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (0, 2 for a user error, 130 on Ctrl-C)."""
   parser = build_parser()
@@ -630,10 +642,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with interrupts.installed():  # a Ctrl-C dropped in a finalizer is raised again
       start_devices(args)
       compilation.enable_persistent_cache(args.compilation_cache)
-      if first_process():
-        return args.func(args)
-      args.quiet = True  # only process 0 prints (errors excepted)
-      with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+      with _output_of_this_process(args):
+        # One call site for every process: with jax ≥ 0.11 a compiled program carries
+        # the Python traceback of its call, and processes whose programs differ wait
+        # for each other's collectives forever (see `sap_jax.multihost`).
         return args.func(args)
   except KeyboardInterrupt:
     if args.written:

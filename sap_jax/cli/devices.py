@@ -112,6 +112,9 @@ def start_devices(args) -> None:
         "detect the cluster, pass --coordinator HOST:PORT --num-processes N --process-id I."
       ) from None
   if args.distributed:  # the same command on every process, before any work
+    # Programs must not depend on where each process called them from (see
+    # `sap_jax.multihost`): no Python traceback in the compiled programs' locations.
+    jax.config.update("jax_include_full_tracebacks_in_locations", False)
     ignored = {"process_id", "func", "written", "device_mesh"}
     multihost.check_same_across_processes(
       {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k not in ignored},
