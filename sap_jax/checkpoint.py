@@ -55,8 +55,10 @@ process sees (orbax's multi-process rule). Global arrays may be sharded any way
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -210,26 +212,51 @@ def _record_text(record: dict[str, Any], checksums: dict[str, str]) -> str:
   return jsonio.dumps({**record, "checksums": checksums}, indent=2, sort_keys=True) + "\n"
 
 
-def _write_arrays(tmp: Path, variables: Any) -> dict[str, str]:
-  """Every process: digests its arrays and writes its shards into ``tmp``; the checksums."""
+def _write_arrays(tmp: Path, variables: Any, target: Path) -> dict[str, str]:
+  """Every process: digests its arrays and writes its shards into ``tmp`` (the temporary
+  of ``target``); the checksums."""
   checksums = _array_checksums(variables)
   if jax.process_count() > 1:  # an array one process holds whole: process 0's copy
     variables = jax.tree_util.tree_map(lambda v: v if _is_global(v) else np.asarray(v), variables)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    checkpointer.save(tmp / VARIABLES_DIR, variables)
-    checkpointer.wait_until_finished()
-  finally:
-    checkpointer.close()
+  with _orbax_errors_raised_once(target):
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(tmp / VARIABLES_DIR, variables)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
   return checksums
+
+
+class _FromOrbax(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _orbax_errors_raised_once(target: Path):
+  """A failed write raised once, as an OSError naming ``target`` and the OS's reason
+  (`sap_jax.safe_write.failed_write`): orbax's background threads log each failure
+  with its traceback on the ``absl`` logger, silenced here while the write runs."""
+  logger, quiet = logging.getLogger("absl"), _FromOrbax()
+  logger.addFilter(quiet)
+  try:
+    yield
+  except Exception as e:
+    raise safe_write.failed_write(e, target) from None
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _commit(target: Path, tmp: Path, text: str, overwrite: bool, protect: list[Any]) -> str:
   """Process 0: writes ``metadata.json`` into ``tmp`` and swaps ``tmp`` in."""
-  with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:  # the disk full, a file-size limit: named by the target
+    raise safe_write.failed_write(e, target) from None
   safe_write.commit_dir(target, tmp, KIND, overwrite=overwrite, protect=protect)
   return ""
 
@@ -313,7 +340,7 @@ def save_checkpoint(
   tmp = Path(first_decides(begin, _ERRORS))
   try:
     agree(lambda: _sees(tmp), _ERRORS)
-    checksums = agree(lambda: _write_arrays(tmp, variables), _ERRORS)
+    checksums = agree(lambda: _write_arrays(tmp, variables, target), _ERRORS)
     text = _record_text(record, checksums)
     first_decides(lambda: _commit(target, tmp, text, overwrite, protect), _ERRORS)
   except Exception:

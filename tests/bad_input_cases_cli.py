@@ -173,6 +173,54 @@ def _interrupted_training(tmp: Path) -> str:
   return first + err
 
 
+def _cli_with_file_size_limit(limit: int, *args: object):
+  """The command under ``ulimit -f`` of ``limit`` bytes (`resource.RLIMIT_FSIZE`)."""
+
+  def act(tmp: Path) -> str:
+    import resource
+    import subprocess
+
+    def limited() -> None:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+      [sys.executable, "-m", "sap_jax", *map(str, args)],
+      cwd=tmp,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=cli_env(),
+      preexec_fn=limited,
+    )
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+  return act
+
+
+def _cli_patched(patch: str, *args: object):
+  """The command in a Python that first runs ``patch`` (a simulated failure of the world)."""
+
+  def act(tmp: Path) -> str:
+    code = f"import sys\n{patch}\nfrom sap_jax.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return cli_error("-c", code, *args, cwd=tmp, module=False)
+
+  return act
+
+
+DISK_FULL = """
+import orbax.checkpoint as ocp
+def full(self, *a, **k):  # tensorstore's own words for ENOSPC
+  raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device [os_error_code='28']")
+ocp.StandardCheckpointer.save = full
+"""
+READ_ONLY = """
+import os
+class _ReadOnly:
+  f_flag = os.ST_RDONLY
+os.statvfs = lambda path: _ReadOnly()
+"""
+
 NOT_CKPT = r"refusing to replace .*: it is {what}, not a sap_jax checkpoint; --overwrite"
 DAMAGED = r"error: damaged checkpoint .*; restore it from a copy"
 
@@ -425,6 +473,37 @@ CASES: list[Case] = [
     "cli_train_bad_noise_spec",
     r"cannot parse noise spec 'sym:2'.*symmetric:0.25",
     _cli(*TRAIN, "--noise", "sym:2", "--out", "out"),
+  ),
+  # --- failures of the world: one line naming the cause and the path, nothing left
+  Case(
+    "cli_train_file_size_limit",
+    r"^error: File too large: /.*/out; the file-size limit \(ulimit -f\) is below what this "
+    r"writes: raise it or write elsewhere \(nothing was left behind\)\.\n$",
+    _cli_with_file_size_limit(2000, *TRAIN, "--out", "out"),
+  ),
+  Case(
+    "cli_train_disk_full",
+    r"^error: No space left on device: /.*/out; the disk is full: free space there or write "
+    r"elsewhere \(nothing was left behind\)\.\n$",
+    _cli_patched(DISK_FULL, *TRAIN, "--out", "out"),
+  ),
+  Case(
+    "cli_train_read_only_target",
+    r"^error: cannot write /.*/out: /.* is on a read-only file system; choose a path on a "
+    r"writable one\.\n$",
+    _cli_patched(READ_ONLY, *TRAIN, "--out", "out"),
+  ),
+  Case(
+    "cli_train_out_root",
+    r"^error: cannot write the checkpoint at /: it is the root of the file system; choose a "
+    r"new path",
+    _cli(*TRAIN, "--out", "/"),
+  ),
+  Case(
+    "cli_train_out_unknown_user",
+    r"^error: cannot use the path ~sap_jax_nouser/x: this machine has no user "
+    r"'sap_jax_nouser' for ~sap_jax_nouser to name; write the folder out in full\.\n$",
+    _cli(*TRAIN, "--out", "~sap_jax_nouser/x"),
   ),
   # --- Ctrl-C
   Case(

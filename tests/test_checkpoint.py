@@ -114,6 +114,24 @@ def test_overwrite_replaces(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 
+def test_a_disk_that_fails_the_write_is_named_once_and_nothing_is_left(tmp_path, monkeypatch):
+  """Disk full inside orbax (tensorstore's message carries the OS error number): one
+  OSError naming the checkpoint path, not the temporary; the temporary is gone."""
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  def full(self, *args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left [os_error_code='28']")
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, "save", full)
+  (tmp_path / "keep.txt").write_text("mine")
+  with pytest.raises(OSError) as caught:
+    checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(tmp_path / "ckpt"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
 def test_bad_metadata_is_rejected_before_writing(tmp_path):
   with pytest.raises(ValueError, match="JSON"):
     checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), {"fn": object()})

@@ -297,7 +297,7 @@ def _per_alpha(alphas, accuracies) -> dict[float, float]:
 
 def _correct_targets(args) -> tuple[Path, Path]:
   """``--out`` and the report path, checked against the overwrite rule before any work."""
-  out = Path(args.out).expanduser().absolute()
+  out = safe_write.user_path(args.out)
   report = Path(args.report) if args.report else out.with_name(out.name + "_report.json")
   out, report = safe_write.check_targets(
     [(out, checkpoint.KIND, "checkpoint"), (report, jsonio.REPORT, "report")],
@@ -632,12 +632,37 @@ def _output_of_this_process(args):
     yield
 
 
+def _closed_loop_report(unraisable) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and (
+    str(unraisable.exc_value) == "Event loop is closed"
+  )
+
+
+def _drop_closed_loop_reports() -> None:
+  """A failed checkpoint write (disk full, Ctrl-C) ends orbax's event loop while
+  tensorstore's threads still post to it; each reports "RuntimeError: Event loop is
+  closed" as an unraisable exception, possibly after the command has returned. The
+  command line reports the failure itself in one line: those reports are dropped, for the
+  rest of the process (every other one goes to the hook that was there)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not _closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (0, 2 for a user error, 130 on Ctrl-C)."""
   parser = build_parser()
   args = parser.parse_args(argv)
   args.written = []
   shown, warnings.showwarning = warnings.showwarning, _show_warning
+  _drop_closed_loop_reports()
   try:
     with interrupts.installed():  # a Ctrl-C dropped in a finalizer is raised again
       start_devices(args)
