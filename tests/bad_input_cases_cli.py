@@ -208,6 +208,19 @@ def _cli_patched(patch: str, *args: object):
   return act
 
 
+def _cli_missing_peer(*flags: str, env: dict[str, str] | None = None):
+  """Process 0 of 2 started alone on a free local port."""
+
+  def act(tmp: Path) -> str:
+    from tests.child_processes import free_port
+
+    coordinator = ("--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2")
+    args = (*TRAIN, "--out", "out", *coordinator, "--process-id", "0", *flags)
+    return cli_error(*args, cwd=tmp, env=env)
+
+  return act
+
+
 DISK_FULL = """
 import orbax.checkpoint as ocp
 def full(self, *a, **k):  # tensorstore's own words for ENOSPC
@@ -504,6 +517,30 @@ CASES: list[Case] = [
     r"^error: cannot use the path ~sap_jax_nouser/x: this machine has no user "
     r"'sap_jax_nouser' for ~sap_jax_nouser to name; write the folder out in full\.\n$",
     _cli(*TRAIN, "--out", "~sap_jax_nouser/x"),
+  ),
+  # --- a missing peer: a bounded wait, one line (the coordinator, who is there, the wait)
+  Case(
+    "cli_train_missing_peer",
+    r"^error: waited 2 s at the coordinator 127\.0\.0\.1:\d+ for the 2 processes to join: "
+    r"only process 0 \(this one\) is known to be there\. Start the same command with "
+    r"--process-id 0 … 1 \(or wait longer: --peer-timeout SECONDS, or "
+    r"\$SAP_JAX_PEER_TIMEOUT\)\.\n$",
+    _cli_missing_peer("--peer-timeout", "2"),
+  ),
+  Case(
+    "cli_train_missing_peer_env_timeout",
+    r"^error: waited 2 s at the coordinator 127\.0\.0\.1:\d+ for the 2 processes",
+    _cli_missing_peer(env={"SAP_JAX_PEER_TIMEOUT": "2"}),
+  ),
+  Case(
+    "cli_train_peer_timeout_env_not_a_number",
+    r"^error: \$SAP_JAX_PEER_TIMEOUT: expected a number of seconds > 0, got 'soon'; set it",
+    _cli_missing_peer(env={"SAP_JAX_PEER_TIMEOUT": "soon"}),
+  ),
+  Case(
+    "cli_train_peer_timeout_negative",
+    r"argument --peer-timeout: expected a number of seconds > 0, got '-1'",
+    _cli(*TRAIN, "--out", "out", "--distributed", "--peer-timeout", "-1"),
   ),
   # --- Ctrl-C
   Case(
