@@ -61,6 +61,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,10 +69,13 @@ from typing import Any, NamedTuple
 import flax
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+with warnings.catch_warnings():  # orbax's own use of what newer jax deprecates: not ours to show
+  warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"orbax\.")
+  import orbax.checkpoint as ocp
 
 from sap_jax import jsonio, multihost, safe_write
 from sap_jax.layers import key_path_name

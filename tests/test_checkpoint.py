@@ -458,3 +458,19 @@ def test_nnx_checkpoint_loads_into_the_models_own_sharding(tmp_path):
     assert a.sharding == b.sharding and np.asarray(a).tobytes() == np.asarray(b).tobytes()
   with pytest.raises(ValueError, match="pass 'model'"):
     snnx.load_checkpoint(path, _nnx_cnn(), sharding="mesh")
+
+
+def test_importing_shows_no_warning_of_orbax_even_with_python_warnings_on():
+  """orbax itself uses what newer jax deprecates (jax 0.12: SingleDeviceSharding): with
+  ``-W default`` that warning would be an extra line on every command's standard error."""
+  import subprocess
+  import sys
+
+  result = subprocess.run(
+    [sys.executable, "-W", "default", "-c", "import sap_jax.checkpoint"],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    timeout=300,
+  )
+  assert result.returncode == 0 and "orbax" not in result.stderr, result.stderr

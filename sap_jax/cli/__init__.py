@@ -666,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     with interrupts.installed():  # a Ctrl-C dropped in a finalizer is raised again
       start_devices(args)
-      compilation.enable_persistent_cache(args.compilation_cache)
+      compilation.enable_persistent_cache(args.compilation_cache, "--compilation-cache")
       with _output_of_this_process(args):
         # One call site for every process: with jax ≥ 0.11 a compiled program carries
         # the Python traceback of its call, and processes whose programs differ wait
