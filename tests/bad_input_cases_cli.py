@@ -227,6 +227,17 @@ def full(self, *a, **k):  # tensorstore's own words for ENOSPC
   raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device [os_error_code='28']")
 ocp.StandardCheckpointer.save = full
 """
+CTRL_C_IN_SAVE = """
+import os, signal, time
+import orbax.checkpoint as ocp
+started = ocp.StandardCheckpointer.save
+def save(self, *a, **k):  # Ctrl-C while orbax's threads write the arrays
+  result = started(self, *a, **k)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(1)
+  return result
+ocp.StandardCheckpointer.save = save
+"""
 READ_ONLY = """
 import os
 class _ReadOnly:
@@ -543,6 +554,11 @@ CASES: list[Case] = [
     _cli(*TRAIN, "--out", "out", "--distributed", "--peer-timeout", "-1"),
   ),
   # --- Ctrl-C
+  Case(
+    "cli_ctrl_c_during_the_checkpoint_write",
+    r"^interrupted: nothing was written\.\n$",
+    _cli_patched(CTRL_C_IN_SAVE, *TRAIN, "--out", "out"),
+  ),
   Case(
     "cli_ctrl_c_during_training",
     r"\ninterrupted: nothing was written\.\n?$",
