@@ -29,7 +29,12 @@ on the sharding. At load the restored arrays are digested again and any
 difference raises :class:`DamagedCheckpoint` before anything is returned; read
 errors from orbax are raised as :class:`DamagedCheckpoint` too. Checkpoints
 written before checksums were added have no ``"checksums"`` entry; they load as
-before, with only the shape/dtype check.
+before, with only the shape/dtype check. The run's recipe in the metadata (the `SEALED`
+entries: ``spec``, the seed, noise and split sizes that re-derive the noisy labels and
+the splits, and ``labels``, the fingerprint of the noisy labels trained on) is sealed
+field by field under ``"sealed"`` (`seal`): a field edited after the save makes the
+checkpoint damaged, naming the field. Checkpoints saved before seals existed load
+unchecked.
 
 Many processes (`jax.distributed`): call `save_checkpoint` and `load_checkpoint`
 on every process, with the same path and arguments, on a file system that every
@@ -89,9 +94,11 @@ __all__ = [
   "VARIABLES_DIR",
   "DamagedCheckpoint",
   "TargetSharding",
+  "SEALED",
   "is_checkpoint",
   "load_checkpoint",
   "save_checkpoint",
+  "seal",
 ]
 
 FORMAT = "sap_jax.checkpoint"
@@ -99,6 +106,12 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
 CHECKSUM_ALGORITHM = ALGORITHM
+
+SEALED = ("spec", "labels")
+"""The metadata entries sealed field by field (`seal`): the run's recipe (``spec``: data
+set, noise, seed, split sizes, model, training) and the fingerprint of the noisy labels
+it trained on (``labels``). An edit of one of their fields after the save makes the
+checkpoint damaged, naming the field."""
 
 TargetSharding = jax.sharding.Sharding | Mapping[str, Any] | None
 """What `load_checkpoint` reads into: None (the default rule), one `jax.sharding.Sharding`
@@ -204,12 +217,51 @@ def _prepared(variables: Any, metadata: Any) -> tuple[Any, dict[str, Any]]:
     "arrays": _array_specs(variables),
   }
   try:
+    record["sealed"] = seal(metadata)
     _record_text(record, {})
   except (TypeError, ValueError) as e:
     raise ValueError(
       f"metadata is not JSON serialisable ({e}); pass plain numbers, strings, lists and dicts."
     ) from e
   return variables, record
+
+
+def seal(metadata: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+  """For each `SEALED` entry of ``metadata`` that is a dict: field → SHA-256 of the
+  field's value as JSON (keys sorted). `save_checkpoint` records it as ``"sealed"``;
+  `load_checkpoint` compares it with the metadata it reads."""
+
+  def digest(value: Any) -> str:
+    canonical = jsonio.dumps(json.loads(jsonio.dumps(value)), sort_keys=True)
+    return f"{ALGORITHM}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+  return {
+    key: {field: digest(v) for field, v in metadata[key].items()}
+    for key in SEALED
+    if isinstance(metadata.get(key), dict)
+  }
+
+
+def _check_seal(path: Path, sealed: Any, metadata: dict[str, Any]) -> None:
+  """Raises DamagedCheckpoint naming the sealed fields that differ from the seal."""
+  if sealed is None:  # saved before seals existed
+    return
+  if not isinstance(sealed, dict):
+    raise DamagedCheckpoint(
+      f"damaged checkpoint {path}: the 'sealed' entry of {METADATA_FILE} is not a dict; "
+      "restore it from a copy"
+    )
+  now = seal(metadata)
+  differ = []
+  for key in sorted(set(sealed) | set(now)):
+    was, is_ = sealed.get(key) or {}, now.get(key) or {}
+    differ += [f"{key}.{f}" for f in sorted(set(was) | set(is_)) if was.get(f) != is_.get(f)]
+  if differ:
+    raise DamagedCheckpoint(
+      f"damaged checkpoint {path}: {', '.join(differ)} in {METADATA_FILE} changed after "
+      "the save (the checksum recorded then does not match); restore it from a copy, or "
+      "train again with the run spec you want"
+    )
 
 
 def _record_text(record: dict[str, Any], checksums: dict[str, str]) -> str:
@@ -438,6 +490,7 @@ def _read_record(path: Path) -> _Record:
     raise DamagedCheckpoint(
       f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ directory is missing."
     )
+  _check_seal(path, record.get("sealed"), metadata)
   return _Record(specs, metadata, checksums, hashlib.sha256(raw).hexdigest())
 
 

@@ -118,18 +118,36 @@ def _truncated_metadata(tmp: Path) -> None:
   meta.write_text(meta.read_text()[:-40])
 
 
-def _bad_spec(tmp: Path) -> None:
-  meta = tmp / "ckpt" / "metadata.json"
-  record = json.loads(meta.read_text())
-  record["metadata"]["spec"]["train"]["bogus_option"] = 1
-  meta.write_text(json.dumps(record))
+def _edit_metadata(edit, reseal: bool):
+  """``edit(metadata)`` on the copied checkpoint; with ``reseal`` its seal is recomputed
+  (`sap_jax.checkpoint.seal`), as a checkpoint written so would be; without, a hand edit."""
+
+  def setup(tmp: Path) -> None:
+    from sap_jax import checkpoint
+
+    meta = tmp / "ckpt" / "metadata.json"
+    record = json.loads(meta.read_text())
+    edit(record["metadata"])
+    if reseal:
+      record["sealed"] = checkpoint.seal(record["metadata"])
+    meta.write_text(json.dumps(record))
+
+  return setup
 
 
-def _edited_model(tmp: Path) -> None:
-  meta = tmp / "ckpt" / "metadata.json"
-  record = json.loads(meta.read_text())
-  record["metadata"]["spec"]["model_kwargs"]["width"] = 64
-  meta.write_text(json.dumps(record))
+def _set(*keys_and_value):
+  *keys, last, value = keys_and_value
+
+  def edit(metadata: dict) -> None:
+    for key in keys:
+      metadata = metadata[key]
+    metadata[last] = value
+
+  return edit
+
+
+_bad_spec = _edit_metadata(_set("spec", "train", "bogus_option", 1), reseal=True)
+_edited_model = _edit_metadata(_set("spec", "model_kwargs", "width", 64), reseal=True)
 
 
 def _killed_save(tmp: Path) -> None:
@@ -497,6 +515,33 @@ CASES: list[Case] = [
     "cli_train_bad_noise_spec",
     r"cannot parse noise spec 'sym:2'.*symmetric:0.25",
     _cli(*TRAIN, "--noise", "sym:2", "--out", "out"),
+  ),
+  # --- the run's own recipe: sealed by the checkpoint, the noisy labels compared
+  Case(
+    "cli_evaluate_hand_edited_seed",
+    r"^error: damaged checkpoint .*ckpt: spec\.seed in metadata\.json changed after the save "
+    r"\(the checksum recorded then does not match\); restore it from a copy",
+    _cli("evaluate", "ckpt"),
+    _with(_ckpt, _edit_metadata(_set("spec", "seed", 7), reseal=False)),
+  ),
+  Case(
+    "cli_correct_hand_edited_noise",
+    r"^error: damaged checkpoint .*ckpt: spec\.noise in metadata\.json changed after the save",
+    _cli("correct", "ckpt", "--out", "sap", *FAST),
+    _with(_ckpt, _edit_metadata(_set("spec", "noise", "asymmetric:0.4"), reseal=False)),
+  ),
+  Case(
+    "cli_evaluate_hand_edited_label_fingerprint",
+    r"^error: damaged checkpoint .*ckpt: labels\.y_train in metadata\.json changed after",
+    _cli("evaluate", "ckpt"),
+    _with(_ckpt, _edit_metadata(_set("labels", "y_train", "sha256:0"), reseal=False)),
+  ),
+  Case(
+    "cli_evaluate_labels_derived_otherwise",
+    r"^error: the noisy training labels re-derived from the run spec of ckpt \(seed, noise, "
+    r"split sizes\) differ from those it was trained on; .*or train again\.\n$",
+    _cli("evaluate", "ckpt"),
+    _with(_ckpt, _edit_metadata(_set("labels", "y_train", "sha256:0"), reseal=True)),
   ),
   # --- failures of the world: one line naming the cause and the path, nothing left
   Case(

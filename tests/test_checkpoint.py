@@ -285,6 +285,42 @@ def test_checkpoint_without_checksums_still_loads(tmp_path):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_the_run_spec_and_label_fingerprint_are_sealed_field_by_field(tmp_path):
+  """An edit of a field of ``spec`` or ``labels`` after the save is damage naming the
+  field; other metadata, and a checkpoint saved before seals existed, load as before."""
+  metadata = {**METADATA, "spec": {"seed": 0, "noise": "symmetric:0.25", "n_val": 100}}
+  metadata["labels"] = {"y_train": "sha256:ab"}
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), metadata)
+  meta_file = path / checkpoint.METADATA_FILE
+  saved = json.loads(meta_file.read_text())
+  assert saved["sealed"] == checkpoint.seal(metadata)
+  assert set(saved["sealed"]) == {"spec", "labels"}
+  assert set(saved["sealed"]["spec"]) == {"seed", "noise", "n_val"}
+
+  def edited(change, keep_seal=True):
+    record = json.loads(json.dumps(saved))
+    change(record)
+    if not keep_seal:
+      del record["sealed"]
+    meta_file.write_text(json.dumps(record))
+
+  edited(lambda r: r["metadata"]["spec"].update(seed=7, n_val=50))
+  with pytest.raises(checkpoint.DamagedCheckpoint, match=r": spec\.n_val, spec\.seed in metadata"):
+    checkpoint.load_checkpoint(path)
+  edited(lambda r: r["metadata"]["spec"].update(extra=1))  # a field added by hand
+  with pytest.raises(
+    checkpoint.DamagedCheckpoint, match=r": spec\.extra in metadata\.json changed"
+  ):
+    checkpoint.load_checkpoint(path)
+  edited(lambda r: r["metadata"].pop("labels"))
+  with pytest.raises(checkpoint.DamagedCheckpoint, match=r": labels\.y_train in metadata"):
+    checkpoint.load_checkpoint(path)
+  edited(lambda r: r["metadata"].update(noise="other"))  # not sealed
+  assert checkpoint.load_checkpoint(path)[1]["noise"] == "other"
+  edited(lambda r: r["metadata"]["spec"].update(seed=7), keep_seal=False)  # an older save
+  assert checkpoint.load_checkpoint(path)[1]["spec"]["seed"] == 7
+
+
 def test_incomplete_checksums_entry_is_damaged(tmp_path):
   path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
   meta_file = path / checkpoint.METADATA_FILE

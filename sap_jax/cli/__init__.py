@@ -85,6 +85,7 @@ from sap_jax.cli.runs import (
   Run,
   checked_model,
   data_record,
+  labels_record,
   load_run,
   load_spec_data,
 )
@@ -225,6 +226,7 @@ def cmd_train(args) -> int:
   dataset = load_spec_data(spec)
   splits = build_splits(spec)
   model, _ = checked_model(spec, splits)
+  labels = labels_record(splits)  # as derived from the spec, before any cut
   progress = Progress(args.quiet)
   splits = on_devices(splits, args.device_mesh, progress.say)
   progress.say(
@@ -254,6 +256,7 @@ def cmd_train(args) -> int:
     "kind": "trained",
     "spec": spec.to_dict(),
     "data": data_record(spec, provenance.data_fingerprint(dataset)),
+    "labels": labels,
     "metrics": metrics,
     "history": result.history,
   }
@@ -387,6 +390,7 @@ def cmd_correct(args) -> int:
     "kind": "sap",
     "spec": run.spec.to_dict(),
     "data": run.data,
+    "labels": labels_record(run.splits),
     "source": str(source.resolve()),
     "sap": report,
   }
