@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 LINTED := sap_jax experiments benchmarks examples tests tools
 
-.PHONY: demo test lint format bench constraints clean
+.PHONY: demo test test-newest lint format bench constraints clean
 
 # The install is pinned by constraints.txt: the package versions the suite last passed
 # with (setup.cfg keeps lower bounds only). `make constraints` re-pins it.
@@ -20,6 +20,18 @@ demo: $(VENV)/.installed  ## noisy digits → SAP → clean retrain, printed as 
 
 test: $(VENV)/.installed  ## the whole test suite
 	$(PY) -m pytest -q
+
+# The newest releases, unpinned, on the newest Python the suite is tested on (jax ≥ 0.11
+# needs Python ≥ 3.12): what a new user gets from `pip install`. Upgraded on every run.
+NEWEST_PYTHON ?= python3.12
+NEWEST_VENV ?= .venv-newest
+
+test-newest:  ## the whole test suite on the newest releases of every dependency (.venv-newest)
+	test -x $(NEWEST_VENV)/bin/python || $(NEWEST_PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	$(NEWEST_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(jax|jaxlib|flax|optax|orbax-checkpoint|numpy)=='
+	$(NEWEST_VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed  ## ruff format --check and ruff check (rules in pyproject.toml)
 	$(PY) -m ruff format --check $(LINTED)
@@ -36,4 +48,4 @@ bench: $(VENV)/.installed  ## benchmark of the SAP correction (add ARGS=--quick)
 	$(PY) benchmarks/bench_sap.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(NEWEST_VENV) *.egg-info .pytest_cache

@@ -29,7 +29,12 @@ on the sharding. At load the restored arrays are digested again and any
 difference raises :class:`DamagedCheckpoint` before anything is returned; read
 errors from orbax are raised as :class:`DamagedCheckpoint` too. Checkpoints
 written before checksums were added have no ``"checksums"`` entry; they load as
-before, with only the shape/dtype check.
+before, with only the shape/dtype check. The run's recipe in the metadata (the `SEALED`
+entries: ``spec``, the seed, noise and split sizes that re-derive the noisy labels and
+the splits, and ``labels``, the fingerprint of the noisy labels trained on) is sealed
+field by field under ``"sealed"`` (`seal`): a field edited after the save makes the
+checkpoint damaged, naming the field. Checkpoints saved before seals existed load
+unchecked.
 
 Many processes (`jax.distributed`): call `save_checkpoint` and `load_checkpoint`
 on every process, with the same path and arguments, on a file system that every
@@ -55,10 +60,13 @@ process sees (orbax's multi-process rule). Global arrays may be sharded any way
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -66,10 +74,13 @@ from typing import Any, NamedTuple
 import flax
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+with warnings.catch_warnings():  # orbax's own use of what newer jax deprecates: not ours to show
+  warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"orbax\.")
+  import orbax.checkpoint as ocp
 
 from sap_jax import jsonio, multihost, safe_write
 from sap_jax.layers import key_path_name
@@ -83,9 +94,11 @@ __all__ = [
   "VARIABLES_DIR",
   "DamagedCheckpoint",
   "TargetSharding",
+  "SEALED",
   "is_checkpoint",
   "load_checkpoint",
   "save_checkpoint",
+  "seal",
 ]
 
 FORMAT = "sap_jax.checkpoint"
@@ -93,6 +106,12 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
 CHECKSUM_ALGORITHM = ALGORITHM
+
+SEALED = ("spec", "labels")
+"""The metadata entries sealed field by field (`seal`): the run's recipe (``spec``: data
+set, noise, seed, split sizes, model, training) and the fingerprint of the noisy labels
+it trained on (``labels``). An edit of one of their fields after the save makes the
+checkpoint damaged, naming the field."""
 
 TargetSharding = jax.sharding.Sharding | Mapping[str, Any] | None
 """What `load_checkpoint` reads into: None (the default rule), one `jax.sharding.Sharding`
@@ -198,6 +217,7 @@ def _prepared(variables: Any, metadata: Any) -> tuple[Any, dict[str, Any]]:
     "arrays": _array_specs(variables),
   }
   try:
+    record["sealed"] = seal(metadata)
     _record_text(record, {})
   except (TypeError, ValueError) as e:
     raise ValueError(
@@ -206,30 +226,93 @@ def _prepared(variables: Any, metadata: Any) -> tuple[Any, dict[str, Any]]:
   return variables, record
 
 
+def seal(metadata: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+  """For each `SEALED` entry of ``metadata`` that is a dict: field → SHA-256 of the
+  field's value as JSON (keys sorted). `save_checkpoint` records it as ``"sealed"``;
+  `load_checkpoint` compares it with the metadata it reads."""
+
+  def digest(value: Any) -> str:
+    canonical = jsonio.dumps(json.loads(jsonio.dumps(value)), sort_keys=True)
+    return f"{ALGORITHM}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+  return {
+    key: {field: digest(v) for field, v in metadata[key].items()}
+    for key in SEALED
+    if isinstance(metadata.get(key), dict)
+  }
+
+
+def _check_seal(path: Path, sealed: Any, metadata: dict[str, Any]) -> None:
+  """Raises DamagedCheckpoint naming the sealed fields that differ from the seal."""
+  if sealed is None:  # saved before seals existed
+    return
+  if not isinstance(sealed, dict):
+    raise DamagedCheckpoint(
+      f"damaged checkpoint {path}: the 'sealed' entry of {METADATA_FILE} is not a dict; "
+      "restore it from a copy"
+    )
+  now = seal(metadata)
+  differ = []
+  for key in sorted(set(sealed) | set(now)):
+    was, is_ = sealed.get(key) or {}, now.get(key) or {}
+    differ += [f"{key}.{f}" for f in sorted(set(was) | set(is_)) if was.get(f) != is_.get(f)]
+  if differ:
+    raise DamagedCheckpoint(
+      f"damaged checkpoint {path}: {', '.join(differ)} in {METADATA_FILE} changed after "
+      "the save (the checksum recorded then does not match); restore it from a copy, or "
+      "train again with the run spec you want"
+    )
+
+
 def _record_text(record: dict[str, Any], checksums: dict[str, str]) -> str:
   return jsonio.dumps({**record, "checksums": checksums}, indent=2, sort_keys=True) + "\n"
 
 
-def _write_arrays(tmp: Path, variables: Any) -> dict[str, str]:
-  """Every process: digests its arrays and writes its shards into ``tmp``; the checksums."""
+def _write_arrays(tmp: Path, variables: Any, target: Path) -> dict[str, str]:
+  """Every process: digests its arrays and writes its shards into ``tmp`` (the temporary
+  of ``target``); the checksums."""
   checksums = _array_checksums(variables)
   if jax.process_count() > 1:  # an array one process holds whole: process 0's copy
     variables = jax.tree_util.tree_map(lambda v: v if _is_global(v) else np.asarray(v), variables)
-  checkpointer = ocp.StandardCheckpointer()
-  try:
-    checkpointer.save(tmp / VARIABLES_DIR, variables)
-    checkpointer.wait_until_finished()
-  finally:
-    checkpointer.close()
+  with _orbax_errors_raised_once(target):
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(tmp / VARIABLES_DIR, variables)
+      checkpointer.wait_until_finished()
+    finally:
+      checkpointer.close()
   return checksums
+
+
+class _FromOrbax(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _orbax_errors_raised_once(target: Path):
+  """A failed write raised once, as an OSError naming ``target`` and the OS's reason
+  (`sap_jax.safe_write.failed_write`): orbax's background threads log each failure
+  with its traceback on the ``absl`` logger, silenced here while the write runs."""
+  logger, quiet = logging.getLogger("absl"), _FromOrbax()
+  logger.addFilter(quiet)
+  try:
+    yield
+  except Exception as e:
+    raise safe_write.failed_write(e, target) from None
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _commit(target: Path, tmp: Path, text: str, overwrite: bool, protect: list[Any]) -> str:
   """Process 0: writes ``metadata.json`` into ``tmp`` and swaps ``tmp`` in."""
-  with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(tmp / METADATA_FILE, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:  # the disk full, a file-size limit: named by the target
+    raise safe_write.failed_write(e, target) from None
   safe_write.commit_dir(target, tmp, KIND, overwrite=overwrite, protect=protect)
   return ""
 
@@ -313,7 +396,7 @@ def save_checkpoint(
   tmp = Path(first_decides(begin, _ERRORS))
   try:
     agree(lambda: _sees(tmp), _ERRORS)
-    checksums = agree(lambda: _write_arrays(tmp, variables), _ERRORS)
+    checksums = agree(lambda: _write_arrays(tmp, variables, target), _ERRORS)
     text = _record_text(record, checksums)
     first_decides(lambda: _commit(target, tmp, text, overwrite, protect), _ERRORS)
   except Exception:
@@ -407,6 +490,7 @@ def _read_record(path: Path) -> _Record:
     raise DamagedCheckpoint(
       f"Damaged checkpoint {path}: the {VARIABLES_DIR}/ directory is missing."
     )
+  _check_seal(path, record.get("sealed"), metadata)
   return _Record(specs, metadata, checksums, hashlib.sha256(raw).hexdigest())
 
 
@@ -476,7 +560,7 @@ def _default_sharding(saved: Any) -> jax.sharding.Sharding:
       return saved.to_jax_sharding()
     except Exception:  # saved on other devices (another topology)
       pass
-  return SingleDeviceSharding(jax.devices()[0])
+  return jax.sharding.make_single_device_sharding(jax.devices()[0])
 
 
 def _restore_target(var_dir: Path, specs: dict[str, Any], sharding: TargetSharding) -> Any:

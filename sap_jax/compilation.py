@@ -23,6 +23,7 @@ environment variable, ``$XDG_CACHE_HOME/sap_jax/jax`` (``~/.cache/sap_jax/jax`` 
 from __future__ import annotations
 
 import os
+import warnings
 
 ENV_VAR = "SAP_JAX_COMPILATION_CACHE"
 """Environment variable naming the cache folder (or ``off``)."""
@@ -47,20 +48,54 @@ def resolve_cache_dir(path: str | None = None) -> str | None:
   return os.path.abspath(os.path.expanduser(choice))
 
 
-def enable_persistent_cache(path: str | None = None) -> str | None:
+def enable_persistent_cache(path: str | None = None, given_as: str = "as given") -> str | None:
   """Turns on JAX's persistent compilation cache in the folder `resolve_cache_dir`
   picks, caching every program however small or quick to compile.
 
   Returns the folder, or None (and changes nothing) when the choice is ``off``. Call it
   before the first compilation: JAX settles whether to use the cache then.
+
+  Being only a cache, a folder that cannot be used (a file there, a read-only file
+  system, no permission) is not an error: a warning names it and where it came from, and
+  the run goes on without the cache (None). ``given_as`` says where ``path`` came from
+  (the command line passes ``"--compilation-cache"``).
   """
   folder = resolve_cache_dir(path)
   if folder is None:
     return None
+  problem = _unusable(folder)
+  if problem is not None:
+    origin = given_as if path else f"from ${ENV_VAR}" if os.environ.get(ENV_VAR) else "default"
+    warnings.warn(
+      f"the compilation cache {folder} ({origin}) {problem}; running without the cache (pass "
+      f"--compilation-cache DIR or set ${ENV_VAR} to a writable folder, or to off)",
+      stacklevel=2,
+    )
+    return None
   import jax
 
-  os.makedirs(folder, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", folder)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return folder
+
+
+def _unusable(folder: str) -> str | None:
+  """Why ``folder`` cannot hold the cache (after creating it if missing); None if it can."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except FileExistsError:
+    return "is a file, not a folder"
+  except OSError as e:
+    return f"cannot be created ({e.strerror or e})"
+  if not os.path.isdir(folder):
+    return "is not a folder"
+  try:
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+  except (OSError, AttributeError):
+    read_only = False
+  if read_only:
+    return "is on a read-only file system"
+  if not os.access(folder, os.W_OK | os.X_OK):
+    return "is not writable"
+  return None

@@ -24,6 +24,14 @@ What a fingerprint covers (`fingerprint`):
   dtype and partition spec only; the parts differ by design;
 * anything else (a model object, a config): its ``repr`` with memory addresses removed.
 
+Every process must also reach each compiled program from the same line of code. By
+default (``jax_include_full_tracebacks_in_locations``) a program carries the Python
+traceback of its call; with jax 0.12 on CPU (not 0.10), processes whose programs differ only
+there (one calls ``f(x)`` on line 10, another on line 12) wait for each other's
+collectives forever. The command line calls every command from one line and turns that
+option off with ``--distributed``; a program of its own should do the same (or keep one
+call site for every process).
+
 JAX's own runtime joins the processes (`jax.distributed.initialize`); nothing here starts,
 watches or stops processes.
 """

@@ -43,6 +43,9 @@ __all__ = [
   "TMP_TAG",
   "Kind",
   "RefusedWrite",
+  "os_error_of",
+  "failed_write",
+  "user_path",
   "begin_dir",
   "check_target",
   "check_targets",
@@ -193,8 +196,27 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
 # ------------------------------------------------------------------ checks
 
 
+def user_path(path: str | os.PathLike) -> Path:
+  """``path`` with ``~`` and ``~user`` expanded, made absolute (not resolved).
+
+  Raises:
+    RefusedWrite: ``~user`` names a user this machine does not know (or ``~`` without
+      a home folder).
+  """
+  text = os.fspath(path)
+  expanded = os.path.expanduser(text)
+  if expanded.startswith("~"):
+    user = expanded[1:].split(os.sep, 1)[0]
+    who = f"no user {user!r}" if user else "no home folder"
+    raise RefusedWrite(
+      f"cannot use the path {text}: this machine has {who} for {expanded.split(os.sep)[0]} "
+      "to name; write the folder out in full."
+    )
+  return Path(expanded).absolute()
+
+
 def _resolved(path: str | os.PathLike) -> Path:
-  return Path(os.path.realpath(Path(path).expanduser()))
+  return Path(os.path.realpath(user_path(path)))
 
 
 def _overlap(a: Path, b: Path) -> str | None:
@@ -205,6 +227,13 @@ def _overlap(a: Path, b: Path) -> str | None:
   if a in b.parents:
     return "contains"
   return None
+
+
+def _read_only(folder: Path) -> bool:
+  try:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+  except (OSError, AttributeError):  # no statvfs (Windows): os.access decides
+    return False
 
 
 def check_target(
@@ -227,8 +256,13 @@ def check_target(
   Returns:
     ``path`` made absolute (not resolved: the writer replaces the entry at that name).
   """
-  target = Path(path).expanduser().absolute()
+  target = user_path(path)
   what = what or kind.name
+  if target.parent == target:
+    raise RefusedWrite(
+      f"cannot write the {what} at {target}: it is the root of the file system; choose "
+      "a new path (e.g. ./out)."
+    )
   real = _resolved(target)
   for p in protect:
     relation = _overlap(real, _resolved(p))
@@ -246,6 +280,11 @@ def check_target(
     raise RefusedWrite(
       f"cannot write {target}: {ancestor} is {describe(ancestor)}, not a folder; choose "
       "another path."
+    )
+  if _read_only(ancestor):
+    raise RefusedWrite(
+      f"cannot write {target}: {ancestor} is on a read-only file system; choose a path on "
+      "a writable one."
     )
   if not os.access(ancestor, os.W_OK | os.X_OK):
     raise RefusedWrite(f"cannot write {target}: no permission to write in {ancestor}.")
@@ -302,6 +341,37 @@ def check_targets(
   return paths
 
 
+# ------------------------------------------------------------------ failures of the disk
+
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def os_error_of(error: BaseException) -> int | None:
+  """The OS error number behind ``error``: its own ``errno``, one of its causes', or the
+  ``os_error_code`` that tensorstore (under orbax) writes into its messages; else None."""
+  seen: set[int] = set()
+  e: BaseException | None = error
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno:
+      return e.errno
+    match = _OS_ERROR_CODE.search(str(e))
+    if match:
+      return int(match.group(1))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def failed_write(error: BaseException, target: Path) -> BaseException:
+  """``error`` of a write to ``target`` (raised on a temporary beside it) as an OSError
+  naming ``target`` and the OS's reason (disk full, file too large, read-only file
+  system); ``error`` itself when no OS error lies behind it."""
+  code = os_error_of(error)
+  if code is None:
+    return error
+  return OSError(code, os.strerror(code), str(target))
+
+
 # ------------------------------------------------------------------ writers
 
 
@@ -336,6 +406,8 @@ def write_file(
       os.fsync(f.fileno())
     check_target(target, kind, overwrite=overwrite, protect=protect)  # the disk may have changed
     os.replace(tmp, target)
+  except OSError as e:  # the disk full, a file-size limit: named by the target
+    raise failed_write(e, target) from None
   finally:
     _remove(tmp)
   _fsync_dir(target.parent)

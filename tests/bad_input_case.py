@@ -48,11 +48,12 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def run_cli(
-  *args: object, cwd: Path, env: dict[str, str] | None = None
+  *args: object, cwd: Path, env: dict[str, str] | None = None, module: bool = True
 ) -> subprocess.CompletedProcess:
-  """Runs ``python -m sap_jax ARGS`` in ``cwd``, capturing its output."""
+  """Runs ``python -m sap_jax ARGS`` in ``cwd`` (``python ARGS`` without ``module``),
+  capturing its output."""
   return subprocess.run(
-    [sys.executable, "-m", "sap_jax", *map(str, args)],
+    [sys.executable, *(["-m", "sap_jax"] if module else []), *map(str, args)],
     cwd=cwd,
     capture_output=True,
     text=True,
@@ -61,9 +62,11 @@ def run_cli(
   )
 
 
-def cli_error(*args: object, cwd: Path, env: dict[str, str] | None = None) -> str:
+def cli_error(
+  *args: object, cwd: Path, env: dict[str, str] | None = None, module: bool = True
+) -> str:
   """Runs ``python -m sap_jax ARGS`` in ``cwd``; it must fail. Returns its standard error."""
-  result = run_cli(*args, cwd=cwd, env=env)
+  result = run_cli(*args, cwd=cwd, env=env, module=module)
   assert result.returncode != 0, f"expected a failure, got rc 0:\n{result.stdout}"
   return result.stderr
 

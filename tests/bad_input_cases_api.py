@@ -462,6 +462,58 @@ HOOK_CASES: list[Case] = [
   Case("task-nan-x-train", r"NaN or Inf", lambda t: _task(x_train=_with(_X, 0, np.nan))),
 ]
 
+
+def _sealed_then_edited(tmp: Path) -> None:
+  """A checkpoint whose spec seed was edited by hand after the save."""
+  import json
+
+  from sap_jax import checkpoint
+
+  variables = {"params": {"w": np.ones((2, 2), np.float32)}}
+  path = checkpoint.save_checkpoint(tmp / "ckpt", variables, {"spec": {"seed": 0}})
+  meta = path / checkpoint.METADATA_FILE
+  record = json.loads(meta.read_text())
+  record["metadata"]["spec"]["seed"] = 7
+  meta.write_text(json.dumps(record))
+
+
+def _load(tmp: Path) -> str:
+  from sap_jax import checkpoint
+
+  return api_error(lambda: checkpoint.load_checkpoint(tmp / "ckpt"), ValueError)
+
+
+def _save_to(where: str):
+  def act(tmp: Path) -> str:
+    from sap_jax import checkpoint, safe_write
+
+    variables = {"params": {"w": np.ones((2, 2), np.float32)}}
+    return api_error(
+      lambda: checkpoint.save_checkpoint(where, variables, {}), safe_write.RefusedWrite
+    )
+
+  return act
+
+
+CASES += [
+  Case(
+    "load-checkpoint-hand-edited-spec",
+    r"damaged checkpoint .*ckpt: spec\.seed in metadata\.json changed after the save",
+    _load,
+    _sealed_then_edited,
+  ),
+  Case(
+    "save-checkpoint-to-the-root",
+    r"cannot write the checkpoint at /: it is the root of the file system; choose a new path",
+    _save_to("/"),
+  ),
+  Case(
+    "save-checkpoint-unknown-user",
+    r"cannot use the path ~sap_jax_nouser/ckpt: this machine has no user 'sap_jax_nouser'",
+    _save_to("~sap_jax_nouser/ckpt"),
+  ),
+]
+
 CASES += HOOK_CASES  # the hooks are in (trusted.py, sweep.py, stats/collect.py, baselines/base.py)
 
 

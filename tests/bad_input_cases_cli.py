@@ -118,18 +118,36 @@ def _truncated_metadata(tmp: Path) -> None:
   meta.write_text(meta.read_text()[:-40])
 
 
-def _bad_spec(tmp: Path) -> None:
-  meta = tmp / "ckpt" / "metadata.json"
-  record = json.loads(meta.read_text())
-  record["metadata"]["spec"]["train"]["bogus_option"] = 1
-  meta.write_text(json.dumps(record))
+def _edit_metadata(edit, reseal: bool):
+  """``edit(metadata)`` on the copied checkpoint; with ``reseal`` its seal is recomputed
+  (`sap_jax.checkpoint.seal`), as a checkpoint written so would be; without, a hand edit."""
+
+  def setup(tmp: Path) -> None:
+    from sap_jax import checkpoint
+
+    meta = tmp / "ckpt" / "metadata.json"
+    record = json.loads(meta.read_text())
+    edit(record["metadata"])
+    if reseal:
+      record["sealed"] = checkpoint.seal(record["metadata"])
+    meta.write_text(json.dumps(record))
+
+  return setup
 
 
-def _edited_model(tmp: Path) -> None:
-  meta = tmp / "ckpt" / "metadata.json"
-  record = json.loads(meta.read_text())
-  record["metadata"]["spec"]["model_kwargs"]["width"] = 64
-  meta.write_text(json.dumps(record))
+def _set(*keys_and_value):
+  *keys, last, value = keys_and_value
+
+  def edit(metadata: dict) -> None:
+    for key in keys:
+      metadata = metadata[key]
+    metadata[last] = value
+
+  return edit
+
+
+_bad_spec = _edit_metadata(_set("spec", "train", "bogus_option", 1), reseal=True)
+_edited_model = _edit_metadata(_set("spec", "model_kwargs", "width", 64), reseal=True)
 
 
 def _killed_save(tmp: Path) -> None:
@@ -172,6 +190,78 @@ def _interrupted_training(tmp: Path) -> str:
   assert code == 130, (code, first + err)
   return first + err
 
+
+def _cli_with_file_size_limit(limit: int, *args: object):
+  """The command under ``ulimit -f`` of ``limit`` bytes (`resource.RLIMIT_FSIZE`)."""
+
+  def act(tmp: Path) -> str:
+    import resource
+    import subprocess
+
+    def limited() -> None:
+      resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+      [sys.executable, "-m", "sap_jax", *map(str, args)],
+      cwd=tmp,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=cli_env(),
+      preexec_fn=limited,
+    )
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+  return act
+
+
+def _cli_patched(patch: str, *args: object):
+  """The command in a Python that first runs ``patch`` (a simulated failure of the world)."""
+
+  def act(tmp: Path) -> str:
+    code = f"import sys\n{patch}\nfrom sap_jax.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return cli_error("-c", code, *args, cwd=tmp, module=False)
+
+  return act
+
+
+def _cli_missing_peer(*flags: str, env: dict[str, str] | None = None):
+  """Process 0 of 2 started alone on a free local port."""
+
+  def act(tmp: Path) -> str:
+    from tests.child_processes import free_port
+
+    coordinator = ("--coordinator", f"127.0.0.1:{free_port()}", "--num-processes", "2")
+    args = (*TRAIN, "--out", "out", *coordinator, "--process-id", "0", *flags)
+    return cli_error(*args, cwd=tmp, env=env)
+
+  return act
+
+
+DISK_FULL = """
+import orbax.checkpoint as ocp
+def full(self, *a, **k):  # tensorstore's own words for ENOSPC
+  raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device [os_error_code='28']")
+ocp.StandardCheckpointer.save = full
+"""
+CTRL_C_IN_SAVE = """
+import os, signal, time
+import orbax.checkpoint as ocp
+started = ocp.StandardCheckpointer.save
+def save(self, *a, **k):  # Ctrl-C while orbax's threads write the arrays
+  result = started(self, *a, **k)
+  os.kill(os.getpid(), signal.SIGINT)
+  time.sleep(1)
+  return result
+ocp.StandardCheckpointer.save = save
+"""
+READ_ONLY = """
+import os
+class _ReadOnly:
+  f_flag = os.ST_RDONLY
+os.statvfs = lambda path: _ReadOnly()
+"""
 
 NOT_CKPT = r"refusing to replace .*: it is {what}, not a sap_jax checkpoint; --overwrite"
 DAMAGED = r"error: damaged checkpoint .*; restore it from a copy"
@@ -426,7 +516,94 @@ CASES: list[Case] = [
     r"cannot parse noise spec 'sym:2'.*symmetric:0.25",
     _cli(*TRAIN, "--noise", "sym:2", "--out", "out"),
   ),
+  # --- the run's own recipe: sealed by the checkpoint, the noisy labels compared
+  Case(
+    "cli_evaluate_hand_edited_seed",
+    r"^error: damaged checkpoint .*ckpt: spec\.seed in metadata\.json changed after the save "
+    r"\(the checksum recorded then does not match\); restore it from a copy",
+    _cli("evaluate", "ckpt"),
+    _with(_ckpt, _edit_metadata(_set("spec", "seed", 7), reseal=False)),
+  ),
+  Case(
+    "cli_correct_hand_edited_noise",
+    r"^error: damaged checkpoint .*ckpt: spec\.noise in metadata\.json changed after the save",
+    _cli("correct", "ckpt", "--out", "sap", *FAST),
+    _with(_ckpt, _edit_metadata(_set("spec", "noise", "asymmetric:0.4"), reseal=False)),
+  ),
+  Case(
+    "cli_evaluate_hand_edited_label_fingerprint",
+    r"^error: damaged checkpoint .*ckpt: labels\.y_train in metadata\.json changed after",
+    _cli("evaluate", "ckpt"),
+    _with(_ckpt, _edit_metadata(_set("labels", "y_train", "sha256:0"), reseal=False)),
+  ),
+  Case(
+    "cli_evaluate_labels_derived_otherwise",
+    r"^error: the noisy training labels re-derived from the run spec of ckpt \(seed, noise, "
+    r"split sizes\) differ from those it was trained on; .*or train again\.\n$",
+    _cli("evaluate", "ckpt"),
+    _with(_ckpt, _edit_metadata(_set("labels", "y_train", "sha256:0"), reseal=True)),
+  ),
+  # --- failures of the world: one line naming the cause and the path, nothing left
+  Case(
+    "cli_train_file_size_limit",
+    r"^error: File too large: /.*/out; the file-size limit \(ulimit -f\) is below what this "
+    r"writes: raise it or write elsewhere \(nothing was left behind\)\.\n$",
+    _cli_with_file_size_limit(2000, *TRAIN, "--out", "out"),
+  ),
+  Case(
+    "cli_train_disk_full",
+    r"^error: No space left on device: /.*/out; the disk is full: free space there or write "
+    r"elsewhere \(nothing was left behind\)\.\n$",
+    _cli_patched(DISK_FULL, *TRAIN, "--out", "out"),
+  ),
+  Case(
+    "cli_train_read_only_target",
+    r"^error: cannot write /.*/out: /.* is on a read-only file system; choose a path on a "
+    r"writable one\.\n$",
+    _cli_patched(READ_ONLY, *TRAIN, "--out", "out"),
+  ),
+  Case(
+    "cli_train_out_root",
+    r"^error: cannot write the checkpoint at /: it is the root of the file system; choose a "
+    r"new path",
+    _cli(*TRAIN, "--out", "/"),
+  ),
+  Case(
+    "cli_train_out_unknown_user",
+    r"^error: cannot use the path ~sap_jax_nouser/x: this machine has no user "
+    r"'sap_jax_nouser' for ~sap_jax_nouser to name; write the folder out in full\.\n$",
+    _cli(*TRAIN, "--out", "~sap_jax_nouser/x"),
+  ),
+  # --- a missing peer: a bounded wait, one line (the coordinator, who is there, the wait)
+  Case(
+    "cli_train_missing_peer",
+    r"^error: waited 2 s at the coordinator 127\.0\.0\.1:\d+ for the 2 processes to join: "
+    r"only process 0 \(this one\) is known to be there\. Start the same command with "
+    r"--process-id 0 … 1 \(or wait longer: --peer-timeout SECONDS, or "
+    r"\$SAP_JAX_PEER_TIMEOUT\)\.\n$",
+    _cli_missing_peer("--peer-timeout", "2"),
+  ),
+  Case(
+    "cli_train_missing_peer_env_timeout",
+    r"^error: waited 2 s at the coordinator 127\.0\.0\.1:\d+ for the 2 processes",
+    _cli_missing_peer(env={"SAP_JAX_PEER_TIMEOUT": "2"}),
+  ),
+  Case(
+    "cli_train_peer_timeout_env_not_a_number",
+    r"^error: \$SAP_JAX_PEER_TIMEOUT: expected a number of seconds > 0, got 'soon'; set it",
+    _cli_missing_peer(env={"SAP_JAX_PEER_TIMEOUT": "soon"}),
+  ),
+  Case(
+    "cli_train_peer_timeout_negative",
+    r"argument --peer-timeout: expected a number of seconds > 0, got '-1'",
+    _cli(*TRAIN, "--out", "out", "--distributed", "--peer-timeout", "-1"),
+  ),
   # --- Ctrl-C
+  Case(
+    "cli_ctrl_c_during_the_checkpoint_write",
+    r"^interrupted: nothing was written\.\n$",
+    _cli_patched(CTRL_C_IN_SAVE, *TRAIN, "--out", "out"),
+  ),
   Case(
     "cli_ctrl_c_during_training",
     r"\ninterrupted: nothing was written\.\n?$",

@@ -114,6 +114,24 @@ def test_overwrite_replaces(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 
+def test_a_disk_that_fails_the_write_is_named_once_and_nothing_is_left(tmp_path, monkeypatch):
+  """Disk full inside orbax (tensorstore's message carries the OS error number): one
+  OSError naming the checkpoint path, not the temporary; the temporary is gone."""
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  def full(self, *args, **kwargs):
+    raise ValueError("RESOURCE_EXHAUSTED: Failed writing: No space left [os_error_code='28']")
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, "save", full)
+  (tmp_path / "keep.txt").write_text("mine")
+  with pytest.raises(OSError) as caught:
+    checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
+  assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(tmp_path / "ckpt"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
 def test_bad_metadata_is_rejected_before_writing(tmp_path):
   with pytest.raises(ValueError, match="JSON"):
     checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), {"fn": object()})
@@ -267,6 +285,42 @@ def test_checkpoint_without_checksums_still_loads(tmp_path):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_the_run_spec_and_label_fingerprint_are_sealed_field_by_field(tmp_path):
+  """An edit of a field of ``spec`` or ``labels`` after the save is damage naming the
+  field; other metadata, and a checkpoint saved before seals existed, load as before."""
+  metadata = {**METADATA, "spec": {"seed": 0, "noise": "symmetric:0.25", "n_val": 100}}
+  metadata["labels"] = {"y_train": "sha256:ab"}
+  path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), metadata)
+  meta_file = path / checkpoint.METADATA_FILE
+  saved = json.loads(meta_file.read_text())
+  assert saved["sealed"] == checkpoint.seal(metadata)
+  assert set(saved["sealed"]) == {"spec", "labels"}
+  assert set(saved["sealed"]["spec"]) == {"seed", "noise", "n_val"}
+
+  def edited(change, keep_seal=True):
+    record = json.loads(json.dumps(saved))
+    change(record)
+    if not keep_seal:
+      del record["sealed"]
+    meta_file.write_text(json.dumps(record))
+
+  edited(lambda r: r["metadata"]["spec"].update(seed=7, n_val=50))
+  with pytest.raises(checkpoint.DamagedCheckpoint, match=r": spec\.n_val, spec\.seed in metadata"):
+    checkpoint.load_checkpoint(path)
+  edited(lambda r: r["metadata"]["spec"].update(extra=1))  # a field added by hand
+  with pytest.raises(
+    checkpoint.DamagedCheckpoint, match=r": spec\.extra in metadata\.json changed"
+  ):
+    checkpoint.load_checkpoint(path)
+  edited(lambda r: r["metadata"].pop("labels"))
+  with pytest.raises(checkpoint.DamagedCheckpoint, match=r": labels\.y_train in metadata"):
+    checkpoint.load_checkpoint(path)
+  edited(lambda r: r["metadata"].update(noise="other"))  # not sealed
+  assert checkpoint.load_checkpoint(path)[1]["noise"] == "other"
+  edited(lambda r: r["metadata"]["spec"].update(seed=7), keep_seal=False)  # an older save
+  assert checkpoint.load_checkpoint(path)[1]["spec"]["seed"] == 7
+
+
 def test_incomplete_checksums_entry_is_damaged(tmp_path):
   path = checkpoint.save_checkpoint(tmp_path / "ckpt", make_variables(), METADATA)
   meta_file = path / checkpoint.METADATA_FILE
@@ -393,7 +447,7 @@ def test_nnx_checkpoint_refuses_a_model_it_does_not_fit(tmp_path):
 
 def test_load_into_a_sharding_puts_every_array_there(tmp_path):
   device = jax.devices()[0]
-  single = jax.sharding.SingleDeviceSharding(device)
+  single = jax.sharding.make_single_device_sharding(device)
   variables = make_variables()
   path = checkpoint.save_checkpoint(tmp_path / "ckpt", variables, METADATA)
   with pytest.raises(ValueError, match="batch_stats/BatchNorm_0/var is float64, which JAX"):
@@ -440,3 +494,19 @@ def test_nnx_checkpoint_loads_into_the_models_own_sharding(tmp_path):
     assert a.sharding == b.sharding and np.asarray(a).tobytes() == np.asarray(b).tobytes()
   with pytest.raises(ValueError, match="pass 'model'"):
     snnx.load_checkpoint(path, _nnx_cnn(), sharding="mesh")
+
+
+def test_importing_shows_no_warning_of_orbax_even_with_python_warnings_on():
+  """orbax itself uses what newer jax deprecates (jax 0.12: SingleDeviceSharding): with
+  ``-W default`` that warning would be an extra line on every command's standard error."""
+  import subprocess
+  import sys
+
+  result = subprocess.run(
+    [sys.executable, "-W", "default", "-c", "import sap_jax.checkpoint"],
+    capture_output=True,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    timeout=300,
+  )
+  assert result.returncode == 0 and "orbax" not in result.stderr, result.stderr

@@ -282,6 +282,16 @@ def test_a_checkpoint_without_a_fingerprint_loads_with_a_note(trained, tmp_path)
   assert "records no fingerprint of its data" in result.stderr
 
 
+def test_a_checkpoint_without_a_label_fingerprint_loads_with_a_note(trained, tmp_path):
+  variables, meta = checkpoint.load_checkpoint(trained / "ckpt")
+  assert set(meta["labels"]) == {"y_train", "y_val"}
+  del meta["labels"]  # as written before the noisy labels were fingerprinted
+  checkpoint.save_checkpoint(tmp_path / "old", variables, meta)
+  result = _cli("evaluate", tmp_path / "old", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert "records no fingerprint of its noisy labels (saved by an older" in result.stderr
+
+
 def test_ctrl_c_says_nothing_was_written(tmp_path):
   env = {**os.environ, compilation.ENV_VAR: "off"}
   args = [a if a != "3" else "100000" for a in TRAIN if a != "--quiet"]  # --epochs 100000

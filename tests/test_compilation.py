@@ -99,3 +99,26 @@ def test_a_second_process_hits_the_cache(tmp_path):
   second = run()
   assert "/jax/compilation_cache/cache_hits" in second["events"]
   assert sorted(p.name for p in cache.iterdir()) == files  # nothing new compiled
+
+
+def test_an_unusable_folder_is_named_in_a_warning_and_the_run_goes_on(env, jax_config, tmp_path):
+  """A file where the folder should be, or a read-only file system: a warning naming the
+  path and where it came from, no cache, nothing changed."""
+  before = {name: jax.config.values[name] for name in OPTIONS}
+  (tmp_path / "afile").write_text("mine")
+  with pytest.warns(UserWarning, match=r"cache .*afile \(--compilation-cache\) is a file, not"):
+    assert (
+      compilation.enable_persistent_cache(str(tmp_path / "afile"), "--compilation-cache") is None
+    )
+  assert (tmp_path / "afile").read_text() == "mine"
+
+  class ReadOnly:
+    f_flag = os.ST_RDONLY
+
+  env.setattr(compilation.os, "statvfs", lambda path: ReadOnly())
+  env.setenv(compilation.ENV_VAR, str(tmp_path / "ro"))
+  with pytest.warns(
+    UserWarning, match=r"ro \(from \$SAP_JAX_COMPILATION_CACHE\) is on a read-only"
+  ):
+    assert compilation.enable_persistent_cache() is None
+  assert {name: jax.config.values[name] for name in OPTIONS} == before

@@ -221,3 +221,54 @@ def test_the_three_steps_of_write_dir(tmp_path):
   with pytest.raises(RefusedWrite, match="already exists"):
     safe_write.begin_dir(path, OURS)
   assert os.listdir(tmp_path) == ["ckpt"]
+
+
+# ------------------------------------------------------------------ failures of the disk
+
+
+def test_os_error_of_finds_the_number_in_the_error_its_causes_and_tensorstore_text():
+  import errno
+
+  assert safe_write.os_error_of(OSError(errno.EFBIG, "File too large")) == errno.EFBIG
+  wrapped = RuntimeError("write failed")
+  wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+  assert safe_write.os_error_of(wrapped) == errno.ENOSPC
+  tensorstore = ValueError("OUT_OF_RANGE: Failed to write: File too large [os_error_code='27']")
+  assert safe_write.os_error_of(tensorstore) == 27
+  assert safe_write.os_error_of(ValueError("bad shape")) is None
+  error = safe_write.failed_write(tensorstore, Path("/data/out"))
+  assert (type(error), error.errno, error.filename) == (OSError, 27, "/data/out")
+  plain = ValueError("bad shape")
+  assert safe_write.failed_write(plain, Path("/data/out")) is plain
+
+
+def test_a_write_that_the_disk_refuses_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
+  import errno
+
+  (tmp_path / "keep.txt").write_text("mine")
+  before = _tree(tmp_path)
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(safe_write.os, "fsync", full)
+  with pytest.raises(OSError) as caught:
+    safe_write.write_file(tmp_path / "out.txt", "OURS new", OURS)
+  assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(tmp_path / "out.txt"))
+  assert _tree(tmp_path) == before  # no temporary left
+
+
+def test_the_root_an_unknown_user_and_a_read_only_file_system_are_refused(tmp_path, monkeypatch):
+  with pytest.raises(RefusedWrite, match="at /: it is the root of the file system; choose"):
+    safe_write.check_target("/", OURS, overwrite=True)
+  with pytest.raises(RefusedWrite, match="no user 'sap_jax_nouser' for ~sap_jax_nouser"):
+    safe_write.check_target("~sap_jax_nouser/x", OURS, overwrite=False)
+  assert safe_write.user_path("~/x") == Path.home() / "x"
+
+  class ReadOnly:
+    f_flag = os.ST_RDONLY
+
+  monkeypatch.setattr(safe_write.os, "statvfs", lambda path: ReadOnly())
+  with pytest.raises(RefusedWrite, match=r"is on a read-only file system; choose a path on a"):
+    safe_write.check_target(tmp_path / "out", OURS, overwrite=False)
+  assert list(tmp_path.iterdir()) == []

@@ -84,6 +84,7 @@ from sap_jax.cli.runs import (
   Run,
   checked_model,
   data_record,
+  labels_record,
   load_run,
   load_spec_data,
 )
@@ -225,6 +226,7 @@ def cmd_train(args) -> int:
   dataset = load_spec_data(spec)
   splits = build_splits(spec, stream=True)
   model, _ = checked_model(spec, splits)
+  labels = labels_record(splits)  # as derived from the spec, before any cut
   progress = Progress(args.quiet)
   splits = on_devices(splits, args.device_mesh, progress.say)
   progress.say(
@@ -254,6 +256,7 @@ def cmd_train(args) -> int:
     "kind": "trained",
     "spec": spec.to_dict(),
     "data": data_record(spec, provenance.data_fingerprint(dataset)),
+    "labels": labels,
     "metrics": metrics,
     "history": result.history,
   }
@@ -297,7 +300,7 @@ def _per_alpha(alphas, accuracies) -> dict[float, float]:
 
 def _correct_targets(args) -> tuple[Path, Path]:
   """``--out`` and the report path, checked against the overwrite rule before any work."""
-  out = Path(args.out).expanduser().absolute()
+  out = safe_write.user_path(args.out)
   report = Path(args.report) if args.report else out.with_name(out.name + "_report.json")
   out, report = safe_write.check_targets(
     [(out, checkpoint.KIND, "checkpoint"), (report, jsonio.REPORT, "report")],
@@ -385,6 +388,7 @@ def cmd_correct(args) -> int:
     "kind": "sap",
     "spec": run.spec.to_dict(),
     "data": run.data,
+    "labels": labels_record(run.splits),
     "source": str(source.resolve()),
     "sap": report,
   }
@@ -591,20 +595,57 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
   print(f"warning: {one_line(message)}", file=file or sys.stderr)
 
 
+@contextlib.contextmanager
+def _output_of_this_process(args):
+  """Only process 0 prints (errors excepted): the others run quiet, their standard
+  output discarded."""
+  if first_process():
+    yield
+    return
+  args.quiet = True
+  with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+    yield
+
+
+def _closed_loop_report(unraisable) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and (
+    str(unraisable.exc_value) == "Event loop is closed"
+  )
+
+
+def _drop_closed_loop_reports() -> None:
+  """A failed checkpoint write (disk full, Ctrl-C) ends orbax's event loop while
+  tensorstore's threads still post to it; each reports "RuntimeError: Event loop is
+  closed" as an unraisable exception, possibly after the command has returned. The
+  command line reports the failure itself in one line: those reports are dropped, for the
+  rest of the process (every other one goes to the hook that was there)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not _closed_loop_report(unraisable):
+      previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (0, 2 for a user error, 130 on Ctrl-C)."""
   parser = build_parser()
   args = parser.parse_args(argv)
   args.written = []
   shown, warnings.showwarning = warnings.showwarning, _show_warning
+  _drop_closed_loop_reports()
   try:
     with interrupts.installed():  # a Ctrl-C dropped in a finalizer is raised again
       start_devices(args)
-      compilation.enable_persistent_cache(args.compilation_cache)
-      if first_process():
-        return args.func(args)
-      args.quiet = True  # only process 0 prints (errors excepted)
-      with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+      compilation.enable_persistent_cache(args.compilation_cache, "--compilation-cache")
+      with _output_of_this_process(args):
+        # One call site for every process: with jax ≥ 0.11 a compiled program carries
+        # the Python traceback of its call, and processes whose programs differ wait
+        # for each other's collectives forever (see `sap_jax.multihost`).
         return args.func(args)
   except KeyboardInterrupt:
     if args.written:

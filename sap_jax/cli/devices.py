@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import threading
 from typing import Any
 
 from sap_jax import (
@@ -75,6 +77,81 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
   )
   g.add_argument("--num-processes", type=positive_int, default=None, help="with --coordinator")
   g.add_argument("--process-id", type=int, default=None, help="with --coordinator: 0 … N-1")
+  g.add_argument(
+    "--peer-timeout",
+    type=positive_float,
+    default=None,
+    metavar="SECONDS",
+    help="with --distributed: how long each process waits for the others to join before it "
+    f"gives up with an error (default: ${PEER_TIMEOUT_ENV}, else {DEFAULT_PEER_TIMEOUT_S:g})",
+  )
+
+
+PEER_TIMEOUT_ENV = "SAP_JAX_PEER_TIMEOUT"
+"""Environment variable: the seconds a process waits for the others (``--peer-timeout``)."""
+
+DEFAULT_PEER_TIMEOUT_S = 300.0
+"""JAX's own default wait for the processes to join."""
+
+
+def positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = float("nan")
+  if not value > 0 or value == float("inf"):
+    raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+  return value
+
+
+def peer_timeout(args) -> float:
+  """``--peer-timeout``, else the environment variable, else JAX's 300 s."""
+  if getattr(args, "peer_timeout", None) is not None:
+    return args.peer_timeout
+  text = os.environ.get(PEER_TIMEOUT_ENV, "").strip()
+  if not text:
+    return DEFAULT_PEER_TIMEOUT_S
+  try:
+    return positive_float(text)
+  except argparse.ArgumentTypeError as e:
+    raise UserError(f"${PEER_TIMEOUT_ENV}: {e}; set it to the seconds to wait, e.g. 60.") from None
+
+
+def _join(args, timeout_s: float) -> None:
+  """`jax.distributed.initialize`, given up after ``timeout_s``: a missing process makes
+  JAX abort the process with a C++ stack, so a watchdog ends it first, in one line."""
+  import jax
+
+  n, me = args.num_processes, args.process_id
+  where = f"the coordinator {args.coordinator}" if args.coordinator else "the coordinator"
+  if n is not None and me is not None:
+    who = f"for the {n} processes to join: only process {me} (this one) is known to be there"
+    start = f"with --process-id 0 … {n - 1}"
+  else:
+    who = "for the other processes to join"
+    start = "on every host"
+
+  def give_up() -> None:
+    print(
+      f"error: waited {timeout_s:g} s at {where} {who}. Start the same command {start} "
+      f"(or wait longer: --peer-timeout SECONDS, or ${PEER_TIMEOUT_ENV}).",
+      file=sys.stderr,
+      flush=True,
+    )
+    os._exit(2)
+
+  watchdog = threading.Timer(timeout_s, give_up)
+  watchdog.daemon = True
+  watchdog.start()
+  try:  # JAX's own deadline comes later: the watchdog speaks first
+    jax.distributed.initialize(
+      args.coordinator,
+      args.num_processes,
+      args.process_id,
+      initialization_timeout=int(timeout_s) + 60,
+    )
+  finally:
+    watchdog.cancel()
 
 
 def start_devices(args) -> None:
@@ -101,18 +178,22 @@ def start_devices(args) -> None:
         f"pass 0 … {args.num_processes - 1}."
       )
     args.distributed = True
+  timeout_s = peer_timeout(args)
   import jax
 
   if args.distributed and not jax.distributed.is_initialized():  # else: joined by the caller
     try:
-      jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+      _join(args, timeout_s)
     except (RuntimeError, ValueError) as e:
       raise UserError(
         f"jax.distributed.initialize failed ({one_line(e)[:300]}); where JAX does not "
         "detect the cluster, pass --coordinator HOST:PORT --num-processes N --process-id I."
       ) from None
   if args.distributed:  # the same command on every process, before any work
-    ignored = {"process_id", "func", "written", "device_mesh"}
+    # Programs must not depend on where each process called them from (see
+    # `sap_jax.multihost`): no Python traceback in the compiled programs' locations.
+    jax.config.update("jax_include_full_tracebacks_in_locations", False)
+    ignored = {"process_id", "func", "written", "device_mesh", "peer_timeout"}
     multihost.check_same_across_processes(
       {"--" + k.replace("_", "-"): v for k, v in vars(args).items() if k not in ignored},
       f"sap-jax {args.command}",

@@ -33,6 +33,43 @@ def data_record(spec: RunSpec, fingerprint: dict[str, str]) -> dict[str, Any]:
   }
 
 
+LABEL_SPLITS = {"y_train": "training labels", "y_val": "validation labels"}
+"""The noisy labels a run derives from its spec (`build_splits`) and trains on."""
+
+
+def labels_record(splits: data.NoisySplits) -> dict[str, str]:
+  """What a checkpoint records of the noisy labels derived from its spec: the SHA-256
+  of each split's labels (`sap_jax.provenance.array_digest`), before any cut to a
+  multiple of the devices."""
+  return {name: provenance.array_digest(getattr(splits, name)) for name in LABEL_SPLITS}
+
+
+def check_labels_record(path: str, meta: dict[str, Any], splits, data_changed: bool, say) -> None:
+  """Compares the noisy labels re-derived from the spec with those recorded at training:
+  refused when they differ (a warning where changed data were allowed, which derive other
+  labels); a note for a checkpoint saved before they were recorded."""
+  recorded = meta.get("labels")
+  if not isinstance(recorded, dict):
+    say(
+      f"note: {path} records no fingerprint of its noisy labels (saved by an older "
+      "sap_jax); the labels re-derived from its run spec are used unchecked."
+    )
+    return
+  found = labels_record(splits)
+  differ = [LABEL_SPLITS[k] for k in LABEL_SPLITS if recorded.get(k) != found[k]]
+  if not differ:
+    return
+  what = " and ".join(differ)
+  if data_changed:
+    say(f"warning: the {what} re-derived from the changed data differ from training's.")
+    return
+  raise UserError(
+    f"the noisy {what} re-derived from the run spec of {path} (seed, noise, split sizes) "
+    f"differ from those it was trained on; this sap_jax derives other splits from that "
+    "spec: evaluate and correct it with the sap_jax version that trained it, or train again."
+  )
+
+
 def load_spec_data(spec: RunSpec, source: str | None = None, given: bool = False) -> data.Dataset:
   """`load_data`, with the way out when the data are not where the run says."""
   try:
@@ -196,6 +233,7 @@ def load_run(
         )
       say(f"warning: the {where} differ from the training data ({what}); used anyway.")
   splits = build_splits(spec, stream=True)
+  check_labels_record(str(path), meta, splits, bool(changed), say)
   model, shapes = checked_model(spec, splits)
   record = data_record(spec, found)
   if spec.api == "nnx":
