@@ -477,7 +477,7 @@ def _sealed_then_edited(tmp: Path) -> None:
   meta.write_text(json.dumps(record))
 
 
-def _load(tmp: Path) -> str:
+def _load_edited_checkpoint(tmp: Path) -> str:
   from sap_jax import checkpoint
 
   return api_error(lambda: checkpoint.load_checkpoint(tmp / "ckpt"), ValueError)
@@ -499,7 +499,7 @@ CASES += [
   Case(
     "load-checkpoint-hand-edited-spec",
     r"damaged checkpoint .*ckpt: spec\.seed in metadata\.json changed after the save",
-    _load,
+    _load_edited_checkpoint,
     _sealed_then_edited,
   ),
   Case(
