@@ -279,6 +279,10 @@ def _write_arrays(tmp: Path, variables: Any, target: Path) -> dict[str, str]:
     try:
       checkpointer.save(tmp / VARIABLES_DIR, variables)
       checkpointer.wait_until_finished()
+    except Exception:
+      with contextlib.suppress(Exception):  # let the other writer threads end first
+        checkpointer.wait_until_finished()
+      raise
     finally:
       checkpointer.close()
   return checksums

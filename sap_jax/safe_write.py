@@ -508,9 +508,20 @@ def commit_dir(
   return target
 
 
-def discard(tmp: Path) -> None:
-  """Removes a temporary of `begin_dir` (or `write_file`) if it is still there."""
+def discard(tmp: Path, settle_s: float = 5.0) -> None:
+  """Removes a temporary of `begin_dir` (or `write_file`) if it is still there.
+
+  A failed write's background threads (orbax, tensorstore) may still add files while the
+  folder is removed; the removal is repeated until the folder stays gone, for up to
+  ``settle_s`` seconds.
+  """
+  import time
+
+  deadline = time.monotonic() + settle_s
   _remove(tmp)
+  while _exists(tmp) and time.monotonic() < deadline:
+    time.sleep(0.05)
+    _remove(tmp)
 
 
 def _fsync_dir(path: Path) -> None:

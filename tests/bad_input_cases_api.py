@@ -477,7 +477,7 @@ def _sealed_then_edited(tmp: Path) -> None:
   meta.write_text(json.dumps(record))
 
 
-def _load_ckpt(tmp: Path) -> str:
+def _load_edited_checkpoint(tmp: Path) -> str:
   from sap_jax import checkpoint
 
   return api_error(lambda: checkpoint.load_checkpoint(tmp / "ckpt"), ValueError)
@@ -499,7 +499,7 @@ CASES += [
   Case(
     "load-checkpoint-hand-edited-spec",
     r"damaged checkpoint .*ckpt: spec\.seed in metadata\.json changed after the save",
-    _load_ckpt,
+    _load_edited_checkpoint,
     _sealed_then_edited,
   ),
   Case(
@@ -515,118 +515,3 @@ CASES += [
 ]
 
 CASES += HOOK_CASES  # the hooks are in (trusted.py, sweep.py, stats/collect.py, baselines/base.py)
-
-
-def _decomposition(num_classes: int = K):
-  """(variables, decomposition) of the tiny MLP (``num_classes`` outputs)."""
-  model = _MLP(num_classes)
-  v = model.init(jax.random.key(0), np.zeros((1, D), np.float32))
-  stats = sap_jax.activation_stats(model.apply, v, [_data()[0]])
-  return v, stats, sap_jax.decompose(v, stats)
-
-
-def _apply_alpha_unknown_layer() -> str:
-  v, _, dec = _decomposition()
-  return api_error(
-    lambda: sap_jax.apply_alpha(v, dec, {"Dense_0": 1e2, "Dense_1": 1e3, "Dense_9": 1})
-  )
-
-
-def _apply_alpha_other_model() -> str:
-  v, _, _ = _decomposition()
-  _, _, other = _decomposition(num_classes=5)
-  return api_error(lambda: sap_jax.apply_alpha(v, other, 1e3))
-
-
-def _projections_unknown_layer() -> str:
-  _, stats, _ = _decomposition()
-  return api_error(lambda: sap_jax.projections(stats, {"Dense_0": 1e2, ("head",): 1e3}))
-
-
-LAYER_KEY_CASES: list[Case] = [
-  Case(
-    "apply-alpha-key-names-no-layer",
-    r"per-layer alpha names no layer \['Dense_9'\]; the layers are \['Dense_1', 'Dense_0'\]",
-    lambda t: _apply_alpha_unknown_layer(),
-  ),
-  Case(
-    "apply-alpha-another-models-decomposition",
-    r"decomposition is of another model: layer 'Dense_0' has a \(8, 5\) kernel there and "
-    r"\(8, 3\) here\. Pass the variables decompose\(\) was given",
-    lambda t: _apply_alpha_other_model(),
-  ),
-  Case(
-    "projections-key-names-no-layer",
-    r"names no layer \['head'\]; the layers are \['Dense_1', 'Dense_0'\]",
-    lambda t: _projections_unknown_layer(),
-  ),
-  Case(
-    "correct-exclude-not-a-pattern",
-    r"exclude holds glob patterns of layer names .*got 3",
-    lambda t: api_error(lambda: sap_jax.correct(*_model(), _X, 1e3, exclude=("Dense_0", 3))),
-  ),
-]
-
-
-class _ScanBody(nn.Module):
-  @nn.compact
-  def __call__(self, c, _):
-    return nn.Dense(D, name="block")(c), None
-
-
-class _Scanned(nn.Module):
-  """big_vision's ``scan=True``: the encoder blocks under nn.scan."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    del train
-    scan = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
-    return nn.Dense(K, name="head")(scan(name="encoder")(x, None)[0])
-
-
-def _layer_calls_scanned() -> str:
-  from sap_jax.stats.calls import layer_calls
-
-  model = _Scanned()
-  v = model.init(jax.random.key(0), _X[:1])
-  return api_error(lambda: layer_calls(model.apply, v, _X))
-
-
-def _nnx_scan_over_stacked_layers() -> str:
-  from flax import nnx
-
-  import sap_jax.nnx as snnx
-
-  class Stack(nnx.Module):
-    def __init__(self, rngs):
-      @nnx.split_rngs(splits=2)
-      @nnx.vmap(in_axes=(0,), out_axes=0)
-      def make(rngs):
-        return nnx.Linear(D, D, rngs=rngs)
-
-      self.blocks = make(rngs)
-
-    def __call__(self, x):
-      @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-      def body(h, block):
-        return block(h)
-
-      return body(x, self.blocks)
-
-  return api_error(lambda: snnx.activation_stats(Stack(nnx.Rngs(0)), [_X]))
-
-
-LAYER_KEY_CASES += [
-  Case(
-    "layer-calls-nn-scan-named-before-any-work",
-    r"Layer 'encoder/block' runs inside nn\.scan \(module 'encoder'\).*without the transform",
-    lambda t: _layer_calls_scanned(),
-  ),
-  Case(
-    "nnx-scan-over-stacked-layers-names-the-stack",
-    r"layer 'blocks' runs inside nnx\.scan or nnx\.vmap over its stacked \(4, 4\) kernels",
-    lambda t: _nnx_scan_over_stacked_layers(),
-  ),
-]
-
-CASES += LAYER_KEY_CASES
