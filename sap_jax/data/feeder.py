@@ -245,23 +245,28 @@ def _batches(
     _absl_flags_ready()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   n = len(stream)
-  for b, part in enumerate(it):
-    _check_part(part, num_classes, what)
-    start = b * size
-    yield Batch(
-      x=_global(part[IMAGE], mesh),
-      y=_global(part[LABEL], mesh) if labelled else None,
-      mask=_global(part[MASK], mesh),
-      index=_global(part[INDEX], mesh),
-      start=start,
-      real=min(size, n - start),
-    )
+  iterator = iter(it)
+  try:
+    for b, part in enumerate(iterator):
+      _check_part(part, num_classes, what)
+      start = b * size
+      yield Batch(
+        x=_global(part[IMAGE], mesh),
+        y=_global(part[LABEL], mesh) if labelled else None,
+        mask=_global(part[MASK], mesh),
+        index=_global(part[INDEX], mesh),
+        start=start,
+        real=min(size, n - start),
+      )
+  finally:  # worker processes and their shared memory end with the pass (or its error)
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
   if len(source) != n_source:
     raise ValueError(
       f"{what} changed length during the pass ({n_source} → {len(source)} samples); a "
       "source must not change while it is read."
     )
-  del num_batches
 
 
 def _absl_flags_ready() -> None:
