@@ -1,0 +1,161 @@
+"""Augmentation in training (`sap_jax.augmentation`, `TrainConfig.augment`).
+
+The recipes run on the loaders' standardised images; the equivalence this relies on,
+``T_std(standardize(r)) = standardize(T_raw(r))`` for the published raw-pixel recipes
+of `sap_jax.data.augment` on the same draws, is checked here, as are the rule that
+picks a recipe, the config's keys and the wiring through `train_model`.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import grid
+from experiments.config import load_config
+from sap_jax import augmentation as aug
+from sap_jax import models, train
+from sap_jax.data import augment as recipes
+from sap_jax.data.base import IMAGENET_MEAN, IMAGENET_STD, standardize
+from sap_jax.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+from sap_jax.data.feeder import sample_rng
+from sap_jax.data.sources import ArraySource
+
+
+def _raw(shape, seed=0):
+  return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def _unstandardize(x, mean, std):
+  return np.asarray(x, np.float64) * np.asarray(std) + np.asarray(mean)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_cifar_recipe_on_standardised_images_equals_the_raw_recipe(seed):
+  raw = _raw((32, 32, 3), seed)
+  fn = aug.training_transform("cifar", "cifar10", raw.shape)
+  got = fn(standardize(raw.copy(), CIFAR10_MEAN, CIFAR10_STD), sample_rng(seed, 1, 7))
+  want = recipes.train_transform("cifar", image_size=32)(raw, sample_rng(seed, 1, 7))
+  assert got.shape == (32, 32, 3) and got.dtype == np.float32
+  # the same pixels in raw space: both undo their own normalisation
+  np.testing.assert_allclose(
+    _unstandardize(got, CIFAR10_MEAN, CIFAR10_STD),
+    _unstandardize(want, recipes.CIFAR_MEAN, recipes.CIFAR_STD),
+    atol=2e-6,
+  )
+
+
+def test_cifar_padding_is_the_loaders_standardised_black():
+  raw = _raw((32, 32, 3)) * 0.5 + 0.5  # no black pixel in the image itself
+  fn = aug.training_transform("cifar", "cifar10", raw.shape)
+  black = -np.asarray(CIFAR10_MEAN, np.float32) / np.asarray(CIFAR10_STD, np.float32)
+  std = standardize(raw.copy(), CIFAR10_MEAN, CIFAR10_STD)
+  padded_pixels = 0
+  for index in range(40):
+    out = fn(std, sample_rng(0, 0, index))
+    is_black = np.all(out == black, axis=-1)
+    padded_pixels += int(is_black.sum())
+    # every black pixel lies in a border band of at most 4 pixels
+    rows, cols = np.nonzero(is_black)
+    assert np.all((np.minimum(rows, 31 - rows) < 4) | (np.minimum(cols, 31 - cols) < 4))
+  assert padded_pixels > 0
+  np.testing.assert_array_equal(aug.standardized_black("cifar10", 3), black)
+  np.testing.assert_array_equal(aug.standardized_black("tfds:cifar10", 3), np.zeros(3))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_imagenet_recipe_on_standardised_images_equals_the_raw_recipe(seed):
+  raw = _raw((24, 20, 3), seed)
+  fn = aug.training_transform("imagenet", "folder", raw.shape)
+  got = fn(standardize(raw.copy(), IMAGENET_MEAN, IMAGENET_STD), sample_rng(seed, 2, 3))
+  want = recipes.train_transform("imagenet", image_size=24)
+  # the raw recipe makes squares; compare on a square image for the exact same draws
+  square = _raw((24, 24, 3), seed)
+  fn_sq = aug.training_transform("imagenet", "folder", square.shape)
+  got_sq = fn_sq(standardize(square.copy(), IMAGENET_MEAN, IMAGENET_STD), sample_rng(seed, 2, 3))
+  want_sq = want(square, sample_rng(seed, 2, 3))
+  assert got.shape == (24, 20, 3) and got_sq.shape == (24, 24, 3)
+  # bilinear weights sum to one: the resize commutes with the per-channel affine map
+  np.testing.assert_allclose(
+    _unstandardize(got_sq, IMAGENET_MEAN, IMAGENET_STD),
+    _unstandardize(want_sq, IMAGENET_MEAN, IMAGENET_STD),
+    atol=2e-5,
+  )
+
+
+def test_recipe_rule_and_bad_settings():
+  assert aug.recipe_of("auto", "cifar10", 32) == "cifar"
+  assert aug.recipe_of("auto", "tfds:cifar100", 32) == "cifar"
+  assert aug.recipe_of("auto", "folder", 224) == "imagenet"
+  assert aug.recipe_of("auto", "folder", 32) == "none"
+  for name in ("digits", "mnist1d", "spiral", "npz"):
+    assert aug.recipe_of("auto", name, None) == "none"
+    assert aug.training_transform("auto", name, (40, 1)) is None
+  assert aug.recipe_of("cifar", None, None) == "cifar"
+  with pytest.raises(ValueError, match="pass dataset="):
+    aug.recipe_of("auto", None, 32)
+  with pytest.raises(ValueError, match="one of"):
+    aug.recipe_of("randaugment", "cifar10", 32)
+  with pytest.raises(ValueError, match=r"needs \(H, W, C\) images.*augment='none'"):
+    aug.training_transform("cifar", "cifar10", (40, 1))
+  with pytest.raises(ValueError, match="augment='x'"):
+    train.TrainConfig(augment="x")
+
+
+def test_train_config_dict_omits_the_default_augment():
+  assert "augment" not in train.TrainConfig().to_dict()
+  d = train.TrainConfig(augment="auto").to_dict()
+  assert d["augment"] == "auto" and train.TrainConfig(**d) == train.TrainConfig(augment="auto")
+  # augmentation is data, not compiled: the step and optimizer keys ignore it
+  assert train.TrainConfig(augment="cifar").part("step") == train.TrainConfig().part("step")
+
+
+def test_committed_experiment_keys_are_unchanged():
+  keys = {c.vanilla_key for c in grid.expand(load_config("table1")[0])}
+  assert "digits-cnn-symmetric0.1-s12484-340e50e55f" in keys
+  spiral = {c.vanilla_key for c in grid.expand(load_config("spiral")[0])}
+  assert len(spiral) > 0 and all("augment" not in k for k in spiral)
+
+
+def _data(n=48, side=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((n, side, side, 3)).astype(np.float32), rng.integers(0, 3, n)
+
+
+CONFIG = train.TrainConfig(epochs=2, batch_size=16, learning_rate=0.05, seed=3)
+
+
+def test_train_model_augments_by_config_as_by_an_explicit_transform():
+  x, y = _data()
+  model = models.get("mlp", 3, width=16)
+  cfg = dataclasses.replace(CONFIG, augment="cifar")
+  by_config = train.train_model(model, x, y, cfg, progress=False, dataset="cifar10")
+  fn = aug.training_transform("cifar", "cifar10", x.shape[1:])
+  by_hand = train.train_model(model, ArraySource(x, y), None, CONFIG, progress=False, transform=fn)
+  plain = train.train_model(model, x, y, CONFIG, progress=False)
+  again = train.train_model(model, x, y, cfg, progress=False, dataset="cifar10")
+  same = jax.tree_util.tree_map(np.array_equal, by_config.variables, by_hand.variables)
+  assert all(jax.tree_util.tree_leaves(same))
+  assert all(
+    jax.tree_util.tree_leaves(
+      jax.tree_util.tree_map(np.array_equal, by_config.variables, again.variables)
+    )
+  )
+  differs = jax.tree_util.tree_map(
+    lambda a, b: not np.array_equal(a, b), by_config.variables, plain.variables
+  )
+  assert any(jax.tree_util.tree_leaves(differs))
+
+
+def test_augment_none_and_auto_on_digits_train_on_the_arrays_unchanged():
+  x, y = _data(n=32, side=4)
+  model = models.get("mlp", 3, width=8)
+  base = train.train_model(model, x, y, CONFIG, progress=False)
+  auto = train.train_model(
+    model, x, y, dataclasses.replace(CONFIG, augment="auto"), progress=False, dataset="digits"
+  )
+  same = jax.tree_util.tree_map(np.array_equal, base.variables, auto.variables)
+  assert all(jax.tree_util.tree_leaves(same))
+  with pytest.raises(ValueError, match="pass dataset="):
+    train.train_model(model, x, y, dataclasses.replace(CONFIG, augment="auto"), progress=False)
