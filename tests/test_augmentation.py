@@ -19,7 +19,7 @@ from sap_jax import models, train
 from sap_jax.data import augment as recipes
 from sap_jax.data.base import IMAGENET_MEAN, IMAGENET_STD, standardize
 from sap_jax.data.cifar import CIFAR10_MEAN, CIFAR10_STD
-from sap_jax.data.feeder import sample_rng
+from sap_jax.data.feeder import feed, sample_rng
 from sap_jax.data.sources import ArraySource
 
 
@@ -159,3 +159,15 @@ def test_augment_none_and_auto_on_digits_train_on_the_arrays_unchanged():
   assert all(jax.tree_util.tree_leaves(same))
   with pytest.raises(ValueError, match="pass dataset="):
     train.train_model(model, x, y, dataclasses.replace(CONFIG, augment="auto"), progress=False)
+
+
+def test_grain_workers_draw_the_same_augmentation_as_the_main_process():
+  x, y = _data(n=20)
+  source = ArraySource(x, y)
+  fn = aug.training_transform("cifar", "cifar10", x.shape[1:])
+  here = [np.asarray(b.x) for b in feed(source, 8, transform=fn, seed=1, epoch=2)]
+  there = [np.asarray(b.x) for b in feed(source, 8, transform=fn, seed=1, epoch=2, workers=2)]
+  assert len(here) == len(there) == 3
+  for a, b in zip(here, there):
+    np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(here[0][:, :, :, 0], x[:8, :, :, 0])  # something moved
