@@ -76,7 +76,7 @@ def test_paper_clothing1m_runs_at_toy_size(setup_model, tmp_path):
   config = dataclasses.replace(
     config, setups=(setup,), methods=methods, alpha_curve=False, record_spectra=False
   )
-  root = write_image_folder(tmp_path / "data", per_class=70, size=40, seed=1)
+  root = write_image_folder(tmp_path / "data", per_class=40, size=40, seed=1)
   config = cfg.apply_overrides(
     config,
     [
@@ -86,6 +86,7 @@ def test_paper_clothing1m_runs_at_toy_size(setup_model, tmp_path):
       "train.epochs=1",
       "train.batch_size=32",
       "method.sap.n_trusted=32",
+      "method.sap.alphas=[1e4, 1e6]",
     ],
   )
   summary = run.run_grid(
@@ -95,7 +96,7 @@ def test_paper_clothing1m_runs_at_toy_size(setup_model, tmp_path):
   assert (summary.ran, summary.trained, summary.remaining) == (2, 1, 0)
   assert [c.method.name for c in cells] == ["vanilla", "sap"]
   records = run.load_records(tmp_path / "work", cells)
-  assert records[cells[1].key]["n_train"] == 189  # 210 images, 10 % noisy validation
+  assert records[cells[1].key]["n_train"] == 108  # 120 images, 10 % noisy validation
   _, meta = checkpoint.load_checkpoint(tmp_path / "work" / "checkpoints" / cells[0].vanilla_key)
   assert meta["spec"]["train"]["augment"] == "imagenet" and meta["spec"]["train"]["nesterov"]
   report = meta["pretrained"]
