@@ -171,3 +171,25 @@ def test_grain_workers_draw_the_same_augmentation_as_the_main_process():
   for a, b in zip(here, there):
     np.testing.assert_array_equal(a, b)
   assert not np.array_equal(here[0][:, :, :, 0], x[:8, :, :, 0])  # something moved
+
+
+def test_a_folder_decoded_at_the_input_side_is_the_imagenet_eval_transform(tmp_path):
+  """Evaluation needs no view: the folder source's decode (bilinear resize of the whole
+  image to image_size, then the ImageNet mean/std) is the recipe's eval transform, up to
+  the 8-bit rounding of Pillow's RGB resize."""
+  from PIL import Image
+
+  from sap_jax.data.sources import FolderSource
+
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (2, 45, 45, 3), dtype=np.uint8)
+  for k, name in enumerate(("a", "b")):
+    (tmp_path / "train" / name).mkdir(parents=True)
+    Image.fromarray(pixels[k]).save(tmp_path / "train" / name / "0.png")
+  source = FolderSource(tmp_path, "train", image_size=24)
+  want = recipes.eval_transform("imagenet", image_size=24)
+  for k in range(2):
+    got = source[k]["image"]
+    expected = want(pixels[k].astype(np.float32) / 255)
+    # one 8-bit step over the smallest std is 1 / (255 · 0.224) ≈ 0.0175
+    np.testing.assert_allclose(got, expected, atol=0.02)
