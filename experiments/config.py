@@ -72,6 +72,8 @@ class Setup:
     data_options: extra ``load_dataset`` options (e.g. ``{"num_samples": 200}``).
     val_fraction: share of the noisy training set held out for choosing
       hyperparameters (α).
+    init_from: pretrained weights the vanilla model starts from (``RunSpec.init_from``:
+      e.g. a torchvision-converted ``.npz``); None: random initialisation.
     label: column name in tables (default: the data set, plus the model when
       several setups share a data set).
   """
@@ -84,6 +86,7 @@ class Setup:
   data_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   val_fraction: float = 0.1
   label: str = ""
+  init_from: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

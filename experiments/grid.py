@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -102,13 +103,17 @@ def run_spec(config: Config, setup: Setup, noise: str, variant: Variant, seed: i
     data_options=dict(setup.data_options),
     model_kwargs=dict(setup.model_kwargs),
     train=TrainConfig(**fields),
+    init_from=setup.init_from,
   )
 
 
 def vanilla_key(spec: RunSpec) -> str:
-  """Readable name + hash of the RunSpec (without ``data_root``)."""
+  """Readable name + hash of the RunSpec (without ``data_root``; of ``init_from``, only
+  the file name, so the key does not depend on where the weights are stored)."""
   content = spec.to_dict()
   content.pop("data_root", None)
+  if "init_from" in content:
+    content["init_from"] = os.path.basename(content["init_from"].rstrip("/"))
   name = f"{_slug(spec.dataset)}-{_slug(spec.model)}-{_slug(spec.noise)}-s{spec.seed}"
   return f"{name}-{_hash(content, 10)}"
 

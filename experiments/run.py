@@ -239,7 +239,7 @@ def load_vanilla(
   echo: Callable[[str], None] = print,
 ) -> Vanilla:
   """Loads ``<checkpoint_dir>/<key>``, or trains the model and saves it there."""
-  from sap_jax import checkpoint, provenance, train
+  from sap_jax import checkpoint, init_from, provenance, train
   from sap_jax.spec import RunSpec, build_model, build_splits, load_data
 
   splits = build_splits(spec)
@@ -268,7 +268,11 @@ def load_vanilla(
       x_val=x_val,
       y_val=y_val,
       progress=train_progress,
+      dataset=spec.dataset,
+      init_from=spec.init_from,
     )
+    if result.pretrained is not None:
+      echo(init_from.describe(result.pretrained, spec.init_from))
     variables, train_time, trained_now = result.variables, result.train_time_s, True
   metrics = split_metrics(apply_fn, variables, splits)
   if trained_now:
@@ -288,6 +292,11 @@ def load_vanilla(
           },
           "metrics": {**metrics, "train_time_s": train_time},
           "history": result.history,
+          **(
+            {}
+            if result.pretrained is None
+            else {"pretrained": init_from.record(result.pretrained, spec.init_from)}
+          ),
         },
       )
     except FileExistsError:

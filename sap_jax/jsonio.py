@@ -52,7 +52,9 @@ def json_default(obj: Any) -> Any:
   * numpy scalars → Python numbers (``.item()``);
   * numpy and jax arrays → nested lists;
   * `pathlib.Path` → its string;
-  * dataclass instances → ``dataclasses.asdict``;
+  * dataclass instances → their own ``to_dict()`` when they have one (`TrainConfig`,
+    `RunSpec`: the dict their keys are hashed from, without fields left at a default
+    that postdates them), else ``dataclasses.asdict``;
   * sets and frozensets → sorted lists (in iteration order when the items do not
     sort);
   * other scalars with ``.item()`` → its value.
@@ -73,7 +75,8 @@ def json_default(obj: Any) -> Any:
   if isinstance(obj, Path):
     return str(obj)
   if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-    return dataclasses.asdict(obj)
+    to_dict = getattr(obj, "to_dict", None)
+    return to_dict() if callable(to_dict) else dataclasses.asdict(obj)
   if isinstance(obj, (set, frozenset)):
     try:
       return sorted(obj)

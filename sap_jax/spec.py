@@ -53,6 +53,9 @@ class RunSpec:
     train: the training configuration.
     api: the Flax API of the model: "linen" (default; also every spec saved before
       the field existed) or "nnx" (the NNX twin, `sap_jax.models.get(..., api="nnx")`).
+    init_from: pretrained weights training starts from (`sap_jax.init_from`: a
+      ``.npz``/``.safetensors`` file, a checkpoint or an orbax directory; torchvision
+      state dicts are converted), stored absolute; None: a random initialisation.
   """
 
   dataset: str = "digits"
@@ -65,6 +68,7 @@ class RunSpec:
   model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   api: str = "linen"
+  init_from: str | None = None
 
   def __post_init__(self):
     known = data.known_datasets()
@@ -91,6 +95,14 @@ class RunSpec:
         )
       root = os.path.abspath(os.path.expanduser(os.fspath(self.data_root)))
       object.__setattr__(self, "data_root", root)
+    if self.init_from is not None:
+      if not isinstance(self.init_from, (str, os.PathLike)):
+        raise ValueError(
+          f"init_from must be a path, got {type(self.init_from).__name__}; pass the "
+          "pretrained weights' file or directory."
+        )
+      path = os.path.abspath(os.path.expanduser(os.fspath(self.init_from)))
+      object.__setattr__(self, "init_from", path)
     for name in ("data_options", "model_kwargs"):
       if not isinstance(getattr(self, name), Mapping):
         raise ValueError(f"{name} must be a mapping of option names to values.")
@@ -100,9 +112,9 @@ class RunSpec:
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready dict; `RunSpec.from_dict` rebuilds it.
 
-    ``api`` appears only when it is not "linen", so a Linen run's dict (and every key
-    or hash made from it, e.g. the experiment runner's) is what it was before the field
-    existed.
+    ``api`` appears only when it is not "linen", and ``init_from`` only when set, so
+    a Linen run from a random initialisation has the dict (and every key or hash made
+    from it, e.g. the experiment runner's) it had before those fields existed.
     """
     out = dataclasses.asdict(self)
     out["train"] = self.train.to_dict()
@@ -110,6 +122,8 @@ class RunSpec:
     out["model_kwargs"] = dict(self.model_kwargs)
     if out["api"] == "linen":
       del out["api"]
+    if out["init_from"] is None:
+      del out["init_from"]
     return out
 
   @classmethod

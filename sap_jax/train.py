@@ -34,15 +34,23 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from sap_jax import multihost, robust
+from sap_jax import augmentation, multihost, robust
+from sap_jax import init_from as pretrained_init
 from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
 from sap_jax.data.feeder import Transform, default_mesh, feed
-from sap_jax.data.sources import check_length, first_input, is_source, source_length
+from sap_jax.data.sources import (
+  ArraySource,
+  check_length,
+  first_input,
+  is_source,
+  source_length,
+)
 from sap_jax.evaluation import check_xy, evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply
 from sap_jax.input_checks import check_labels
 from sap_jax.optim import make_optimizer, make_schedule
+from sap_jax.pretrained import PretrainedReport
 from sap_jax.train_config import TrainConfig
 from sap_jax.train_state import (
   TrainState,
@@ -90,11 +98,14 @@ class TrainResult(NamedTuple):
       ``val_accuracy`` and ``val_loss``.
     train_time_s: wall-clock seconds of the training loop (incl. compilation
       and validation).
+    pretrained: what ``init_from`` loaded (`sap_jax.pretrained.PretrainedReport`), or
+      None when the run started from a fresh initialisation.
   """
 
   variables: Variables
   history: list[dict[str, float]]
   train_time_s: float
+  pretrained: PretrainedReport | None = None
 
 
 class RunRngs(NamedTuple):
@@ -268,6 +279,8 @@ def train_model(
   mesh: jax.sharding.Mesh | None = None,
   transform: Transform | None = None,
   workers: int = 0,
+  dataset: str | None = None,
+  init_from: Any = None,
 ) -> TrainResult:
   """Trains ``model`` on ``(x, y)`` with SGD and the configured options.
 
@@ -293,9 +306,20 @@ def train_model(
     progress: show a tqdm bar over epochs with loss/accuracy (on a terminal only).
     log_fn: called with each epoch's history dict.
     transform: per-sample ``transform(image, rng) -> image`` applied to the training
-      inputs of a source (augmentation, `sap_jax.data.feeder.feed`): a function of the
-      seed, the epoch and the sample's index only. Sources only.
+      inputs (augmentation, `sap_jax.data.feeder.feed`): a function of the seed, the
+      epoch and the sample's index only. Default: ``config.augment``'s
+      (`sap_jax.augmentation.training_transform` for ``dataset``), none for "none".
+      With a transform, host arrays are read as an `sap_jax.data.sources.ArraySource`
+      (the same batches in the same order); global arrays are refused.
     workers: grain worker processes reading a source (0: in this process).
+    dataset: the data set's name (``Dataset.name``, "cifar10", "folder", ...): picks
+      the recipe of ``config.augment="auto"`` and the loader's standardisation (the
+      standardised black of the CIFAR crop's padding).
+    init_from: pretrained weights to start from instead of the random initialisation: a
+      path or a tree (`sap_jax.init_from`; torchvision state dicts are converted). The
+      ``head`` is re-initialised when its shape differs; any other mismatch is refused,
+      naming the parameter and both shapes, before any training. The report is
+      ``TrainResult.pretrained``.
     mesh: data-parallel training over a mesh with a data axis
       (`sap_jax.sharding.data_mesh`): each step's batch is sharded over the data axis
       (``config.batch_size`` a multiple of its devices), the state replicated; the
@@ -325,16 +349,20 @@ def train_model(
     },
     "train_model",
   )
+  if transform is None and config.augment != "none":
+    shape = first_input(x, "training source").shape[1:] if is_source(x) else np.shape(x)[1:]
+    transform = augmentation.training_transform(config.augment, dataset, shape)
+  pretrained = None if init_from is None else pretrained_init.pretrained_arrays(init_from, model)
   streamed = is_source(x)
   if streamed:
     mesh = default_mesh() if mesh is None else mesh
     shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
     x, y, val = _checked_training_source(model, x, y, x_val, y_val, config)
   else:
-    if transform is not None:
+    if transform is not None and (shd.is_global(x) or shd.is_global(x_val)):
       raise ValueError(
-        "transform= applies to a source's records; wrap the arrays as a source "
-        "(sap_jax.data.sources.ArraySource(x, y)) to augment them."
+        "augmentation (transform= or TrainConfig.augment) reads samples from the host: "
+        "pass host arrays or a source, not arrays sharded over a mesh."
       )
     mesh = _training_mesh(x, x_val, mesh)
     if mesh is not None:
@@ -344,6 +372,9 @@ def train_model(
     if isinstance(y_val, jax.Array) and shd.is_global(y_val):
       y_val = shd.to_host(y_val)
     x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
+    if transform is not None:  # augmented: read per sample through the feeder
+      x, y, streamed = ArraySource(x, y), None, True
+      mesh = default_mesh() if mesh is None else mesh
   start_time = time.perf_counter()
   n_train = len(x)  # a source must keep it (checked every epoch)
   steps_per_epoch = n_train // config.batch_size
@@ -351,6 +382,9 @@ def train_model(
   state = create_train_state(
     model, _first_sample(x), config, rngs.init, steps_per_epoch=steps_per_epoch
   )
+  report = None
+  if pretrained is not None:
+    state, report = _with_pretrained(state, pretrained)
   if mesh is not None:
     state = shd.replicate(state, mesh)
   schedule = make_schedule(config, steps_per_epoch)
@@ -386,8 +420,24 @@ def train_model(
   variables = variables_of(state) if config.early_stopping_patience is None else best.variables
   variables = jax.block_until_ready(variables)
   return TrainResult(
-    variables=variables, history=history, train_time_s=time.perf_counter() - start_time
+    variables=variables,
+    history=history,
+    train_time_s=time.perf_counter() - start_time,
+    pretrained=report,
   )
+
+
+def _with_pretrained(state: TrainState, pretrained) -> tuple[TrainState, PretrainedReport]:
+  """The state with its initial variables filled from pretrained arrays (the optimizer
+  state restarted on them)."""
+  variables, report = pretrained_init.initial_variables(variables_of(state), pretrained)
+  params = variables["params"]
+  state = state.replace(
+    params=params,
+    batch_stats=variables.get("batch_stats", state.batch_stats),
+    opt_state=state.tx.init(params),
+  )
+  return state, report
 
 
 def _training_mesh(x, x_val, mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:

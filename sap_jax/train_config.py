@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["PARTS", "TrainConfig"]
+__all__ = ["AUGMENTS", "PARTS", "TrainConfig"]
 
 STEP = "step"
 OPTIMIZER = "optimizer"
@@ -21,6 +21,8 @@ PARTS = (STEP, OPTIMIZER)
 """The pieces `TrainConfig.part` can select the fields of."""
 
 _SCHEDULES = ("constant", "step", "cosine")
+AUGMENTS = ("none", "auto", "cifar", "imagenet")
+"""The values of `TrainConfig.augment` (see `sap_jax.augmentation`)."""
 
 
 def _option(default: Any, *shapes: str) -> Any:
@@ -84,6 +86,10 @@ class TrainConfig:
   early_stopping_patience: int | None = _option(None)
   # Evaluate on the validation set every this many epochs (and at the end).
   eval_every: int = _option(1)
+  # Training-time augmentation (`sap_jax.augmentation`): "none", "auto" (the data set's
+  # published recipe, `sap_jax.data.augment.recipe_for`), "cifar" or "imagenet". Data,
+  # not compiled: it shapes no piece.
+  augment: str = _option("none")
 
   def __post_init__(self):
     problems = []
@@ -123,12 +129,22 @@ class TrainConfig:
       problems.append(f"early_stopping_patience={self.early_stopping_patience}: pass >= 1 or None")
     if self.eval_every < 1:
       problems.append(f"eval_every={self.eval_every}: pass >= 1")
+    if self.augment not in AUGMENTS:
+      problems.append(f"augment={self.augment!r}: pass one of {AUGMENTS}")
     if problems:
       raise ValueError("Invalid TrainConfig: " + "; ".join(problems) + ".")
 
   def to_dict(self) -> dict[str, Any]:
-    """The fields as a JSON-ready dict (``TrainConfig(**d)`` rebuilds it)."""
-    return dataclasses.asdict(self)
+    """The fields as a JSON-ready dict (``TrainConfig(**d)`` rebuilds it).
+
+    ``augment`` appears only when it is not "none", so the dict of a run without
+    augmentation (and every key hashed from it, e.g. the experiment runner's checkpoint
+    keys) is what it was before the field existed.
+    """
+    out = dataclasses.asdict(self)
+    if out["augment"] == "none":
+      del out["augment"]
+    return out
 
   def part(self, name: str) -> TrainConfig:
     """The config reduced to the fields that shape one compiled piece.

@@ -52,6 +52,7 @@ from sap_jax import (
   checkpoint,
   compilation,
   data,
+  init_from,
   jsonio,
   models,
   provenance,
@@ -92,6 +93,7 @@ from sap_jax.cli.top import top_parser
 from sap_jax.metrics import split_metrics
 from sap_jax.models.nnx_zoo import NNX_MODELS
 from sap_jax.spec import APIS, RunSpec, build_model, build_splits
+from sap_jax.train_config import AUGMENTS
 from sap_jax.tuning import tuning_report
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "UserError", "build_parser", "main"]
@@ -181,6 +183,22 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     "--mentormix", action="store_true", default=cfg["mentormix"], help="train with MentorMix"
   )
   t.add_argument(
+    "--augment",
+    default=cfg["augment"],
+    choices=AUGMENTS,
+    help="training-time augmentation: none, auto (the data set's published recipe: "
+    "cifar* → cifar, clothing1m/webvision/imagenet and folders of side >= 128 → imagenet, "
+    "else none), cifar (flip + 4-pixel padded crop) or imagenet (RandomResizedCrop + flip)",
+  )
+  t.add_argument(
+    "--init-from",
+    default=run["init_from"],
+    metavar="PATH",
+    help="start from pretrained weights (.npz/.safetensors of named arrays, a checkpoint, "
+    "an orbax directory; torchvision state dicts are converted); the head is "
+    "re-initialised for a new number of classes",
+  )
+  t.add_argument(
     "--early-stopping",
     type=int,
     default=cfg["early_stopping_patience"],
@@ -203,6 +221,7 @@ def _spec_from_args(args) -> RunSpec:
     label_smoothing=args.label_smoothing,
     mentormix=args.mentormix,
     early_stopping_patience=args.early_stopping,
+    augment=args.augment,
   )
   return RunSpec(
     dataset=args.dataset,
@@ -215,6 +234,7 @@ def _spec_from_args(args) -> RunSpec:
     model_kwargs=dict(args.model_kw),
     train=config,
     api=args.api,
+    init_from=args.init_from,
   )
 
 
@@ -242,8 +262,12 @@ def cmd_train(args) -> int:
     spec.train,
     x_val=x_val,
     y_val=y_val,
+    dataset=spec.dataset,
+    init_from=spec.init_from,
     **progress.train_options(spec.train.epochs),
   )
+  if result.pretrained is not None:
+    print(init_from.describe(result.pretrained, spec.init_from))
   if spec.api == "nnx":
     apply_fn, eval_variables = sap_nnx.functional(result.model)
     variables = sap_nnx.variables_of(result.model)
@@ -260,6 +284,8 @@ def cmd_train(args) -> int:
     "metrics": metrics,
     "history": result.history,
   }
+  if result.pretrained is not None:
+    metadata["pretrained"] = init_from.record(result.pretrained, spec.init_from)
   if args.device_mesh is not None:
     metadata["devices"] = devices_record(splits)
   path = checkpoint.save_checkpoint(out, variables, metadata, overwrite=args.overwrite)

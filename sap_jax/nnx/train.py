@@ -64,11 +64,14 @@ class NNXTrainResult(NamedTuple):
       ``loss``, ``train_accuracy``, ``lr`` and, when evaluated, ``val_accuracy``,
       ``val_loss``).
     train_time_s: wall-clock seconds of the training loop.
+    pretrained: what ``init_from`` loaded (`sap_jax.pretrained.PretrainedReport`), or
+      None.
   """
 
   model: nnx.Module
   history: list[dict[str, float]]
   train_time_s: float
+  pretrained: Any = None
 
 
 def _is_key(leaf: Any) -> bool:
@@ -188,6 +191,8 @@ def train_model(
   mesh: jax.sharding.Mesh | None = None,
   transform: Any = None,
   workers: int = 0,
+  dataset: str | None = None,
+  init_from: Any = None,
 ) -> NNXTrainResult:
   """Trains a copy of the NNX ``model`` on ``(x, y)``: `sap_jax.train.train_model`'s
   loop, step and optimizer, from the model's current weights.
@@ -214,6 +219,10 @@ def train_model(
       synchronised (the step's means run over the whole batch), so the result equals
       one device's to float tolerance. The trained model holds replicated arrays.
       Every process passes the same host ``(x, y)`` (as for the Linen function).
+    dataset: the data set's name, for ``config.augment`` (as the Linen function).
+    init_from: pretrained weights in the Linen twin's names (as the Linen function: a
+      path or a tree; the NNX zoo mirrors the Linen paths), replacing the model's
+      current weights before training.
 
   Returns:
     An `NNXTrainResult` (``.model``, ``.history``, ``.train_time_s``).
@@ -235,9 +244,16 @@ def train_model(
     mesh=mesh,
     transform=transform,
     workers=workers,
+    dataset=dataset,
+    init_from=init_from,
   )
   trained = with_variables(model, result.variables)
-  return NNXTrainResult(model=trained, history=result.history, train_time_s=result.train_time_s)
+  return NNXTrainResult(
+    model=trained,
+    history=result.history,
+    train_time_s=result.train_time_s,
+    pretrained=result.pretrained,
+  )
 
 
 def train_model_in_place(
