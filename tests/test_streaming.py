@@ -157,7 +157,7 @@ def test_the_trusted_set_of_a_stream_holds_k_scores_not_n(folder, monkeypatch):
 @pytest.mark.parametrize(
   "call, message",
   [
-    (lambda f, t: sj.run_sap(*f, t, None, t, None, score="nope"), "Unknown score"),
+    (lambda f, t: sj.run_sap(*f, t, None, t, None, n_trusted=9, score="nope"), "Unknown score"),
     (lambda f, t: sj.run_sap(*f, t, None, t, None, tune="per_layer"), "needs the validation"),
     (lambda f, t: sj.run_sap(*f, t, np.zeros(3), t, None), "carries its own labels"),
     (lambda f, t: sj.run_sap(*f, t, None, np.zeros((3, 8, 8, 3)), None), "x_val must be one"),
