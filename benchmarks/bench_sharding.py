@@ -176,7 +176,7 @@ def child(args) -> dict:
   from sap_jax.hashable import hashable
   from sap_jax.layers import path_name
   from sap_jax.spread_eigh import spread_eigh, spread_hlo, spread_plan
-  from sap_jax.stats.collect import sharded_stats_hlo
+  from sap_jax.stats.sharded import sharded_stats_hlo
 
   n = args.child
   if len(jax.devices()) < n:

@@ -19,7 +19,7 @@ import numpy as np
 
 from sap_jax.layers import path_name, skipped_layers
 from sap_jax.stats import CONV, Layout
-from sap_jax.stats.collect import module_calls
+from sap_jax.stats.observe import module_calls
 from sap_jax.types import Path
 
 

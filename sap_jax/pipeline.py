@@ -21,7 +21,7 @@ from sap_jax.layers import path_name, select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
 from sap_jax.stats.calls import layer_calls, repeated_layers
-from sap_jax.stats.collect import LiftedTransformError
+from sap_jax.stats.observe import LiftedTransformError
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
   Decomposition,

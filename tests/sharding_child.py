@@ -178,7 +178,7 @@ def devices(out: str) -> None:
   from sap_jax import sharding as shd
   from sap_jax.evaluation import evaluate, predict_logits
   from sap_jax.spread_eigh import spread_eigh, spread_hlo
-  from sap_jax.stats.collect import sharded_stats_hlo
+  from sap_jax.stats.sharded import sharded_stats_hlo
 
   assert jax.device_count() == 8, jax.devices()
   apply_fn, variables, x, y, xv, yv = case()

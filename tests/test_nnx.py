@@ -13,7 +13,7 @@ import sap_jax
 import sap_jax.nnx as snnx
 from sap_jax.compile_cache import cache_sizes
 from sap_jax.nnx.layers import skipped
-from sap_jax.stats.collect import LiftedTransformError
+from sap_jax.stats.observe import LiftedTransformError
 from tests.sap_reference import im2col
 from tests.stats_cases import CONV_CASES, conv_input
 

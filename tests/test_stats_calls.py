@@ -15,7 +15,7 @@ import sap_jax as sj
 import sap_jax.nnx as snnx
 from sap_jax.compile_cache import lowered_programs
 from sap_jax.stats.calls import RepeatedLayer, layer_calls, repeated_layers
-from sap_jax.stats.collect import LiftedTransformError
+from sap_jax.stats.observe import LiftedTransformError
 
 
 class _TwoCallHead(nn.Module):

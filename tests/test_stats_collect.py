@@ -13,7 +13,7 @@ import pytest
 
 import sap_jax as sj
 from sap_jax.stats import JITTED
-from sap_jax.stats.collect import LiftedTransformError, module_calls
+from sap_jax.stats.observe import LiftedTransformError, module_calls
 from sap_jax.stats.rows import budget_rows, layer_rows
 from tests.stats_cases import conv_input, single_layer
 

@@ -110,7 +110,7 @@ def test_conv_transpose_rows_stats_and_projected_inputs_identity(case):
 
 
 def test_conv_transpose_with_transpose_kernel_or_circular_is_not_covered():
-  from sap_jax.stats.collect import covered_layer
+  from sap_jax.stats.observe import covered_layer
 
   assert covered_layer(nn.ConvTranspose(4, (3,), transpose_kernel=True)) is None
   assert covered_layer(nn.ConvTranspose(4, (3,), padding="CIRCULAR")) is None

@@ -26,7 +26,7 @@ from flax import nnx
 
 from sap_jax.layers import key_path_name
 from sap_jax.nnx.layers import intercepting
-from sap_jax.stats.collect import observing
+from sap_jax.stats.observe import observing
 from sap_jax.types import Variables
 
 

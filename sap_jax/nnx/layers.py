@@ -8,7 +8,7 @@ by its graph path, with the same shapes as the twin's, so everything downstream 
 matrices, the decomposition, the kernel update) is the Linen code unchanged.
 
 `intercepting` wraps the ``__call__`` of the covered classes while an NNX forward runs
-under an observer (`sap_jax.stats.collect.report_call`), reporting each call of a layer
+under an observer (`sap_jax.stats.observe.report_call`), reporting each call of a layer
 of the model (by its graph path) and returning the observer's output.
 """
 
@@ -27,15 +27,15 @@ from flax.core.tracers import current_trace
 
 from sap_jax.kernels import WEIGHT_NAMES
 from sap_jax.layers import path_name, skipped_layers
-from sap_jax.stats.collect import (
+from sap_jax.stats.conv import conv_transpose_twin
+from sap_jax.stats.einsum import einsum_twin
+from sap_jax.stats.observe import (
   LayerCall,
   LiftedTransformError,
   observe_linen_calls,
   outer_trace,
   report_call,
 )
-from sap_jax.stats.conv import conv_transpose_twin
-from sap_jax.stats.einsum import einsum_twin
 from sap_jax.types import Path
 
 COVERED: tuple[type, ...] = (
@@ -185,7 +185,7 @@ def _wrapper(original, paths: Mapping[int, Path], model: nnx.Module):
 @contextlib.contextmanager
 def intercepting(model: nnx.Module) -> Iterator[None]:
   """While active, calls of ``model``'s covered layers are reported to the running
-  observer (`sap_jax.stats.collect.report_call`). Restores the classes on exit."""
+  observer (`sap_jax.stats.observe.report_call`). Restores the classes on exit."""
   paths = layer_paths(model)
   originals = {cls: cls.__dict__["__call__"] for cls in COVERED}
   try:

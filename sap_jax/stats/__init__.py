@@ -17,9 +17,10 @@ One capability per module:
 * `sap_jax.stats.gram`: Gram kernels C = RᵀR (`gram_matrix`, `conv_gram_by_shifts`),
   their cost model (`choose_shift_plan`, `direct_cost`, `shift_cost`), and one layer
   call's Gram matrix by the kernel chosen (`layer_gram`, `layer_gram_cost`).
-* `sap_jax.stats.collect`: the layer-call observer (`observe_linen_calls`, `LayerCall`)
-  and what is collected through it: `activation_stats` (streamed `LayerStats`),
-  `activation_rows`, `intercepted_rows`, `gram_costs`.
+* `sap_jax.stats.observe`: the layer-call observer (`observe_linen_calls`, `LayerCall`,
+  `report_call` for other model APIs, `LiftedTransformError`).
+* `sap_jax.stats.collect`: what is collected through the observer: `activation_stats`
+  (streamed `LayerStats`), `activation_rows`, `intercepted_rows`, `gram_costs`.
 * `sap_jax.stats.calls`: a shape-only trace of a forward's covered layer calls, to run
   before any work (`layer_calls`: rows per call; a lifted transform refused;
   `repeated_layers`: layers called more than once per forward).
@@ -32,14 +33,11 @@ from __future__ import annotations
 from sap_jax.batching import batched
 from sap_jax.stats.collect import (
   JITTED,
-  LayerCall,
   LayerStats,
-  OnCall,
   activation_rows,
   activation_stats,
   gram_costs,
   intercepted_rows,
-  observe_linen_calls,
 )
 from sap_jax.stats.conv import (
   ConvGeometry,
@@ -67,6 +65,7 @@ from sap_jax.stats.gram import (
   shift_cost,
   shift_plan,
 )
+from sap_jax.stats.observe import LayerCall, OnCall, observe_linen_calls
 from sap_jax.stats.rows import (
   CONV,
   DENSE,

@@ -6,7 +6,7 @@ streamed:
 
 * can SAP read every layer? A covered layer inside a lifted transform (``nn.scan``,
   ``nn.vmap``, ``nn.remat``, ``nnx.scan``, …) is refused here, with its path and the
-  transform (`sap_jax.stats.collect.LiftedTransformError`), instead of after the
+  transform (`sap_jax.stats.observe.LiftedTransformError`), instead of after the
   expensive steps;
 * is a layer called more than once per forward (a ``head`` applied to the tokens and to
   the pooled vector)? Its statistics then sum the rows of every call, one projection
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import jax
 
 from sap_jax.layers import path_name
-from sap_jax.stats.collect import LayerCall, observe_linen_calls, shape_of
+from sap_jax.stats.observe import LayerCall, observe_linen_calls, shape_of
 from sap_jax.stats.rows import rows_shape
 from sap_jax.types import ApplyFn, Path
 

@@ -23,7 +23,7 @@ eigendecomposition, and an exact null space), long ones cost what the Gram path 
 Rows are the layer's representation rows (`sap_jax.stats.rows.layer_rows`: conv
 geometry, groups, DenseGeneral axes); a ``rows_per_batch`` budget keeps that many
 uniformly random rows per layer and batch, as `activation_stats` does. Built as a
-callback on the layer-call observer (`sap_jax.stats.collect.observe_linen_calls`).
+callback on the layer-call observer (`sap_jax.stats.observe.observe_linen_calls`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from flax import struct
 
 from sap_jax.hashable import hashable
 from sap_jax.layers import path_name
-from sap_jax.stats.collect import LayerCall, LayerStats, observe_linen_calls
+from sap_jax.stats.collect import LayerStats
 from sap_jax.stats.gram import layer_gram
+from sap_jax.stats.observe import LayerCall, observe_linen_calls
 from sap_jax.stats.rows import Layout, budget_rows, layer_rows, rows_at, rows_shape
 from sap_jax.types import ApplyFn, Path
 
