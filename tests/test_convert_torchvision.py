@@ -5,6 +5,7 @@ tools/verify_torchvision_converters.py from torchvision's own modules (reduced
 widths, random weights and BatchNorm statistics); torch is not needed here.
 """
 
+import functools
 import os
 
 import jax
@@ -46,13 +47,20 @@ RESNETS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(RESNETS))
-def test_resnet_logits_match_torchvision(name):
+@functools.cache
+def _converted_resnet(name):
+  """(converted variables, input, torch logits, the Linen model's logits) of a fixture."""
   state, x, logits = _fixture(name)
   model = sap_jax.models.ResNet(num_classes=10, stem="imagenet", **RESNETS[name])
   variables = convert.resnet_variables(state)
   assert _shapes(variables) == _shapes(jax.eval_shape(model.init, jax.random.key(0), x[:1]))
-  assert _rel(_apply(model, variables, x), logits) < 1e-4
+  return variables, x, logits, np.asarray(_apply(model, variables, x))
+
+
+@pytest.mark.parametrize("name", sorted(RESNETS))
+def test_resnet_logits_match_torchvision(name):
+  _, _, logits, linen_logits = _converted_resnet(name)
+  assert _rel(linen_logits, logits) < 1e-4
 
 
 def test_resnet_conversion_is_the_documented_layout():
@@ -127,6 +135,17 @@ def test_nnx_twins_take_the_converted_variables():
     mlp_dim=64,
   )
   assert _rel(_nnx_logits(twin, convert.vit_variables(state, num_heads=2), x), logits) < 1e-4
+
+
+def test_nnx_resnet50_twin_reproduces_torch_and_equals_linen():
+  variables, x, logits, linen_logits = _converted_resnet("resnet50_small")
+  twin = nnx.eval_shape(
+    lambda: sap_jax.models.get("resnet50", 10, api="nnx", in_features=3, stem="imagenet", width=2)
+  )
+  got = np.asarray(_nnx_logits(twin, variables, x))
+  assert _rel(got, logits) < 1e-4
+  # The same convolutions in the same order: equal to the Linen model's logits (bitwise on CPU).
+  np.testing.assert_allclose(got, linen_logits, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_state_dicts_are_refused_with_the_fix():

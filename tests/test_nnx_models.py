@@ -13,6 +13,7 @@ from flax import nnx
 import sap_jax
 import sap_jax.nnx as snnx
 from sap_jax import models
+from sap_jax.models import nnx_resnet as snnx_resnet
 
 # name → (Linen kwargs, NNX-only kwargs, input shape)
 TWINS = {
@@ -71,6 +72,75 @@ def test_sap_on_linen_and_nnx_twins_agrees(name):
   np.testing.assert_allclose(corrected(x), want, rtol=1e-3, atol=1e-4)
 
 
+# A bottleneck ResNet one block deep (2 → 8 channels: the projection shortcut): ResNet-50's
+# block at a fraction of its compile time (the v1.5 stride is checked on the torch fixture).
+BOTTLENECK = dict(stage_sizes=(1,), block_cls=models.BottleneckResNetBlock, width=2)
+
+
+@functools.cache
+def _bottleneck_twins():
+  linen = models.ResNet(num_classes=3, **BOTTLENECK)
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 3)))
+  # Random values in the model's tree (no init to compile), running statistics included.
+  rng = np.random.default_rng(1)
+  variables = jax.tree_util.tree_map_with_path(
+    lambda path, leaf: np.asarray(
+      rng.uniform(0.5, 1.5, leaf.shape)
+      if path[-1].key in ("var", "scale")
+      else rng.normal(0, 0.3, leaf.shape),
+      np.float32,
+    ),
+    jax.eval_shape(linen.init, jax.random.PRNGKey(0), x[:1]),
+  )
+  twin = nnx.eval_shape(lambda: models.get("resnet", 3, api="nnx", in_features=3, **BOTTLENECK))
+  return linen, variables, snnx.load_linen_variables(twin, variables), x
+
+
+def test_resnet50_twin_has_resnet50s_parameters():
+  twin = nnx.eval_shape(
+    lambda: models.get("resnet50", 1000, api="nnx", in_features=3, stem="imagenet")
+  )
+  assert _count(nnx.state(twin, nnx.Param)) == 25_557_032  # torchvision's resnet50
+  assert isinstance(twin.stage2_block1, snnx_resnet.BottleneckResNetBlock)
+  assert twin.stage2_block1.conv2.strides == (2, 2)  # v1.5: the stride on the 3×3
+  assert twin.stage2_block1.conv1.strides == (1, 1)
+
+
+def test_bottleneck_twin_train_step_equals_linen():
+  linen, variables, loaded, x = _bottleneck_twins()
+  want, updated = jax.jit(lambda v, x: linen.apply(v, x, train=True, mutable=["batch_stats"]))(
+    variables, x
+  )
+  twin = nnx.clone(loaded)
+  twin.train()  # batch statistics, and the running ones move by momentum 0.9
+  got = nnx.jit(lambda m, x: m(x))(twin, x)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  got_stats = snnx.variables_of(twin)["batch_stats"]
+  assert jax.tree_util.tree_structure(got_stats) == jax.tree_util.tree_structure(
+    updated["batch_stats"]
+  )
+  for a, b in zip(
+    jax.tree_util.tree_leaves(got_stats), jax.tree_util.tree_leaves(updated["batch_stats"])
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_run_sap_on_the_bottleneck_twin_finds_every_layer():
+  _, variables, loaded, x = _bottleneck_twins()
+  y = np.asarray(jax.random.randint(jax.random.PRNGKey(2), (8,), 0, 3))
+  result = snnx.run_sap(loaded, x, y, x[:4], y[:4], n_trusted=4, alphas=(3.0, 1e3), batch_size=8)
+  kernels = {
+    "/".join(k.key for k in path[:-1])
+    for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    if path[-1].key == "kernel"
+  }
+  assert set(result.layers) == kernels and len(kernels) == 6
+  # rows: one per trusted sample (4) and output position (8×8 maps throughout)
+  for name in ("conv1", "conv2", "conv3", "conv_proj"):
+    assert result.layers[f"stage1_block1/{name}"]["rows"] == 4 * 8 * 8
+  assert result.layers["head"]["rows"] == 4
+
+
 def test_unknown_twin_and_mismatched_weights_are_refused():
   with pytest.raises(ValueError, match="no NNX twin"):
     models.get("vgg11", 3, api="nnx")
@@ -80,3 +150,5 @@ def test_unknown_twin_and_mismatched_weights_are_refused():
   other = models.get("cnn", 3, api="nnx", width=8, in_features=1)
   with pytest.raises(ValueError, match="do not match"):
     snnx.load_linen_variables(other, variables)
+  with pytest.raises(ValueError, match="block_cls must be ResNetBlock or BottleneckResNetBlock"):
+    models.get("resnet", 3, api="nnx", in_features=3, block_cls=nnx.Linear)

@@ -107,8 +107,8 @@ def get(name: str, num_classes: int, api: str = "linen", **kwargs) -> nn.Module:
     num_classes: Number of output logits.
     api: "linen" (default), or "nnx" for the Flax NNX twin
       (`sap_jax.models.nnx_zoo.get_nnx`: ``mlp``, ``cnn``, ``resnet18``, ``resnet34``,
-      ``vit``, ``vit_tiny``; it takes ``in_features`` and ``seed`` and returns a
-      built ``nnx.Module``).
+      ``resnet50``, ``resnet``, ``vit``, ``vit_tiny``; it takes ``in_features`` and
+      ``seed`` and returns a built ``nnx.Module``).
     **kwargs: Hyperparameters of that model (e.g. ``width``, ``stem``). Sizes
       that a named variant fixes (the depth of ``resnet18``, the widths of
       ``vit_b16``) cannot be overridden; use the generic family for that.

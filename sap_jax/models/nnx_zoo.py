@@ -14,7 +14,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from sap_jax.models.nnx_cnn import CNN, MLP
-from sap_jax.models.nnx_resnet import ResNet, ResNet18, ResNet34
+from sap_jax.models.nnx_resnet import ResNet, ResNet18, ResNet34, ResNet50
 from sap_jax.models.nnx_vit import ViT, VitTiny
 
 NNX_MODELS: dict[str, Callable[..., nnx.Module]] = {
@@ -22,6 +22,7 @@ NNX_MODELS: dict[str, Callable[..., nnx.Module]] = {
   "cnn": CNN,
   "resnet18": ResNet18,
   "resnet34": ResNet34,
+  "resnet50": ResNet50,
   "resnet": ResNet,
   "vit": ViT,
   "vit_tiny": VitTiny,
