@@ -11,7 +11,7 @@ from sap_jax import models, train
 from sap_jax.data import load_dataset, make_splits
 from sap_jax.data.folder import load_folder
 from sap_jax.data.sources import ArraySource, Subset
-from tests.stream_cases import SIZE, folder_model, folder_sources, write_folder
+from tests.stream_cases import SIZE, folder_sources, write_folder
 
 # (name, factory kwargs): tiny budgets and grids, each method's every phase exercised.
 CASES = [
@@ -106,13 +106,14 @@ def test_every_method_on_an_array_source_equals_its_arrays(digits_task, array_ru
 
 
 def test_a_folder_source_equals_its_arrays(tmp_path_factory):
-  """Finetune, SSD and SAP over a PNG folder (a ``Subset`` with noisy labels, as the
-  streamed splits are) give the in-memory run's choice and variables."""
+  """Finetune and SSD over a PNG folder (``Subset`` views with noisy labels, as the
+  streamed splits are) give the in-memory run's choice and variables, bit for bit (SAP
+  over a folder: test_streaming.py)."""
   root = write_folder(tmp_path_factory.mktemp("bl") / "folder")
   ds = load_folder(root=root, image_size=SIZE)
   source, _ = folder_sources(root)
-  model, _ = folder_model()
-  config = train.TrainConfig(epochs=2, batch_size=16, learning_rate=0.05, seed=1)
+  model = models.get("mlp", num_classes=3, depth=1, width=16, batch_norm=True)
+  config = train.TrainConfig(epochs=1, batch_size=16, learning_rate=0.05, seed=1)
   rng = np.random.default_rng(0)
   noisy = np.where(
     rng.random(len(ds.y_train)) < 0.25, rng.integers(0, 3, len(ds.y_train)), ds.y_train
@@ -126,17 +127,12 @@ def test_a_folder_source_equals_its_arrays(tmp_path_factory):
   streamed = bl.CorrectionTask(
     model, variables, Subset(source), noisy, Subset(source, val), noisy[val], config
   )
-  for name, kwargs, exact in (
-    (
-      "finetune",
-      {"n_retain": 24, "epochs": 1, "batch_size": 8, "grid": {"lr": (1e-2, 5e-2)}},
-      True,
-    ),
-    ("ssd", {"n_forget": 10, "batch_size": 16, "grid": {"alpha": (2.0, 1.0)}}, True),
-    ("sap", {"n_trusted": 20, "alphas": (1e2, 1e4), "batch_size": 16}, False),
+  for name, kwargs in (
+    ("finetune", {"n_retain": 24, "epochs": 1, "batch_size": 8, "grid": {"lr": (1e-2, 5e-2)}}),
+    ("ssd", {"n_forget": 10, "batch_size": 16, "grid": {"alpha": (2.0, 1.0)}}),
   ):
     method = bl.get_method(name, **kwargs)
-    _same_result(method.run(streamed), method.run(arrays), exact=exact)
+    _same_result(method.run(streamed), method.run(arrays), exact=True)
 
 
 def test_a_task_refuses_mixed_data_and_bad_labels_before_any_work(digits_task):
