@@ -117,7 +117,7 @@ def test_paper_clothing1m_runs_every_method_over_the_streamed_folder(tmp_path):
     config.setups[0], model="mlp", model_kwargs={"depth": 1, "width": 16}, init_from=None
   )
   config = dataclasses.replace(
-    config, setups=(setup,), alpha_curve=False, record_spectra=False, plots=()
+    config, setups=(setup,), alpha_curve=True, record_spectra=False, plots=()
   )
   root = write_image_folder(tmp_path / "data", per_class=12, size=16, seed=1)
   config = cfg.apply_overrides(
@@ -157,3 +157,5 @@ def test_paper_clothing1m_runs_every_method_over_the_streamed_folder(tmp_path):
   assert sorted(by_method) == ["finetune", "sap", "scrub", "ssd", "vanilla"]
   assert by_method["finetune"]["retain_size"] == 8 and by_method["ssd"]["forget_size"] == 4
   assert all(0 <= r["test_accuracy"] <= 1 for r in by_method.values())
+  # the α curve scored on the streamed splits: the method's own sweep, exactly
+  assert by_method["sap"]["alpha_curve"]["check_max_abs_diff"] == 0.0
