@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sap_jax.data.sources import is_source, with_labels
+
 __all__ = ["sap_extras"]
 
 
@@ -60,9 +62,17 @@ def sap_extras(
   if oracle and bool(splits.noise_mask.any()):
     named["val_clean"] = (splits.x_val, splits.y_val_clean)
   if oracle or alpha_curve:
-    curves = sj.score_alphas(
-      apply_fn, variables, sap.decomposition, alphas, named, batch_size=batch_size
-    )
+    if is_source(splits.x_val):  # streamed splits: each read once for the whole grid
+      from sap_jax import streaming
+
+      sources = {name: with_labels(x, y)[0] for name, (x, y) in named.items()}
+      curves = streaming.score_alphas(
+        apply_fn, variables, sap.decomposition, alphas, sources, batch_size=batch_size
+      )
+    else:
+      curves = sj.score_alphas(
+        apply_fn, variables, sap.decomposition, alphas, named, batch_size=batch_size
+      )
     if "val_clean" in curves:
       clean = curves["val_clean"]
       alpha_oracle, acc_oracle = sj.choose_alpha(alphas, clean.accuracies, clean.baseline)

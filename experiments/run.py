@@ -7,7 +7,10 @@
 
 For every cell of the grid (:mod:`experiments.grid`) the runner
 
-1. trains the vanilla model on the noisy labels, or loads it from
+1. loads the data (an image folder or a tfds data set lazily, as sources read one
+   sample at a time through the feeder, every phase and every method streaming them;
+   the in-memory data sets as arrays), then trains the vanilla model on the noisy
+   labels, or loads it from
    ``<checkpoint_dir>/<vanilla key>`` (trained once, reused by every method
    and every config with the same run);
 2. runs the method (``sap_jax.baselines.get_method(name, **kwargs)``), which
@@ -242,7 +245,7 @@ def load_vanilla(
   from sap_jax import checkpoint, init_from, provenance, train
   from sap_jax.spec import RunSpec, build_model, build_splits, load_data
 
-  splits = build_splits(spec)
+  splits = build_splits(spec, stream=True)  # image folders and tfds: lazy sources
   model = build_model(spec, splits.num_classes)
   apply_fn = train.eval_apply_fn(model)
   path = Path(checkpoint_dir) / key
@@ -288,7 +291,7 @@ def load_vanilla(
             "dataset": spec.dataset,
             "root": spec.data_root,
             "options": dict(spec.data_options),
-            "fingerprint": provenance.data_fingerprint(load_data(spec)),
+            "fingerprint": provenance.data_fingerprint(load_data(spec, stream=True)),
           },
           "metrics": {**metrics, "train_time_s": train_time},
           "history": result.history,

@@ -151,8 +151,8 @@ def load_data(spec: RunSpec, *, stream: bool = False) -> data.Dataset:
 
   Option values may be any JSON value (numbers, strings, lists, dicts). With ``stream``,
   a data set of `STREAMED` is loaded lazily (its inputs are sources, read one sample at a
-  time) unless its options say ``lazy``; the command line streams, the experiment runner
-  (whose baselines take arrays) does not.
+  time) unless its options say ``lazy``; the command line and the experiment runner
+  stream (every method, the baselines included, reads sources through the feeder).
   """
   try:
     options = json.dumps(dict(spec.data_options), sort_keys=True)

@@ -34,7 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sap_jax.data.feeder import feed
+from sap_jax.data.sources import first_input, is_source, no_separate_labels, source_length
 from sap_jax.hashable import hashable
+from sap_jax.input_checks import output_width
 from sap_jax.layers import path_name
 from sap_jax.objective import corrected_variables, cross_entropy, log_alpha_of
 from sap_jax.sweep import Decomposition, check_split
@@ -126,6 +129,118 @@ def _fit(apply_fn, log_alpha0, data, x, y, weights, penalty, *, steps, learning_
   return jnp.stack(ces), jnp.stack(corrects), stacked
 
 
+def _ce_correct(apply_fn, log_alpha, data, x, y):
+  variables, decomposition = data
+  alpha = {p: jnp.exp(a) for p, a in log_alpha.items()}
+  logits = apply_fn(corrected_variables(variables, decomposition, alpha), x)
+  return cross_entropy(logits, y), jnp.argmax(logits, -1) == y
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def _batch_grad(apply_fn, log_alpha, data, x, y, mask):
+  """∂/∂ log α of the summed cross-entropy of a batch's real samples."""
+
+  def total(la):
+    ce, _ = _ce_correct(apply_fn, la, data, x, y)
+    return jnp.sum(jnp.where(mask, ce, 0.0))
+
+  return jax.grad(total)(log_alpha)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def _batch_scores(apply_fn, log_alpha, data, x, y, mask):
+  """Correct count and cross-entropy sum of a batch's real samples."""
+  ce, correct = _ce_correct(apply_fn, log_alpha, data, x, y)
+  return jnp.sum(correct & mask), jnp.sum(jnp.where(mask, ce, 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=("learning_rate",))
+def _adam_update(log_alpha, state, grad_fit, log_alpha0, penalty, *, learning_rate):
+  """One Adam step on log α from the data term's gradient plus the penalty's."""
+
+  def drift(la):
+    return penalty * jnp.mean(jnp.stack([(la[p] - log_alpha0[p]) ** 2 for p in la]))
+
+  grad = jax.tree_util.tree_map(jnp.add, grad_fit, jax.grad(drift)(log_alpha))
+  updates, state = optax.adam(learning_rate).update(grad, state, log_alpha)
+  return optax.apply_updates(log_alpha, updates), state
+
+
+class _SourceFit:
+  """`tune_alpha`'s fits over a source: every step's gradient a sum over the feeder's
+  batches of the training folds (a ``Subset`` view), every step's held-out scores one
+  pass over the held-out fold's view; nothing holds the split."""
+
+  def __init__(self, apply_fn, log_alpha0, data, source, k, batch_size, learning_rate):
+    self.fn, self.log_alpha0, self.data, self.source = apply_fn, log_alpha0, data, source
+    self.k, self.batch_size, self.learning_rate = k, batch_size, learning_rate
+
+  def _batches(self, indices):
+    return feed(
+      self.source, self.batch_size, indices=indices, num_classes=self.k, what="split 'val'"
+    )
+
+  def scores(self, log_alpha, indices) -> tuple[float, float]:
+    correct, loss = 0, 0.0
+    for b in self._batches(indices):
+      c, s = jax.device_get(_batch_scores(self.fn, log_alpha, self.data, b.x, b.y, b.mask))
+      correct, loss = correct + int(c), loss + float(s)
+    return correct, loss
+
+  def step(self, log_alpha, state, indices, penalty):
+    grad = None
+    for b in self._batches(indices):
+      g = _batch_grad(self.fn, log_alpha, self.data, b.x, b.y, b.mask)
+      grad = g if grad is None else jax.tree_util.tree_map(jnp.add, grad, g)
+    dtype = next(iter(log_alpha.values())).dtype
+    grad = jax.tree_util.tree_map(lambda g: g / jnp.asarray(len(indices), dtype), grad)
+    return _adam_update(
+      log_alpha,
+      state,
+      grad,
+      self.log_alpha0,
+      jnp.asarray(penalty, dtype),
+      learning_rate=self.learning_rate,
+    )
+
+  def run(self, train, held, steps, penalty):
+    """Held-out ``(correct, loss)`` sums before each step and after the last, and the
+    trajectory of log α."""
+    log_alpha = self.log_alpha0
+    state = optax.adam(self.learning_rate).init(log_alpha)
+    correct, loss, path = np.zeros(steps + 1), np.zeros(steps + 1), []
+    for t in range(steps + 1):
+      path.append(log_alpha)
+      if held is not None:
+        correct[t], loss[t] = self.scores(log_alpha, held)
+      if t < steps:
+        log_alpha, state = self.step(log_alpha, state, train, penalty)
+    return correct, loss, path
+
+
+def _tune_on_source(apply_fn, log_alpha0, data, source, ids, penalties, *, steps, **options):
+  """The cross-validation of `tune_alpha` over a source: the pooled held-out curves of
+  every penalty, then the returned α (see `tune_alpha`)."""
+  n, folds = len(ids), int(ids.max()) + 1
+  fit = _SourceFit(apply_fn, log_alpha0, data, source, **options)
+  curves, choices = {}, []
+  for pen in penalties:
+    acc, loss = np.zeros(steps + 1), np.zeros(steps + 1)
+    for k in range(folds):
+      c, s, _ = fit.run(np.flatnonzero(ids != k), np.flatnonzero(ids == k), steps, pen)
+      acc, loss = acc + c, loss + s
+    curves[pen] = (acc / n, loss / n)
+    t = _best_step(*curves[pen])
+    choices.append((curves[pen][0][t], -curves[pen][1][t], t, pen))
+  final = None
+  best = max(range(len(choices)), key=lambda i: (choices[i][0], choices[i][1], -i))
+  t_star, pen_star = choices[best][2], choices[best][3]
+  if t_star > 0:
+    _, _, path = fit.run(np.arange(n), None, t_star, pen_star)
+    final = (path[t_star], fit.scores(path[t_star], np.arange(n))[0] / n)
+  return curves, choices, final
+
+
 def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
   """The fold of every sample: a seeded permutation dealt into ``folds`` folds."""
   ids = np.empty(n, np.int64)
@@ -152,6 +267,7 @@ def tune_alpha(
   learning_rate: float = DEFAULT_LEARNING_RATE,
   penalty: float | Sequence[float] = 0.0,
   seed: int = 0,
+  batch_size: int = 512,
 ) -> TuneResult:
   """Learns one α per layer (in log space) on the noisy validation split.
 
@@ -160,7 +276,10 @@ def tune_alpha(
     variables: the variables ``decomposition`` was made from.
     decomposition: from `sap_jax.decompose` (the bases are reused, never recomputed).
     x_val, y_val: the noisy validation split (full batch: every step is one forward
-      and backward pass over it).
+      and backward pass over it). Or a labelled source (`sap_jax.data.sources`, ``y_val``
+      None): every step's gradient is then summed over the feeder's batches of the
+      training folds and every held-out fold scored in one pass, each fold a ``Subset``
+      view read by index, so the split is never held (the same α to float tolerance).
     alpha: the start, the grid's best α (a scalar for every layer, or a dict).
     folds: cross-validation folds (≥ 2, ≤ the number of samples).
     steps: Adam steps per fit (the early-stopping horizon).
@@ -168,12 +287,18 @@ def tune_alpha(
     penalty: weight of ``mean_l (log α_l − log α_l⁰)²``, or several weights for the
       cross-validation to choose from.
     seed: seed of the fold assignment (the only randomness).
+    batch_size: samples per batch over a source (arrays: one full batch).
 
   Returns:
     A `TuneResult`. Deterministic for a seed.
   """
-  x_val, y_val = check_split(x_val, y_val, "val")
-  n = len(x_val)
+  streamed = is_source(x_val)
+  if streamed:
+    no_separate_labels(y_val, "y_val")
+    n = source_length(x_val, "split 'val'")
+  else:
+    x_val, y_val = check_split(x_val, y_val, "val")
+    n = len(x_val)
   if not 2 <= folds <= n:
     raise ValueError(f"folds must be between 2 and the {n} validation samples, got {folds}.")
   if steps < 1:
@@ -183,12 +308,30 @@ def tune_alpha(
   penalties = tuple(float(p) for p in np.atleast_1d(np.asarray(penalty, np.float64)))
   if not penalties or any(not (np.isfinite(p) and p >= 0) for p in penalties):
     raise ValueError(f"penalty must be finite and ≥ 0 (one value or several), got {penalty}.")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
   log_alpha0 = log_alpha_of(decomposition, alpha)
   dtype = next(iter(log_alpha0.values())).dtype
   fn = hashable(apply_fn)
   data = (variables, decomposition)
-  x, y = jnp.asarray(x_val), jnp.asarray(y_val)
   ids = fold_ids(n, folds, seed)
+  start = {p: float(np.exp(float(a))) for p, a in log_alpha0.items()}
+  if streamed:
+    k = output_width(apply_fn, variables, first_input(x_val, "split 'val'"))
+    curves, choices, final = _tune_on_source(
+      fn,
+      log_alpha0,
+      data,
+      x_val,
+      ids,
+      penalties,
+      steps=steps,
+      k=k,
+      batch_size=batch_size,
+      learning_rate=float(learning_rate),
+    )
+    return _result(curves, choices, penalties, start, final)
+  x, y = jnp.asarray(x_val), jnp.asarray(y_val)
 
   def fit(weights, pen):
     ce, correct, path = _fit(
@@ -218,15 +361,25 @@ def tune_alpha(
     t = _best_step(acc, loss)
     choices.append((acc[t], -loss[t], t, pen))
   best = max(range(len(choices)), key=lambda i: (choices[i][0], choices[i][1], -i))
-  acc_t, neg_loss_t, t_star, pen_star = choices[best]
-  acc0, loss0 = curves[penalties[0]][0][0], curves[penalties[0]][1][0]
-  start = {p: float(np.exp(float(a))) for p, a in log_alpha0.items()}
-  tuned, val_acc = start, float(acc0)
+  t_star, pen_star = choices[best][2], choices[best][3]
+  final = None
   if t_star > 0:
     _, correct, path = fit(np.ones(n), pen_star)
-    if correct[t_star].mean() >= acc0:
-      tuned = {p: float(np.exp(float(a[t_star]))) for p, a in path.items()}
-      val_acc = float(correct[t_star].mean())
+    final = ({p: a[t_star] for p, a in path.items()}, correct[t_star].mean())
+  return _result(curves, choices, penalties, start, final)
+
+
+def _result(curves, choices, penalties, start, final) -> TuneResult:
+  """The `TuneResult` of the cross-validation's ``choices`` (one per penalty) and the
+  ``final`` fit on the whole split (its log α at t* and accuracy, or None when t* = 0):
+  the start is kept unless that accuracy is at least the start's."""
+  best = max(range(len(choices)), key=lambda i: (choices[i][0], choices[i][1], -i))
+  acc_t, neg_loss_t, t_star, pen_star = choices[best]
+  acc0, loss0 = curves[penalties[0]][0][0], curves[penalties[0]][1][0]
+  tuned, val_acc = start, float(acc0)
+  if final is not None and final[1] >= acc0:
+    tuned = {p: float(np.exp(float(a))) for p, a in final[0].items()}
+    val_acc = float(final[1])
   return TuneResult(
     alpha=tuned,
     start=start,

@@ -111,3 +111,36 @@ def test_tuning_report_is_plain_json(case):
     assert json.loads(json.dumps(rep)) == rep
     assert set(rep["alpha"]) == {"/".join(p) for p in case.decomposition.paths}
     assert rep["steps"] == r.steps and rep["improved"] == r.improved
+
+
+def test_tuning_over_a_source_equals_tuning_over_its_arrays(case):
+  """Folds as Subset views, gradients summed over the feeder's batches: the same choice
+  and the same α as the full-batch fit on the arrays, to float tolerance."""
+  from sap_jax.data.sources import ArraySource
+
+  with jax.enable_x64(True):
+    x = np.asarray(case.x_val, np.float32)  # the feeder reads float32 inputs
+    kw = {"folds": 3, "steps": 8, "learning_rate": 0.2, "seed": 3, "penalty": (0.0, 1.0)}
+    arrays = sj.tune_alpha(
+      case.apply_fn, case.variables, case.decomposition, x, case.y_val, START, **kw
+    )
+    source = ArraySource(x, case.y_val)
+    streamed = sj.tune_alpha(
+      case.apply_fn, case.variables, case.decomposition, source, None, START, batch_size=32, **kw
+    )
+    assert (streamed.steps, streamed.penalty, streamed.improved) == (
+      arrays.steps,
+      arrays.penalty,
+      arrays.improved,
+    )
+    assert streamed.alpha.keys() == arrays.alpha.keys()
+    for p, a in arrays.alpha.items():
+      assert streamed.alpha[p] == pytest.approx(a, rel=1e-4)
+    assert streamed.val_accuracy == pytest.approx(arrays.val_accuracy)
+    for pen, (acc, loss) in arrays.curves.items():
+      np.testing.assert_allclose(streamed.curves[pen][0], acc)
+      np.testing.assert_allclose(streamed.curves[pen][1], loss, rtol=1e-4)
+    with pytest.raises(ValueError, match="carries its own labels"):
+      sj.tune_alpha(
+        case.apply_fn, case.variables, case.decomposition, source, case.y_val, START, **kw
+      )

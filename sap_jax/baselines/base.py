@@ -36,7 +36,7 @@ import dataclasses
 import itertools
 import numbers
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -45,8 +45,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sap_jax import train as tr
-from sap_jax.data.sources import is_source
-from sap_jax.input_checks import check_labelled
+from sap_jax.data.feeder import feed
+from sap_jax.data.sources import (
+  Subset,
+  first_input,
+  is_source,
+  source_labels,
+  source_length,
+  with_labels,
+)
+from sap_jax.input_checks import check_labelled, check_labels, output_width
 from sap_jax.trusted import per_example_loss, rank_by_score
 from sap_jax.types import ApplyFn, Variables
 
@@ -59,6 +67,7 @@ __all__ = [
   "clip_budget",
   "expand_grid",
   "highest_loss",
+  "input_batches",
   "lowest_loss",
   "make_method",
   "method_rngs",
@@ -92,13 +101,22 @@ def _labels(y: Any, what: str) -> np.ndarray:
 class CorrectionTask:
   """Everything a correction method may use.
 
+  The data are arrays in memory, or random-access sources (`sap_jax.data.sources`: an
+  image folder read one image at a time, a ``Subset`` of one, an ``ArraySource``), both
+  splits alike. With sources every method reads the data through the feeder
+  (`sap_jax.data.feeder.feed`): its subsets (retain, forget, folds) are ``Subset`` views
+  read by index, never an array of all inputs; the labels, N integers, are held as an
+  array either way.
+
   Attributes:
     model: the Linen module, called as ``model.apply(v, x, train=bool)``.
     variables: the trained (noisy) model, ``{"params", ["batch_stats"]}``.
-    x_train: ``(N, ...)`` training inputs.
-    y_train: ``(N,)`` NOISY training labels (what the model was trained on).
-    x_val: ``(V, ...)`` validation inputs.
-    y_val: ``(V,)`` NOISY validation labels, for hyperparameter choice.
+    x_train: ``(N, ...)`` training inputs, or a source of N records.
+    y_train: ``(N,)`` NOISY training labels (what the model was trained on); with a
+      source, None takes the labels of its records.
+    x_val: ``(V, ...)`` validation inputs, or a source (when ``x_train`` is one).
+    y_val: ``(V,)`` NOISY validation labels, for hyperparameter choice; with a source,
+      None takes its records' labels.
     train_config: how the vanilla model was trained; Retrain and confident
       learning train with it again.
     y_train_clean: ``(N,)`` clean training labels or None. Only Retrain may
@@ -108,27 +126,34 @@ class CorrectionTask:
 
   model: nn.Module
   variables: Variables
-  x_train: np.ndarray
-  y_train: np.ndarray
-  x_val: np.ndarray
-  y_val: np.ndarray
+  x_train: Any
+  y_train: Any
+  x_val: Any
+  y_val: Any
   train_config: tr.TrainConfig
   y_train_clean: np.ndarray | None = None
   seed: int = 0
 
   def __post_init__(self):
-    if is_source(self.x_train) or is_source(self.x_val):
-      raise ValueError(
-        "the baselines take in-memory data sets; this one streams from a source (an image "
-        "folder): correct it with SAP (sap_jax.run_sap takes sources), or load it with "
-        "lazy=False to compare the baselines."
-      )
     set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
-    set_("x_train", np.asarray(self.x_train))
+    streamed = is_source(self.x_train)
+    if streamed != is_source(self.x_val):
+      raise ValueError(
+        "x_train and x_val must both be arrays or both be sources; wrap arrays with "
+        "sap_jax.data.sources.ArraySource(x, y)."
+      )
+    if streamed:
+      n = source_length(self.x_train, "x_train")
+      v = source_length(self.x_val, "x_val")
+      for name, source in (("y_train", self.x_train), ("y_val", self.x_val)):
+        if getattr(self, name) is None:  # the records' own labels, read once
+          set_(name, source_labels(source, name.replace("y_", "x_")))
+    else:
+      set_("x_train", np.asarray(self.x_train))
+      set_("x_val", np.asarray(self.x_val))
+      n, v = len(self.x_train), len(self.x_val)
     set_("y_train", _labels(self.y_train, "y_train"))
-    set_("x_val", np.asarray(self.x_val))
     set_("y_val", _labels(self.y_val, "y_val"))
-    n, v = len(self.x_train), len(self.x_val)
     if n < 2 or len(self.y_train) != n:
       raise ValueError(
         f"x_train has {n} samples and y_train {len(self.y_train)} "
@@ -154,8 +179,15 @@ class CorrectionTask:
       raise ValueError(
         f"variables must be a dict with a 'params' collection, got keys {sorted(self.variables)}."
       )
-    check_labelled(self.apply_fn, self.variables, self.x_train, self.y_train, "x_train/y_train")
-    check_labelled(self.apply_fn, self.variables, self.x_val, self.y_val, "x_val/y_val")
+    if streamed:  # the records' inputs are checked as they stream
+      k = self.num_classes
+      check_labels(self.y_train, n, k, "x_train/y_train")
+      check_labels(self.y_val, v, k, "x_val/y_val")
+      if self.y_train_clean is not None:
+        check_labels(self.y_train_clean, n, k, "x_train/y_train_clean")
+    else:
+      check_labelled(self.apply_fn, self.variables, self.x_train, self.y_train, "x_train/y_train")
+      check_labelled(self.apply_fn, self.variables, self.x_val, self.y_val, "x_val/y_val")
 
   @property
   def n_train(self) -> int:
@@ -163,9 +195,42 @@ class CorrectionTask:
     return len(self.x_train)
 
   @property
+  def streamed(self) -> bool:
+    """Whether the data are sources (read through the feeder) rather than arrays."""
+    return is_source(self.x_train)
+
+  @property
+  def num_classes(self) -> int:
+    """K, the model's outputs (a shape-only trace on one validation input)."""
+    sample = first_input(self.x_val, "x_val") if self.streamed else self.x_val[:1]
+    return output_width(self.apply_fn, self.variables, sample)
+
+  @property
   def apply_fn(self) -> ApplyFn:
     """Eval-mode forward ``apply_fn(variables, x) -> logits`` (hashable)."""
     return tr.eval_apply_fn(self.model)
+
+  def train_data(self, labels: Any = None) -> tuple[Any, Any]:
+    """``(x, y)`` of the training split as every phase takes it: the arrays, or of a
+    source ``(Subset(x_train, labels=y), None)`` (`sap_jax.data.sources.with_labels`).
+
+    Args:
+      labels: the labels to pair with the inputs (default the noisy ``y_train``).
+    """
+    return with_labels(self.x_train, self.y_train if labels is None else labels)
+
+  def val_data(self) -> tuple[Any, Any]:
+    """``(x, y)`` of the noisy validation split, as `train_data`."""
+    return with_labels(self.x_val, self.y_val)
+
+  def train_subset(self, indices: Any) -> tuple[Any, Any]:
+    """``(x, y)`` of the training samples ``indices`` with their noisy labels:
+    ``(x_train[indices], y_train[indices])`` of arrays, ``(Subset view, None)`` of a
+    source (read by index when used, nothing loaded here)."""
+    indices = np.asarray(indices)
+    if self.streamed:
+      return Subset(self.x_train, indices, self.y_train[indices]), None
+    return self.x_train[indices], self.y_train[indices]
 
   @classmethod
   def from_splits(
@@ -336,18 +401,16 @@ def expand_grid(
 
 def val_accuracy(task: CorrectionTask, variables: Variables) -> float:
   """Accuracy on the noisy validation split (the honest selection score)."""
-  return tr.evaluate(task.apply_fn, variables, task.x_val, task.y_val)["accuracy"]
+  return tr.evaluate(task.apply_fn, variables, *task.val_data())["accuracy"]
 
 
 def train_losses(task: CorrectionTask, batch_size: int = 512) -> np.ndarray:
   """Cross-entropy of every training sample on its noisy label, float32[N].
 
   :func:`sap_jax.trusted.per_example_loss` (eval mode) of the task's model, the ranking
-  SAP's trusted set uses too.
+  SAP's trusted set uses too; of a source, streamed (`sap_jax.streaming.losses`).
   """
-  return per_example_loss(
-    task.apply_fn, task.variables, task.x_train, task.y_train, batch_size=batch_size
-  )
+  return per_example_loss(task.apply_fn, task.variables, *task.train_data(), batch_size=batch_size)
 
 
 def lowest_loss(losses: Any, n: int) -> np.ndarray:
@@ -415,6 +478,25 @@ def method_rngs(seed: int) -> tuple[np.random.Generator, jax.Array]:
     is step ``t``'s dropout key.
   """
   return np.random.default_rng(seed), jax.random.key(seed)
+
+
+def input_batches(x: Any, index_batches: np.ndarray, what: str = "source") -> Iterator[Any]:
+  """The inputs of each row of ``index_batches`` (``(num, bs)`` positions in ``x``, from
+  :func:`sap_jax.batching.epoch_batches`), one batch at a time.
+
+  ``x[idx]`` of an array; of a source, the feeder's batches of those positions in that
+  order (`sap_jax.data.feeder.feed` on one device: every row is a full batch, so the
+  batches are the arrays' own, sample for sample).
+  """
+  if not is_source(x):
+    for idx in index_batches:
+      yield x[idx]
+    return
+  if len(index_batches) == 0:
+    return
+  stream = np.asarray(index_batches).reshape(-1)
+  for batch in feed(x, index_batches.shape[1], indices=stream, labelled=False, what=what):
+    yield batch.x
 
 
 def variables_like(template: Variables, params: Any, batch_stats: Any) -> Variables:

@@ -37,6 +37,7 @@ import numpy as np
 
 from sap_jax import train as tr
 from sap_jax.baselines import base
+from sap_jax.data.sources import is_source, subset, with_labels
 from sap_jax.types import Variables
 
 __all__ = [
@@ -87,7 +88,8 @@ def cross_val_probs(
   Args:
     fit: ``fit(x_train, y_train) -> predict_proba``, with
       ``predict_proba(x) -> (n, num_classes)`` probabilities.
-    x: ``(N, ...)`` inputs.
+    x: ``(N, ...)`` inputs, or a source: each fold's training and held-out samples are
+      then ``Subset`` views of it (`sap_jax.data.sources.subset`), read by index.
     y: ``(N,)`` (noisy) labels.
     num_classes: K.
     k_folds: number of folds, >= 2.
@@ -99,15 +101,16 @@ def cross_val_probs(
   """
   from sklearn.model_selection import StratifiedKFold
 
-  x, y = np.asarray(x), np.asarray(y)
+  x = x if is_source(x) else np.asarray(x)
+  y = np.asarray(y)
   if k_folds < 2 or k_folds > len(y):
     raise ValueError(f"k_folds must be in [2, N={len(y)}], got {k_folds}.")
   splitter = StratifiedKFold(n_splits=k_folds, shuffle=True, random_state=seed)
   probs = np.full((len(y), num_classes), np.nan, np.float32)
   fold = np.full(len(y), -1, np.int64)
   for f, (train_idx, held_idx) in enumerate(splitter.split(np.zeros(len(y)), y)):
-    predict = fit(x[train_idx], y[train_idx])
-    p = np.asarray(predict(x[held_idx]), np.float32)
+    predict = fit(subset(x, train_idx), y[train_idx])
+    p = np.asarray(predict(subset(x, held_idx)), np.float32)
     if p.shape != (len(held_idx), num_classes):
       raise ValueError(
         f"predict_proba returned shape {p.shape}, expected ({len(held_idx)}, {num_classes})."
@@ -123,12 +126,14 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(axis=1, keepdims=True)
 
 
-def _train(task: base.CorrectionTask, x: np.ndarray, y: np.ndarray, progress: bool) -> Variables:
+def _train(task: base.CorrectionTask, x: Any, y: np.ndarray, progress: bool) -> Variables:
+  """A fresh model trained on ``(x, y)`` (arrays, or a source view with the labels ``y``)
+  with the task's config."""
   config = task.train_config
   val = {}
   if config.early_stopping_patience is not None:
-    val = dict(x_val=task.x_val, y_val=task.y_val)
-  return tr.train_model(task.model, x, y, config, progress=progress, **val).variables
+    val = dict(zip(("x_val", "y_val"), task.val_data()))
+  return tr.train_model(task.model, *with_labels(x, y), config, progress=progress, **val).variables
 
 
 def confident_learning(
@@ -159,7 +164,10 @@ def confident_learning(
   hparams = dict(k_folds=k_folds, filter_by=filter_by, frac_noise=fracs)
 
   def body(task: base.CorrectionTask) -> base.Outcome:
-    num_classes = int(tr.predict_logits(task.apply_fn, task.variables, task.x_val[:1]).shape[-1])
+    if task.streamed:
+      num_classes = task.num_classes
+    else:
+      num_classes = int(tr.predict_logits(task.apply_fn, task.variables, task.x_val[:1]).shape[-1])
 
     def fit(x, y):
       variables = _train(task, x, y, progress)
@@ -177,8 +185,7 @@ def confident_learning(
           "confident learning flagged every training sample; check the predicted probabilities."
         )
       flagged[frac_noise] = np.flatnonzero(mask)
-      keep = ~mask
-      return _train(task, task.x_train[keep], task.y_train[keep], progress)
+      return _train(task, *task.train_subset(np.flatnonzero(~mask)), progress)
 
     settings = [{"frac_noise": f} for f in fracs]
     best, setting, records = base.search(task, settings, refit)

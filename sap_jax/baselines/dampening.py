@@ -40,6 +40,8 @@ import numpy as np
 
 from sap_jax.baselines import base
 from sap_jax.batching import batched, padded_batches
+from sap_jax.data.feeder import feed
+from sap_jax.data.sources import Subset, is_source, source_length
 from sap_jax.losses import model_cross_entropy
 from sap_jax.types import ApplyFn, Variables
 
@@ -115,8 +117,12 @@ def fisher_diagonal(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
-    x: ``(n, ...)`` inputs.
-    y: ``(n,)`` labels (the noisy ones: empirical Fisher).
+    x: ``(n, ...)`` inputs, or a labelled source (a ``Subset`` view): its batches come
+      from the feeder (`sap_jax.data.feeder.feed`: the same batches, the last one padded
+      and masked, or cut to its real samples for ``per_example=False``), so only one
+      batch is held and the sums of squared gradients accumulate over them.
+    y: ``(n,)`` labels (the noisy ones: empirical Fisher); with a source, None takes
+      its records' labels.
     batch_size: samples per gradient call (per-sample gradients of a batch are
       held in memory at once).
     per_example: which estimator (see above).
@@ -124,6 +130,8 @@ def fisher_diagonal(
   Returns:
     float32 tree shaped like ``variables["params"]``.
   """
+  if is_source(x):
+    return _source_fisher(apply_fn, variables, x, y, batch_size, per_example)
   x, y = np.asarray(x), np.asarray(y, np.int32)
   n = len(x)
   if n == 0 or len(y) != n:
@@ -145,6 +153,26 @@ def fisher_diagonal(
   total = next(parts)
   for part in parts:  # one batch's squared gradients in memory at a time
     total = jax.tree_util.tree_map(jnp.add, total, part)
+  return jax.tree_util.tree_map(lambda t: t / count, total)
+
+
+def _source_fisher(apply_fn, variables, source, y, batch_size, per_example):
+  """`fisher_diagonal` of a source: the sums accumulated over the feeder's batches."""
+  if y is not None:
+    source = Subset(source, labels=np.asarray(y, np.int32))
+  n = source_length(source, "fisher_diagonal source")
+  bs = max(1, min(batch_size, n))
+  total = None
+  for batch in feed(source, bs, what="fisher_diagonal source"):
+    if per_example:
+      part = _sq_grad_sum_per_example(apply_fn, variables, batch.x, batch.y, batch.mask)
+    else:  # the SSD code's short last mini-batch: its real samples only
+      x, y_b = batch.x, batch.y
+      if batch.real < x.shape[0]:
+        x, y_b = x[: batch.real], y_b[: batch.real]
+      part = _sq_batch_grad(apply_fn, variables, x, y_b)
+    total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+  count = n if per_example else -(-n // bs)
   return jax.tree_util.tree_map(lambda t: t / count, total)
 
 
@@ -259,8 +287,10 @@ def ssd(
     fisher = functools.partial(
       fisher_diagonal, task.apply_fn, task.variables, batch_size=batch_size, per_example=per_example
     )
-    imp_d = fisher(task.x_train[ref], task.y_train[ref])
-    imp_f = fisher(task.x_train[forget], task.y_train[forget])
+    imp_d = fisher(
+      *(task.train_data() if n_retain is None and task.streamed else task.train_subset(ref))
+    )
+    imp_f = fisher(*task.train_subset(forget))
     settings = base.expand_grid(defaults, grid)
 
     def fit(alpha, lambda_):

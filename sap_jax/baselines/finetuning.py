@@ -21,6 +21,7 @@ import numpy as np
 from sap_jax import train as tr
 from sap_jax.baselines import base
 from sap_jax.batching import epoch_batches
+from sap_jax.data.sources import is_source, source_labels
 from sap_jax.losses import cross_entropy
 from sap_jax.types import Variables
 
@@ -79,8 +80,9 @@ def finetune_variables(
   Args:
     model: the Linen module.
     variables: the starting point.
-    x: inputs to train on (the retain set).
-    y: their labels.
+    x: inputs to train on (the retain set): an array, or a source (a ``Subset`` view),
+      read through the feeder in the same batches.
+    y: their labels; with a source, None takes its records' labels.
     lr: learning rate (constant).
     epochs: passes over ``x``; each is ``ceil(n / batch_size)`` steps
       (:func:`sap_jax.batching.epoch_batches`).
@@ -94,15 +96,19 @@ def finetune_variables(
   """
   if epochs < 0:
     raise ValueError(f"epochs must be >= 0, got {epochs}.")
-  x, y = np.asarray(x), np.asarray(y, np.int32)
+  if is_source(x):
+    y = source_labels(x) if y is None else np.asarray(y, np.int32)
+  else:
+    x, y = np.asarray(x), np.asarray(y, np.int32)
   state = tr.state_from_variables(
     model, variables, learning_rate=lr, momentum=momentum, weight_decay=weight_decay
   )
   order, key = base.method_rngs(seed)
   step = 0
   for _ in range(epochs):
-    for idx in epoch_batches(order, len(x), batch_size):
-      state, loss = finetune_step(state, x[idx], y[idx], jax.random.fold_in(key, step))
+    batches = epoch_batches(order, len(x), batch_size)
+    for idx, xb in zip(batches, base.input_batches(x, batches, "retain set")):
+      state, loss = finetune_step(state, xb, y[idx], jax.random.fold_in(key, step))
       step += 1
   if step and not np.isfinite(float(loss)):
     raise FloatingPointError(
@@ -158,7 +164,7 @@ def finetune(
   def body(task: base.CorrectionTask) -> base.Outcome:
     n = base.clip_budget(n_retain, task.n_train)
     retain = base.lowest_loss(base.train_losses(task), n)
-    x_r, y_r = task.x_train[retain], task.y_train[retain]
+    x_r, y_r = task.train_subset(retain)
     settings = base.expand_grid(settings_defaults, grid)
 
     def fit(lr, epochs):

@@ -36,9 +36,9 @@ def retrain(*, progress: bool = False) -> base.Method:
     config = task.train_config
     val = {}
     if config.early_stopping_patience is not None:
-      val = dict(x_val=task.x_val, y_val=task.y_val)
+      val = dict(zip(("x_val", "y_val"), task.val_data()))
     result = tr.train_model(
-      task.model, task.x_train, task.y_train_clean, config, progress=progress, **val
+      task.model, *task.train_data(task.y_train_clean), config, progress=progress, **val
     )
     details = {"train_time_s": result.train_time_s, "history": result.history}
     return base.Outcome(result.variables, 1, {"train_config": config.to_dict()}, details)

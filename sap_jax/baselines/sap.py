@@ -97,6 +97,11 @@ def sap_method(
     hparams["method"] = method
 
   def body(task: base.CorrectionTask) -> base.Outcome:
+    if rounds > 1 and task.streamed:
+      raise ValueError(
+        "rounds > 1 holds the trusted set and the validation split in memory; it does not "
+        "stream a source: use rounds=1 with sources, or pass the data as arrays."
+      )
     n = base.clip_budget(n_trusted, task.n_train)
     trusted = None
     if trusted_labels == "clean":
@@ -108,8 +113,7 @@ def sap_method(
       trusted = trusted_set(
         task.apply_fn,
         task.variables,
-        task.x_train,
-        task.y_train_clean,
+        *task.train_data(task.y_train_clean),
         n,
         score=score,
         class_balanced=class_balanced,
@@ -119,10 +123,8 @@ def sap_method(
     r = run_sap(
       task.apply_fn,
       task.variables,
-      task.x_train,
-      task.y_train,
-      task.x_val,
-      task.y_val,
+      *task.train_data(),
+      *task.val_data(),
       n_trusted=n,
       alphas=alphas,
       score=score,

@@ -48,6 +48,7 @@ import numpy as np
 from sap_jax import train as tr
 from sap_jax.baselines import base
 from sap_jax.batching import epoch_batches
+from sap_jax.data.sources import is_source, source_labels
 from sap_jax.losses import cross_entropy
 from sap_jax.types import Variables
 
@@ -199,9 +200,10 @@ def scrub_variables(
   Args:
     model: the Linen module.
     variables: the trained model (the teacher; the student starts here).
-    x_forget: forget-set inputs.
-    x_retain: retain-set inputs.
-    y_retain: retain-set labels.
+    x_forget: forget-set inputs: an array, or a source (a ``Subset`` view) read through
+      the feeder in the same batches.
+    x_retain: retain-set inputs, likewise.
+    y_retain: retain-set labels; with a source, None takes its records' labels.
     lr: SGD learning rate.
     alpha: weight of the KL term in the min-steps.
     gamma: weight of the cross-entropy in the min-steps.
@@ -224,7 +226,9 @@ def scrub_variables(
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature}.")
   apply_fn = tr.eval_apply_fn(model)
-  x_f, x_r = np.asarray(x_forget), np.asarray(x_retain)
+  x_f, x_r = (x if is_source(x) else np.asarray(x) for x in (x_forget, x_retain))
+  if is_source(x_r) and y_retain is None:
+    y_retain = source_labels(x_r, "retain set")
   y_r = np.asarray(y_retain, np.int32)
   t_f = (
     tr.predict_logits(apply_fn, variables, x_f)
@@ -245,15 +249,15 @@ def scrub_variables(
   step = 0
   for epoch in range(epochs):
     if epoch < msteps and len(x_f):
-      for idx in epoch_batches(order, len(x_f), forget_batch_size):
-        state, _ = scrub_max_step(
-          state, x_f[idx], t_f[idx], jax.random.fold_in(key, step), temperature
-        )
+      batches = epoch_batches(order, len(x_f), forget_batch_size)
+      for idx, xb in zip(batches, base.input_batches(x_f, batches, "forget set")):
+        state, _ = scrub_max_step(state, xb, t_f[idx], jax.random.fold_in(key, step), temperature)
         step += 1
-    for idx in epoch_batches(order, len(x_r), batch_size):
+    batches = epoch_batches(order, len(x_r), batch_size)
+    for idx, xb in zip(batches, base.input_batches(x_r, batches, "retain set")):
       state, loss = scrub_min_step(
         state,
-        x_r[idx],
+        xb,
         y_r[idx],
         t_r[idx],
         jax.random.fold_in(key, step),
@@ -344,7 +348,7 @@ def scrub(
     n_f = base.clip_budget(n_forget, task.n_train)
     retain = base.lowest_loss(losses, n_r)
     forget = base.highest_loss(losses, n_f)
-    x_r, y_r, x_f = task.x_train[retain], task.y_train[retain], task.x_train[forget]
+    (x_r, y_r), (x_f, _) = task.train_subset(retain), task.train_subset(forget)
     t_r = tr.predict_logits(task.apply_fn, task.variables, x_r)
     t_f = tr.predict_logits(task.apply_fn, task.variables, x_f)
     settings = base.expand_grid(defaults, grid)

@@ -372,3 +372,31 @@ def check_record(record: Any, index: int, *, labelled: bool, what: str = "source
       f"{what}[{index}] has no 'label' (keys {list(record)}); every sample needs its class "
       "index (RecordSource(source, label_key=...) names the key)."
     )
+
+
+def source_labels(source: Any, what: str = "source") -> np.ndarray:
+  """The int32 labels of every sample of a labelled source, in source order.
+
+  Read from what the source holds when it knows them without decoding an input
+  (`ArraySource`, `FolderSource`, `Subset`, and any source with a ``labels`` array of one
+  label per sample), else from every record (one pass that decodes the inputs too).
+
+  Raises:
+    ValueError: a record without a label, naming its index.
+  """
+  n = source_length(source, what)
+  if isinstance(source, Subset):
+    if source.labels is not None:
+      return np.asarray(source.labels, np.int32)
+    return source_labels(source.source, what)[source.indices]
+  if isinstance(source, ArraySource) and source.y is not None:
+    return np.asarray(source.y, np.int32)
+  known = getattr(source, "labels", None)
+  if known is not None and not callable(known) and np.shape(known) == (n,):
+    return np.asarray(known, np.int32)
+  out = np.empty(n, np.int32)
+  for i in range(n):
+    record = source[i]
+    check_record(record, i, labelled=True, what=what)
+    out[i] = int(np.asarray(record[LABEL]))
+  return out
