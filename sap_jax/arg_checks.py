@@ -89,10 +89,12 @@ def check_n_trusted(n_trusted: Any, n_train: int) -> int:
     raise ValueError(
       f"n_trusted must be an integer (how many training samples to trust), got {n_trusted!r}."
     )
-  if not 1 <= n_trusted <= n_train:
+  if n_trusted < 1:
+    raise ValueError(f"n_trusted={n_trusted} trusts no sample; use 1 ≤ n_trusted ≤ {n_train}.")
+  if n_trusted > n_train:
     raise ValueError(
-      f"n_trusted={n_trusted} is outside [1, {n_train}] for {n_train} training samples; "
-      f"use 1 ≤ n_trusted ≤ {n_train}."
+      f"n_trusted={n_trusted} exceeds the {n_train} training samples; use 1 ≤ n_trusted ≤ "
+      f"{n_train}."
     )
   return int(n_trusted)
 

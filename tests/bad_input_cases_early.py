@@ -66,12 +66,12 @@ CASES: list[Case] = [
   # ---- the trusted-set size
   Case(
     "run-sap-n-trusted-zero",
-    r"n_trusted=0 is outside \[1, 24\].*1 ≤ n_trusted ≤ 24",
+    r"n_trusted=0 trusts no sample; use 1 ≤ n_trusted ≤ 24",
     lambda t: _run_sap(n_trusted=0),
   ),
   Case(
     "run-sap-n-trusted-above-train-size",
-    r"n_trusted=25 is outside \[1, 24\] for 24 training samples",
+    r"n_trusted=25 exceeds the 24 training samples; use 1 ≤ n_trusted ≤ 24",
     lambda t: _run_sap(n_trusted=25),
   ),
   Case(

@@ -152,9 +152,9 @@ SELECTIONS = {
 }
 
 COUNTS = {
-  "n-trusted-0": (dict(n_trusted=0), r"n_trusted=0 is outside \[1, 48\]"),
-  "n-trusted-negative": (dict(n_trusted=-5), r"n_trusted=-5 is outside"),
-  "n-trusted-too-many": (dict(n_trusted=49), r"n_trusted=49 is outside \[1, 48\]"),
+  "n-trusted-0": (dict(n_trusted=0), r"n_trusted=0 trusts no sample; use 1 ≤ n_trusted ≤ 48"),
+  "n-trusted-negative": (dict(n_trusted=-5), r"n_trusted=-5 trusts no sample"),
+  "n-trusted-too-many": (dict(n_trusted=49), r"n_trusted=49 exceeds the 48 training samples"),
   "n-trusted-float": (dict(n_trusted=2.5), r"n_trusted must be an integer"),
   "n-trusted-bool": (dict(n_trusted=True), r"n_trusted must be an integer"),
   "rows-per-batch-0": (dict(rows_per_batch=0), r"rows_per_batch must be an integer ≥ 1 or None"),
@@ -246,7 +246,7 @@ def test_run_sap_with_trusted_ignores_n_trusted():
 @pytest.mark.parametrize(
   "kw, match",
   [
-    (dict(n_trusted=0), r"n_trusted=0 is outside"),
+    (dict(n_trusted=0), r"n_trusted=0 trusts no sample"),
     (dict(alphas=()), r"alphas is empty"),
     (dict(exclude=("nope",)), r"'nope' matches no layer; the layers are \['hidden', 'head'\]"),
     (dict(eval_splits={"test": (XV, _with(YV, 3, 5))}), r"^split 'test': label 5"),
@@ -334,7 +334,7 @@ def test_tune_alpha(decomposition, kw, match):
 @pytest.mark.parametrize(
   "kw, match",
   [
-    (dict(n_trusted=0), r"n_trusted=0 is outside \[1, 48\]"),
+    (dict(n_trusted=0), r"n_trusted=0 trusts no sample; use 1 ≤ n_trusted ≤ 48"),
     (dict(n_trusted=3.5), r"n_trusted must be an integer"),
     (dict(alphas=(0.0,)), r"alpha must be finite and > 0"),
     (dict(exclude=("*",)), r"No layer left to project"),
