@@ -132,8 +132,9 @@ def check_trusted_indices(trusted: Any, n_train: int) -> np.ndarray:
   """
   arr = np.asarray(trusted)
   if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+    hint = " (np.flatnonzero(mask) for a boolean mask)" if arr.dtype == np.bool_ else ""
     raise ValueError(
-      f"trusted must be a 1-D sequence of integer indices into the training set, got "
+      f"trusted must be a 1-D sequence of integer indices into the training set{hint}, got "
       f"shape {arr.shape} dtype {arr.dtype}."
     )
   if arr.size == 0:

@@ -172,6 +172,7 @@ TRUSTED = {
   "empty": ([], r"trusted is empty"),
   "floats": ([0.0, 1.0], r"trusted must be a 1-D sequence of integer indices"),
   "2-d": ([[0, 1]], r"trusted must be a 1-D sequence"),
+  "boolean-mask": (np.arange(48) < 8, r"np\.flatnonzero\(mask\) for a boolean mask"),
 }
 
 TUNING = {
