@@ -294,7 +294,8 @@ def correct(
   check_count(rows_per_batch, "rows_per_batch", optional=True)
   check_seed(seed)
   slv.check_method(method, rounds)
-  layer_check(  # a shape-only trace: the selection leaves a layer, none is inside a lifted transform
+  # A shape-only trace: the selection leaves a layer and none is inside a lifted transform.
+  layer_check(
     apply_fn,
     variables,
     tuple(x_trusted.shape[1:]),
