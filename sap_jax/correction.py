@@ -50,6 +50,7 @@ from jax.sharding import Mesh
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
+from sap_jax.arg_checks import check_count, check_layer_range, check_seed, layer_check
 from sap_jax.batching import batched
 from sap_jax.evaluation import check_finite_inputs, evaluate
 from sap_jax.kernels import kernels_of, with_kernels
@@ -287,10 +288,21 @@ def correct(
   """
   x_trusted = check_finite_inputs(x_trusted, "x_trusted")
   proj.check_alpha(alpha)
-  exclude = exclude_patterns(exclude)
-  if rounds < 1:
-    raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
+  exclude, layer_range = exclude_patterns(exclude), check_layer_range(layer_range)
+  check_count(rounds, "rounds")
+  check_count(batch_size, "batch_size")
+  check_count(rows_per_batch, "rows_per_batch", optional=True)
+  check_seed(seed)
   slv.check_method(method, rounds)
+  # A shape-only trace: the selection leaves a layer and none is inside a lifted transform.
+  layer_check(
+    apply_fn,
+    variables,
+    tuple(x_trusted.shape[1:]),
+    min(batch_size, len(x_trusted)),
+    exclude=exclude,
+    layer_range=layer_range,
+  )
   opts = dict(
     batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
   )

@@ -83,7 +83,10 @@ def select_layers(
     p: stats[p] for p in paths if not any(fnmatch.fnmatchcase(names[p], pat) for pat in exclude)
   }
   if not kept:
-    raise ValueError("No layer left to project after exclude/layer_range; loosen the selection.")
+    raise ValueError(
+      f"No layer left to project after exclude={exclude!r} and layer_range={layer_range!r}; "
+      f"the layers are {list(names.values())}: loosen the selection."
+    )
   return kept
 
 

@@ -10,27 +10,35 @@ import jax
 import numpy as np
 
 from sap_jax import multihost
-from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax import trusted as tr
+from sap_jax.arg_checks import (
+  check_count,
+  check_layer_range,
+  check_n_trusted,
+  check_seed,
+  check_trusted_indices,
+  layer_check,
+  sample_count,
+)
 from sap_jax.batching import batched
 from sap_jax.data.sources import input_shape, is_source, no_separate_labels
+from sap_jax.input_checks import check_labelled
 from sap_jax.kernels import skipped_kernels
-from sap_jax.layers import path_name, select_layers
+from sap_jax.layers import exclude_patterns, path_name, select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
-from sap_jax.stats.calls import layer_calls, repeated_layers
-from sap_jax.stats.observe import LiftedTransformError
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
   Decomposition,
   SweepResult,
   apply_alpha,
+  checked_sweep_splits,
   decompose,
-  sweep_alpha,
+  sweep_checked,
 )
-from sap_jax.tuning import TuneResult, tune_alpha
+from sap_jax.tuning import TUNE_OPTIONS, TuneResult, check_tune_options, tune_alpha
 from sap_jax.types import ApplyFn
 
 TUNE_MODES = (None, "per_layer")
@@ -115,12 +123,19 @@ def layer_summary(stats, decomposition: Decomposition) -> dict[str, dict[str, An
   return out
 
 
-def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) -> SAPResult:
+def _run_sap_on_sources(
+  apply_fn, variables, data, *, score, tune, tune_options, **options
+) -> SAPResult:
   """`run_sap` of sources (`sap_jax.source_pipeline.run_sap`), after refusing what is not
   streamed yet."""
   from sap_jax import source_pipeline
 
   x_train, y_train, x_val, y_val = data
+  if tune_options:
+    raise ValueError(
+      "tune_options were given, but tune='per_layer' is not streamed over a source yet: "
+      "run without tune_options, or pass the data as arrays."
+    )
   no_separate_labels(y_train, "y_train")
   no_separate_labels(y_val, "y_val")
   if tune is not None:
@@ -134,24 +149,6 @@ def _run_sap_on_sources(apply_fn, variables, data, *, score, tune, **options) ->
       "sap_jax.data.sources.ArraySource(x, y))."
     )
   return source_pipeline.run_sap(apply_fn, variables, x_train, x_val, score=score, **options)
-
-
-def layer_check(apply_fn: ApplyFn, variables: Any, sample_shape, batch: int) -> tuple:
-  """The model's layer calls on a batch of ``batch`` samples of ``sample_shape``, by a
-  shape-only trace (nothing compiled, no data read): refuses a covered layer inside a
-  lifted transform before any work, and returns the layers called more than once.
-
-  A forward that fails this trace for another reason (wrong input shape, a train-mode
-  forward, no logits) is left to the input checks that follow, whose messages name those
-  causes; the trace then reports no repeated layer."""
-  spec = jax.ShapeDtypeStruct((batch, *sample_shape), np.float32)
-  try:
-    calls = layer_calls(apply_fn, variables, spec)
-  except LiftedTransformError:
-    raise
-  except Exception:  # diagnosed by the input checks that follow
-    return ()
-  return tuple(repeated_layers(calls))
 
 
 def run_sap(
@@ -259,6 +256,7 @@ def run_sap(
       trusted=trusted,
       progress=progress,
       tune=tune,
+      tune_options=tune_options,
       method=method,
     )
   multihost.check_same_across_processes(
@@ -285,28 +283,48 @@ def run_sap(
     },
     "run_sap",
   )
-  if n_trusted > len(x_train):
-    raise ValueError(
-      f"n_trusted={n_trusted} exceeds the {len(x_train)} training samples; "
-      f"use n_trusted ≤ {len(x_train)}."
-    )
-  proj.check_alpha(np.asarray(alphas, np.float64))
+  # Every argument is checked before the first forward (scores, statistics, sweep).
+  check_count(batch_size, "batch_size")
+  check_count(rows_per_batch, "rows_per_batch", optional=True)
+  check_seed(seed)
+  exclude, layer_range = exclude_patterns(exclude), check_layer_range(layer_range)
+  slv.check_method(method)
   if tune not in TUNE_MODES:
     raise ValueError(f"tune must be one of {TUNE_MODES}, got {tune!r}.")
   tune_options = dict(tune_options or {})
-  unknown = sorted(set(tune_options) - {"folds", "steps", "learning_rate", "penalty"})
+  unknown = sorted(set(tune_options) - set(TUNE_OPTIONS))
   if unknown:
     raise ValueError(
       f"unknown tune_options {unknown}; tune_alpha takes folds, steps, learning_rate, penalty."
     )
   if tune_options and tune is None:
     raise ValueError('tune_options were given without tune; pass tune="per_layer".')
-  slv.check_method(method)
+  n_train = sample_count(x_train, "x_train")
+  if trusted is None:
+    if score not in tr.SCORES:
+      raise ValueError(f"Unknown score {score!r}; choose one of {tr.SCORES}.")
+    n_trusted = check_n_trusted(n_trusted, n_train)
+  else:
+    trusted = check_trusted_indices(trusted, n_train)
+  alphas_np, splits = checked_sweep_splits(apply_fn, variables, alphas, x_val, y_val, eval_splits)
+  if tune is not None:
+    check_tune_options(len(splits["val"][0]), **tune_options)
+  if trusted is not None:  # otherwise `trusted_set` checks them before scoring
+    x_train, y_train = check_labelled(
+      apply_fn, variables, x_train, shd.to_host(y_train), "x_train/y_train"
+    )
   found = shd.common_data_axis(x_train, y_train, x_val, y_val)
   if found is not None:  # global arrays over a mesh: the data stays where it is
     variables = shd.replicate(variables, found[0])
     y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
-  repeated = layer_check(apply_fn, variables, input_shape(x_train), min(batch_size, len(x_train)))
+  repeated = layer_check(
+    apply_fn,
+    variables,
+    input_shape(x_train),
+    min(batch_size, n_train),
+    exclude=exclude,
+    layer_range=layer_range,
+  )
   report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
   report("trusted set", 0, 1)
@@ -336,18 +354,15 @@ def run_sap(
   report("statistics", 1, 1)
   report("decomposition", 0, 1)
   # over a mesh, each eigh layer's eigh on one device, the bases then shared
-  n_alphas = len(np.asarray(alphas).reshape(-1))
-  decomposition = decompose(variables, stats, method=method, n_alphas=n_alphas, mesh=found)
+  decomposition = decompose(variables, stats, method=method, n_alphas=len(alphas_np), mesh=found)
   report("decomposition", 1, 1)
-  sweep = sweep_alpha(
+  sweep = sweep_checked(
     apply_fn,
     variables,
     decomposition,
-    alphas,
-    x_val,
-    y_val,
+    alphas_np,
+    splits,
     batch_size=max(batch_size, 512),
-    eval_splits=eval_splits,
     progress=None if progress is None else lambda done, total: progress("α sweep", done, total),
   )
   t3 = time.perf_counter()

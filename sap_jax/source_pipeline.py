@@ -16,12 +16,23 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
+from sap_jax.arg_checks import (
+  check_alpha_grid,
+  check_count,
+  check_eval_splits,
+  check_layer_range,
+  check_n_trusted,
+  check_seed,
+  check_trusted_indices,
+  layer_check,
+)
 from sap_jax.data.feeder import default_mesh
 from sap_jax.data.sources import check_length, first_input, input_shape, is_source, source_length
+from sap_jax.layers import exclude_patterns
 from sap_jax.streaming import score_alphas, stats_batches, trusted_indices
+from sap_jax.trusted import SCORES
 from sap_jax.types import ApplyFn
 
 
@@ -63,7 +74,7 @@ def run_sap(
   """
   from sap_jax.kernels import skipped_kernels
   from sap_jax.layers import select_layers
-  from sap_jax.pipeline import SAPResult, layer_check, layer_summary
+  from sap_jax.pipeline import SAPResult, layer_summary
   from sap_jax.stats import activation_stats
   from sap_jax.sweep import (
     CHOICE_SPLIT,
@@ -74,14 +85,16 @@ def run_sap(
     decompose,
   )
 
-  alphas = np.asarray(DEFAULT_ALPHAS if alphas is None else alphas, np.float64).reshape(-1)
-  if alphas.size == 0:
-    raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
-  proj.check_alpha(alphas)
+  # Every argument is checked before the first forward (scores, statistics, sweep).
+  alphas = check_alpha_grid(DEFAULT_ALPHAS if alphas is None else alphas)
   slv.check_method(method)
-  splits = {CHOICE_SPLIT: val, **dict(eval_splits or {})}
-  if eval_splits and CHOICE_SPLIT in eval_splits:
-    raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
+  check_count(batch_size, "batch_size")
+  check_count(rows_per_batch, "rows_per_batch", optional=True)
+  check_seed(seed)
+  exclude, layer_range = exclude_patterns(exclude), check_layer_range(layer_range)
+  if trusted is None and score not in SCORES:
+    raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
+  splits = {CHOICE_SPLIT: val, **check_eval_splits(eval_splits, sources=True)}
   n_train = source_length(train, "train")
   for name, src in splits.items():
     if not is_source(src):
@@ -90,13 +103,20 @@ def run_sap(
         "with sap_jax.data.sources.ArraySource(x, y))."
       )
     source_length(src, f"split {name!r}")
-  if trusted is None and not 1 <= n_trusted <= n_train:
-    raise ValueError(
-      f"n_trusted={n_trusted} exceeds the {n_train} training samples; use n_trusted ≤ {n_train}."
-    )
+  if trusted is None:
+    n_trusted = check_n_trusted(n_trusted, n_train)
+  else:
+    trusted = check_trusted_indices(trusted, n_train)
   mesh = default_mesh() if mesh is None else mesh
   variables = shd.replicate(dict(variables), mesh)
-  repeated = layer_check(apply_fn, variables, input_shape(train), min(batch_size, n_train))
+  repeated = layer_check(
+    apply_fn,
+    variables,
+    input_shape(train),
+    min(batch_size, n_train),
+    exclude=exclude,
+    layer_range=layer_range,
+  )
   report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
   report("trusted set", 0, 1)

@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from sap_jax import projection as proj
 from sap_jax import sharding as shd
 from sap_jax import solve as slv
+from sap_jax.arg_checks import check_alpha_grid, check_count, check_eval_splits
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
 from sap_jax.input_checks import check_labels, output_width
@@ -638,16 +639,36 @@ def sweep_alpha(
   Returns:
     A `SweepResult`; ``result.splits`` holds every split, the choosing one as "val".
   """
-  alphas_np = np.asarray(alphas, np.float64).reshape(-1)
-  if alphas_np.size == 0:
-    raise ValueError("alphas is empty; give at least one α (e.g. DEFAULT_ALPHAS).")
-  proj.check_alpha(alphas_np)
-  streamed = is_source(x_val)
-  named = {CHOICE_SPLIT: x_val if streamed else (x_val, y_val), **dict(eval_splits or {})}
-  if eval_splits and CHOICE_SPLIT in eval_splits:
-    raise ValueError(f"eval_splits may not use the name {CHOICE_SPLIT!r}: it is the choice split.")
+  check_count(batch_size, "batch_size")
   if not isinstance(stats, Decomposition):  # the options first: they need no model trace
-    _checked(variables, stats, method, len(alphas_np), workers)
+    _checked(variables, stats, method, len(check_alpha_grid(alphas)), workers)
+  alphas_np, named = checked_sweep_splits(apply_fn, variables, alphas, x_val, y_val, eval_splits)
+  if isinstance(stats, Decomposition):
+    decomposition = stats
+  else:
+    decomposition = decompose(
+      variables, stats, method=method, n_alphas=len(alphas_np), workers=workers
+    )
+  return sweep_checked(
+    apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size, progress=progress
+  )
+
+
+def checked_sweep_splits(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  alphas: Sequence[float],
+  x_val: Any,
+  y_val: Any,
+  eval_splits: Mapping[str, Any] | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+  """The α grid (`check_alpha_grid`) and every split of a sweep, name → ``(x, y)`` (a
+  source when ``x_val`` is one), the choice split as "val", after every check, before any
+  work; `sweep_checked` takes them as they are (`run_sap` checks them before scoring)."""
+  alphas_np = check_alpha_grid(alphas)
+  streamed = is_source(x_val)
+  eval_splits = check_eval_splits(eval_splits, sources=streamed)
+  named = {CHOICE_SPLIT: x_val if streamed else (x_val, y_val), **eval_splits}
   if streamed:
     no_separate_labels(y_val, "y_val")
     for name, split in named.items():
@@ -656,15 +677,22 @@ def sweep_alpha(
           f"split {name!r}: with a source for x_val, every eval split is a source too "
           "(wrap arrays with sap_jax.data.sources.ArraySource(x, y))."
         )
-  else:
-    named = checked_splits(apply_fn, variables, named)  # before any work
-  if isinstance(stats, Decomposition):
-    decomposition = stats
-  else:
-    decomposition = decompose(
-      variables, stats, method=method, n_alphas=len(alphas_np), workers=workers
-    )
-  if streamed:  # each split read once for the whole grid
+    return alphas_np, named
+  return alphas_np, checked_splits(apply_fn, variables, named)
+
+
+def sweep_checked(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  decomposition: Decomposition,
+  alphas_np: np.ndarray,
+  named: Mapping[str, Any],
+  *,
+  batch_size: int = 512,
+  progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+  """`sweep_alpha` on a decomposition and on the grid and splits of `checked_sweep_splits`."""
+  if any(is_source(split) for split in named.values()):  # each split read once for the grid
     from sap_jax import streaming
 
     scores = streaming.score_alphas(

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sap_jax.arg_checks import is_integer, is_number
 from sap_jax.data.feeder import feed
 from sap_jax.data.sources import first_input, is_source, no_separate_labels, source_length
 from sap_jax.hashable import hashable
@@ -254,6 +255,46 @@ def _best_step(acc: np.ndarray, loss: np.ndarray) -> int:
   return int(order[0])
 
 
+TUNE_OPTIONS = ("folds", "steps", "learning_rate", "penalty")
+"""The keyword arguments of `tune_alpha` that `sap_jax.run_sap`'s ``tune_options`` takes."""
+
+
+def check_tune_options(
+  n: int,
+  *,
+  folds: Any = DEFAULT_FOLDS,
+  steps: Any = DEFAULT_STEPS,
+  learning_rate: Any = DEFAULT_LEARNING_RATE,
+  penalty: Any = 0.0,
+) -> tuple[float, ...]:
+  """Refuses `tune_alpha` options that cannot run on ``n`` validation samples, before any
+  work; returns the penalties (one or several).
+
+  Raises:
+    ValueError: ``folds`` not an integer in ``[2, n]`` (a validation split too small for
+      the folds says so), ``steps`` not an integer ≥ 1, ``learning_rate`` not a finite
+      number > 0, a penalty not finite and ≥ 0.
+  """
+  if not is_integer(folds) or folds < 2:
+    raise ValueError(f"folds must be an integer ≥ 2, got {folds!r}.")
+  if folds > n:
+    raise ValueError(
+      f"the validation split has {n} samples, too few for folds={folds} (each fold holds at "
+      f"least one sample); pass folds ≤ {n} or a larger validation split."
+    )
+  if not is_integer(steps) or steps < 1:
+    raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}.")
+  if not is_number(learning_rate) or not (np.isfinite(float(learning_rate)) and learning_rate > 0):
+    raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}.")
+  try:
+    penalties = tuple(float(p) for p in np.atleast_1d(np.asarray(penalty, np.float64)))
+  except (TypeError, ValueError):
+    penalties = ()
+  if not penalties or any(not (np.isfinite(p) and p >= 0) for p in penalties):
+    raise ValueError(f"penalty must be finite and ≥ 0 (one value or several), got {penalty!r}.")
+  return penalties
+
+
 def tune_alpha(
   apply_fn: ApplyFn,
   variables: Variables,
@@ -299,17 +340,11 @@ def tune_alpha(
   else:
     x_val, y_val = check_split(x_val, y_val, "val")
     n = len(x_val)
-  if not 2 <= folds <= n:
-    raise ValueError(f"folds must be between 2 and the {n} validation samples, got {folds}.")
-  if steps < 1:
-    raise ValueError(f"steps must be ≥ 1, got {steps}.")
-  if not learning_rate > 0:
-    raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
-  penalties = tuple(float(p) for p in np.atleast_1d(np.asarray(penalty, np.float64)))
-  if not penalties or any(not (np.isfinite(p) and p >= 0) for p in penalties):
-    raise ValueError(f"penalty must be finite and ≥ 0 (one value or several), got {penalty}.")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  penalties = check_tune_options(
+    n, folds=folds, steps=steps, learning_rate=learning_rate, penalty=penalty
+  )
+  if not is_integer(batch_size) or batch_size < 1:
+    raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}.")
   log_alpha0 = log_alpha_of(decomposition, alpha)
   dtype = next(iter(log_alpha0.values())).dtype
   fn = hashable(apply_fn)

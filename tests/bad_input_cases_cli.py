@@ -480,7 +480,7 @@ CASES: list[Case] = [
   ),
   Case(
     "cli_correct_negative_alpha",
-    r"error: alpha must be finite and > 0",
+    r"argument --alphas: every α must be finite and > 0 .*got -1 in '-1'",
     _cli("correct", "ckpt", "--out", "sap", "--alphas", "-1"),
     _ckpt,
   ),

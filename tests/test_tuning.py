@@ -94,7 +94,7 @@ def test_fold_ids_deal_every_sample_once():
 
 def test_bad_settings_are_refused(case):
   with jax.enable_x64(True):
-    with pytest.raises(ValueError, match="folds must be between 2"):
+    with pytest.raises(ValueError, match="folds must be an integer ≥ 2"):
       _tune(case, folds=1)
     with pytest.raises(ValueError, match="steps must be"):
       _tune(case, steps=0)

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,17 @@ def floats(text: str) -> tuple[float, ...]:
     raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
   if not values:
     raise argparse.ArgumentTypeError("expected at least one number")
+  return values
+
+
+def alpha_grid(text: str) -> tuple[float, ...]:
+  """`floats`, every value finite and > 0 (an α grid)."""
+  values = floats(text)
+  bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+  if bad:
+    raise argparse.ArgumentTypeError(
+      f"every α must be finite and > 0 (the paper uses 1e3…1e6), got {bad[0]:g} in {text!r}"
+    )
   return values
 
 

@@ -64,8 +64,8 @@ from sap_jax import (
 )
 from sap_jax.cli import interrupts
 from sap_jax.cli.args import (
+  alpha_grid,
   field_defaults,
-  floats,
   floats_text,
   keyword_defaults,
   kv,
@@ -455,6 +455,11 @@ def cmd_demo(args) -> int:
     train=train.TrainConfig(epochs=args.epochs, batch_size=64, learning_rate=0.05, seed=args.seed),
   )
   splits = build_splits(spec)
+  if args.n_trusted > len(splits.x_train):  # before training, not after it
+    raise UserError(
+      f"--n-trusted {args.n_trusted} is more than the {len(splits.x_train)} training samples "
+      f"of the demo; pass --n-trusted ≤ {len(splits.x_train)}."
+    )
   model = build_model(spec, splits.num_classes)
   apply_fn = train.eval_apply_fn(model)
   print(
@@ -554,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_data_check_args(p)
   p.add_argument(
     "--alphas",
-    type=floats,
+    type=alpha_grid,
     default=floats_text(DEFAULT_ALPHAS),
     help="α grid, comma-separated",
   )
@@ -607,8 +612,10 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = commands["demo"]
   p.add_argument("--noise", default="symmetric:0.25", help="label-noise spec")
-  p.add_argument("--epochs", type=int, default=100, help="training epochs (batch 64, lr 0.05)")
-  p.add_argument("--n-trusted", type=int, default=500, help="trusted-set size")
+  p.add_argument(
+    "--epochs", type=positive_int, default=100, help="training epochs (batch 64, lr 0.05)"
+  )
+  p.add_argument("--n-trusted", type=positive_int, default=500, help="trusted-set size")
   p.add_argument("--seed", type=int, default=0, help="seeds noise, split and training")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   p.set_defaults(func=cmd_demo)
