@@ -16,6 +16,7 @@ from sap_jax import solve as slv
 from sap_jax import trusted as tr
 from sap_jax.batching import batched
 from sap_jax.data.sources import input_shape, is_source, no_separate_labels
+from sap_jax.input_checks import as_array
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import path_name, select_layers
 from sap_jax.spectrum import stats_summary
@@ -261,6 +262,8 @@ def run_sap(
       tune=tune,
       method=method,
     )
+  # lists, tuples, memmaps, other array-likes: one array from here on (a jax.Array stays)
+  x_train = as_array(x_train, "x_train")
   multihost.check_same_across_processes(
     {
       "variables": variables,
