@@ -226,7 +226,7 @@ def trusted_influence(
     An `Influence`.
   """
   if not is_source(x_val):  # a source's records are checked as they stream
-    x_val, y_val = check_split(x_val, y_val, "val")
+    x_val, y_val = check_split(x_val, y_val, "val", apply_fn, variables)
   x_trusted = as_array(x_trusted, "x_trusted")
   if len(x_trusted) == 0:
     raise ValueError("x_trusted is empty; pass the inputs the statistics were taken on.")

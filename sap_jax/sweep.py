@@ -530,14 +530,22 @@ class SweepResult(NamedTuple):
     return self.splits[name]
 
 
-def check_split(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-  """A labelled split as host arrays, refused when empty, non-finite or mismatched."""
-  x = check_finite_inputs(x, f"split {name!r}")
-  if len(x) != len(y):
-    raise ValueError(f"split {name!r} has {len(x)} samples but {len(y)} labels.")
+def check_split(
+  x: Any, y: Any, name: str, apply_fn: ApplyFn | None = None, variables: Variables = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """A labelled split as host arrays, refused when empty, non-finite or mismatched; with
+  the model (``apply_fn`` and ``variables``), labels outside ``[0, K)`` and a forward
+  `sap_jax.input_checks.output_width` refuses are refused too (a shape-only trace)."""
+  what = f"split {name!r}"
+  x = check_finite_inputs(x, what)
   if shd.is_global(y):  # a sharded global array stays on its devices
+    if len(x) != len(y):
+      raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels.")
     return x, labels_as_array(y)
-  return x, check_labels(y, len(x), None, f"split {name!r}")
+  y = check_labels(y, len(x), None, what)  # what needs no model, before the trace
+  if apply_fn is not None:
+    y = check_labels(y, len(x), output_width(apply_fn, variables, x), what)
+  return x, y
 
 
 def score_alphas(

@@ -172,7 +172,7 @@ def tune_alpha(
   Returns:
     A `TuneResult`. Deterministic for a seed.
   """
-  x_val, y_val = check_split(x_val, y_val, "val")
+  x_val, y_val = check_split(x_val, y_val, "val", apply_fn, variables)
   n = len(x_val)
   if not 2 <= folds <= n:
     raise ValueError(f"folds must be between 2 and the {n} validation samples, got {folds}.")

@@ -2,8 +2,9 @@
 problem and the fix, never a traceback, and leaves every file that existed before
 it byte-identical, and writes nothing new.
 
-The cases live in tests/bad_input_cases_api.py (the library) and
-tests/bad_input_cases_cli.py (the `sap-jax` command); their shape is
+The cases live in tests/bad_input_cases_api.py (the library),
+tests/bad_input_cases_messages.py (array-likes, and messages that name the real cause)
+and tests/bad_input_cases_cli.py (the `sap-jax` command); their shape is
 tests/bad_input_case.py.
 """
 
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests import bad_input_cases_api, bad_input_cases_cli
+from tests import bad_input_cases_api, bad_input_cases_cli, bad_input_cases_messages
 from tests.bad_input_case import Case, is_traceback
 
-CASES: list[Case] = [*bad_input_cases_api.CASES, *bad_input_cases_cli.CASES]
+CASES: list[Case] = [
+  *bad_input_cases_api.CASES,
+  *bad_input_cases_messages.CASES,
+  *bad_input_cases_cli.CASES,
+]
 
 
 def _checksums(root: Path) -> dict[str, str]:
