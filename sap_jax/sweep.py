@@ -538,9 +538,9 @@ def check_split(
   `sap_jax.input_checks.output_width` refuses are refused too (a shape-only trace)."""
   what = f"split {name!r}"
   x = check_finite_inputs(x, what)
+  if y is not None and np.ndim(y) >= 1 and len(x) != len(y):
+    raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels.")
   if shd.is_global(y):  # a sharded global array stays on its devices
-    if len(x) != len(y):
-      raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels.")
     return x, labels_as_array(y)
   y = check_labels(y, len(x), None, what)  # what needs no model, before the trace
   if apply_fn is not None:
