@@ -25,7 +25,9 @@ from sap_jax.input_checks import (
   check_labelled,
   check_labels,
   check_logits_output,
+  looks_like_probabilities,
   output_width,
+  warn_if_probabilities,
 )
 from sap_jax.losses import cross_entropy
 from sap_jax.types import ApplyFn, Variables
@@ -36,7 +38,8 @@ def _eval_batch(apply_fn, variables, x, y, mask):
   logits = check_logits_output(apply_fn(variables, x))
   losses = cross_entropy(logits, y)
   correct = (jnp.argmax(logits, axis=-1) == y) & mask
-  return jnp.sum(correct), jnp.sum(jnp.where(mask, losses, 0.0))
+  probabilities = looks_like_probabilities(logits) & mask  # rows that look like softmax
+  return jnp.sum(correct), jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(probabilities)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -148,10 +151,7 @@ def evaluate_checked(
   for (xb, yb), real in padded_batches(x, y, batch_size=batch_size):
     mask = np.arange(len(xb)) < real
     sums.append(_eval_batch(fn, variables, xb, yb, mask))
-  sums = jax.device_get(sums)
-  correct = sum(int(c) for c, _ in sums)
-  loss = sum(float(s) for _, s in sums)
-  return {"accuracy": correct / n, "loss": loss / n}
+  return _totals(jax.device_get(sums), n)
 
 
 def _sharded_setup(apply_fn, variables, x, y, what):
@@ -176,10 +176,15 @@ def _sharded_evaluate(apply_fn, variables, x, y, batch_size):
     _eval_batch(fn, variables, xb, yb, jnp.ones(len(yb), bool))
     for (xb, yb), _ in shd.sample_batches((x, y), batch_size)
   ]
-  sums = jax.device_get(sums)
-  n = x.shape[0]
-  correct = sum(int(c) for c, _ in sums)
-  loss = sum(float(s) for _, s in sums)
+  return _totals(jax.device_get(sums), x.shape[0])
+
+
+def _totals(sums: list, n: int) -> dict[str, float]:
+  """``{"accuracy", "loss"}`` from the batches' sums, warning when every output row looked
+  like probabilities (`sap_jax.input_checks.warn_if_probabilities`)."""
+  correct = sum(int(c) for c, _, _ in sums)
+  loss = sum(float(s) for _, s, _ in sums)
+  warn_if_probabilities(sum(int(p) for _, _, p in sums) == n)
   return {"accuracy": correct / n, "loss": loss / n}
 
 
@@ -216,7 +221,9 @@ def predict_logits(
   outs = [
     (_predict_batch(fn, variables, xb), k) for (xb,), k in padded_batches(x, batch_size=batch_size)
   ]
-  return np.concatenate([np.asarray(o)[:k] for o, k in outs])
+  logits = np.concatenate([np.asarray(o)[:k] for o, k in outs])
+  warn_if_probabilities(bool(looks_like_probabilities(logits).all()))
+  return logits
 
 
 def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, mask: Any) -> float:

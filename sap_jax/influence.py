@@ -36,6 +36,7 @@ import numpy as np
 
 from sap_jax.data.sources import is_source
 from sap_jax.hashable import hashable
+from sap_jax.input_checks import as_array, check_inputs
 from sap_jax.kernels import flat_kernel, kernels_of, with_kernels
 from sap_jax.layers import path_name
 from sap_jax.objective import (
@@ -85,6 +86,61 @@ def check_full_eigh(decomposition: Decomposition) -> None:
       f"trusted_influence needs a full eigendecomposition of every layer; layers {thin} were "
       "decomposed by the solve path or a thin SVD. Pass decompose(variables, stats, "
       "method='eigh') of Gram statistics (activation_stats(..., basis='gram'))."
+    )
+
+
+SAME_SAMPLES_FIX = (
+  "pass exactly the samples the statistics were taken on (in any order), with every row "
+  "counted (activation_stats without rows_per_batch)"
+)
+
+
+def check_sample_count(
+  apply_fn: ApplyFn, variables: Variables, decomposition: Decomposition, x: np.ndarray
+) -> dict[Path, int]:
+  """Refuses ``x`` when its number of rows per layer differs from the count the
+  decomposition's statistics hold (`Decomposition.samples`), before any work: rows per
+  sample come from a shape-only trace of one sample. Returns path → rows per sample."""
+  calls: list[Path] = []
+
+  def rows_of(v, xi):
+    out = []
+    for path, rows, layout in intercepted_rows(apply_fn, v, xi):
+      calls.append(path)
+      out.append(rows.reshape(layout.groups, -1, layout.dim))
+    return out
+
+  shapes = jax.eval_shape(rows_of, variables, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+  per: dict[Path, int] = {}
+  for path, shape in zip(calls, shapes, strict=True):
+    per[path] = per.get(path, 0) + int(shape.shape[1])
+  n = len(x)
+  for path, totals in decomposition.samples.items():
+    if path not in per:
+      continue
+    counted = float(totals[0])
+    if abs(counted - n * per[path]) > 0.5:
+      raise ValueError(
+        f"trusted_influence: the {n} samples of x_trusted give layer {path_name(path)!r} "
+        f"{n * per[path]} rows, but the decomposition's statistics counted {counted:g} "
+        f"({counted / per[path]:g} samples); {SAME_SAMPLES_FIX}."
+      )
+  return per
+
+
+def check_sample_trace(
+  decomposition: Decomposition, path: Path, total: float, rows: dict[Path, int]
+) -> None:
+  """Refuses samples whose rows' squared norms (Σ‖r‖² = tr C) differ from the
+  decomposition's statistics: the same count, other samples."""
+  if path not in decomposition.samples or path not in rows:
+    return
+  expected = float(decomposition.samples[path][1])
+  if abs(total - expected) > 1e-3 * max(abs(expected), np.finfo(np.float32).tiny):
+    raise ValueError(
+      f"trusted_influence: x_trusted are not the samples the decomposition's statistics were "
+      f"taken on (layer {path_name(path)!r}: their rows' squared norms sum to {total:.6g}, "
+      f"{expected:.6g} in the statistics); {SAME_SAMPLES_FIX}."
     )
 
 
@@ -170,11 +226,13 @@ def trusted_influence(
     An `Influence`.
   """
   if not is_source(x_val):  # a source's records are checked as they stream
-    x_val, y_val = check_split(x_val, y_val, "val")
-  x_trusted = np.asarray(x_trusted)
+    x_val, y_val = check_split(x_val, y_val, "val", apply_fn, variables)
+  x_trusted = as_array(x_trusted, "x_trusted")
   if len(x_trusted) == 0:
     raise ValueError("x_trusted is empty; pass the inputs the statistics were taken on.")
+  x_trusted = np.asarray(check_inputs(x_trusted, "x_trusted"))
   check_full_eigh(decomposition)
+  rows = check_sample_count(apply_fn, variables, decomposition, x_trusted)
   alphas = alpha_dict(decomposition, alpha)
   dtype = param_dtype(decomposition)
   corrected = corrected_variables(
@@ -201,6 +259,7 @@ def trusted_influence(
     q = np.concatenate([np.asarray(b[path], np.float64) for b in quads])
     nrm = np.concatenate([np.asarray(b[path], np.float64) for b in norms])
     trace = nrm.sum(axis=0)
+    check_sample_trace(decomposition, path, float(trace.sum()), rows)
     tau = np.asarray(taus[path], np.float64)
     per_layer[path] = np.sum((q - tau * nrm) / np.maximum(trace, np.finfo(np.float64).tiny), -1)
   scores = np.sum(np.stack(list(per_layer.values())), axis=0)

@@ -10,7 +10,18 @@ work, and refuses bad ones with a message that names the problem and the fix:
 - labels: one integer class index per input, in ``[0, K)`` where K is the model's output
   width (`output_width`: one shape-only trace of the forward on one sample, no FLOPs);
 - the forward: ``apply_fn(variables, x)`` must return the logits, one ``(N, K)``
-  floating array (`check_logits_output`).
+  floating array (`check_logits_output`), be a Linen-style forward and not an NNX module
+  (`check_not_nnx`: that goes to `sap_jax.nnx`), run in eval mode (a forward that needs
+  ``rngs`` or a ``mutable`` collection is refused naming the eval-mode fix,
+  `forward_failure`), and read its ``variables`` (one that closes over its own is refused:
+  SAP's corrected kernels would never reach it, `check_reads_variables`); logits that
+  look like probabilities get a warning (`warn_if_probabilities`).
+
+**Array-likes** (`as_array`, the one place the rule is written): a ``jax.Array`` stays on
+its devices, a numpy array (a ``np.memmap`` too) stays as it is, a list or tuple is always
+an array of samples (nested lists of numbers or a list of per-sample arrays; never a
+source, see `sap_jax.data.sources.is_source`), anything else with ``__array__`` is
+converted; records (dicts), text and objects that are not numbers are refused with the fix.
 
 **Integer inputs** (e.g. ``uint8`` images) are refused here, with the conversion in the
 message, never converted: the library cannot know the scale the model was trained on
@@ -22,6 +33,9 @@ conventions, convert at the loading edge and say so (`sap_jax.data.load_npz`: ``
 
 from __future__ import annotations
 
+import re
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,15 +47,25 @@ from sap_jax.hashable import hashable
 from sap_jax.types import ApplyFn, Variables
 
 __all__ = [
+  "EVAL_MODE_FIX",
   "INTEGER_INPUT_FIX",
+  "NNX_FIX",
+  "PROBABILITIES_WARNING",
   "WRAP_FIX",
+  "TrainModeForward",
   "all_finite",
+  "as_array",
   "check_inputs",
   "check_labelled",
   "check_labels",
   "check_logits_output",
+  "check_not_nnx",
+  "check_reads_variables",
+  "forward_failure",
+  "looks_like_probabilities",
   "output_width",
   "traced_output",
+  "warn_if_probabilities",
 ]
 
 INTEGER_INPUT_FIX = (
@@ -57,18 +81,71 @@ WRAP_FIX = (
 """The default advice of `check_logits_output` (``{index}`` names the part to return)."""
 
 
-def _as_array(x: Any, what: str) -> np.ndarray | jax.Array:
+EVAL_MODE_FIX = (
+  "pass the eval-mode forward: for Linen functools.partial(model.apply, train=False) (the "
+  "flag that turns dropout off and makes BatchNorm use its running averages), for NNX the "
+  "module itself to sap_jax.nnx, which runs model.eval() (its __call__ must not pass "
+  "deterministic=False or use_running_average=False itself)"
+)
+"""The fix every train-mode-forward refusal names."""
+
+NNX_FIX = (
+  "the Linen API takes apply_fn(variables, x) and its variables; use sap_jax.nnx, which takes "
+  "the module itself (e.g. sap_jax.nnx.run_sap(model, x_train, y_train, x_val, y_val))"
+)
+"""The fix when an NNX module reaches the Linen API."""
+
+
+class TrainModeForward(ValueError):
+  """A forward that runs in train mode (it draws random numbers or updates state)."""
+
+
+def as_array(x: Any, what: str) -> np.ndarray | jax.Array:
+  """``x`` as one array, whatever array-like kind it came as (the boundary's one rule).
+
+  - a ``jax.Array`` stays on its devices (a global, sharded array is never pulled to
+    the host);
+  - a numpy array stays as it is (a ``np.memmap`` becomes a plain view: nothing read);
+  - a list or tuple is always an array of samples (nested lists of numbers, or a list of
+    equally shaped per-sample arrays), made one numpy array. It is never a source: a
+    source (`sap_jax.data.sources.is_source`) has no ``shape``, is not a list, tuple, str,
+    bytes or mapping, and has ``__len__`` and ``__getitem__``; entry points that take
+    sources branch on that before calling this;
+  - anything else with ``__array__`` (or the buffer protocol) goes through ``np.asarray``.
+
+  Raises:
+    ValueError: None; a list of records (dicts); a str, bytes or mapping; ragged
+      samples; anything that does not become a numeric array (the fix in each message).
+  """
   if x is None:
     raise ValueError(f"{what}: no inputs (got None); pass an (N, ...) array.")
   if isinstance(x, jax.Array):
     return x  # kept on its devices: a global (sharded) array is never pulled to the host
+  if isinstance(x, (list, tuple)) and len(x) and isinstance(x[0], Mapping):
+    raise ValueError(
+      f"{what}: a {type(x).__name__} of records (dicts); a {type(x).__name__} is read as an "
+      "array of samples, never as a source: pass the inputs as one (N, ...) array, or the "
+      "records as a source (an object with __len__ and __getitem__, see sap_jax.data.sources)."
+    )
+  if isinstance(x, (str, bytes, Mapping)):
+    raise ValueError(
+      f"{what}: got a {type(x).__name__}, not inputs; pass an (N, ...) array (a path must be "
+      "loaded first, e.g. sap_jax.data.load_dataset or np.load)."
+    )
   try:
-    return np.asarray(x)
+    array = np.asarray(x)
   except (ValueError, TypeError) as err:
     raise ValueError(
       f"{what}: cannot be made one array ({err}); pass an (N, ...) array whose samples "
       "all have the same shape."
     ) from None
+  if array.dtype == object:
+    raise ValueError(
+      f"{what}: a {type(x).__name__} that is not an array of numbers (it becomes a numpy "
+      f"array of Python objects, shape {array.shape}); pass an (N, ...) float array whose "
+      "samples all have the same shape."
+    )
+  return array
 
 
 def _first_nonfinite(x: np.ndarray) -> tuple[int, int]:
@@ -106,7 +183,7 @@ def check_inputs(x: Any, what: str = "x") -> np.ndarray | jax.Array:
     ValueError: None, ragged or non-numeric, a scalar, no samples, an integer or bool
       dtype (with the conversion to apply), NaN or Inf (with the count and first index).
   """
-  x = _as_array(x, what)
+  x = as_array(x, what)
   if x.ndim == 0:
     raise ValueError(
       f"{what}: got a scalar; pass an (N, ...) array with one row per sample (x[None] for one)."
@@ -237,13 +314,71 @@ def check_logits_output(out: Any, what: str = "apply_fn", *, fix: str = WRAP_FIX
   return out
 
 
+def _is_nnx(obj: Any) -> bool:
+  nnx = sys.modules.get("flax.nnx")  # no NNX module exists unless flax.nnx was imported
+  return nnx is not None and isinstance(obj, nnx.Module)
+
+
+def check_not_nnx(apply_fn: Any, variables: Any = None, what: str = "apply_fn") -> None:
+  """Refuses a ``flax.nnx`` module given to the Linen API (as ``apply_fn`` or as
+  ``variables``), naming `sap_jax.nnx`."""
+  fn = getattr(apply_fn, "fn", apply_fn)  # `sap_jax.hashable.hashable`'s wrapper
+  for name, obj in ((what, fn), ("variables", variables)):
+    if _is_nnx(obj):
+      raise ValueError(
+        f"{name} is a flax.nnx module ({type(obj).__name__}), not a Linen forward; {NNX_FIX}."
+      )
+
+
+def forward_failure(err: BaseException, what: str = "apply_fn(variables, x)") -> str | None:
+  """The message for a forward that failed because it runs in train mode, or None.
+
+  Recognised: it needs an RNG (Linen ``InvalidRngError``, NNX dropout without ``rngs``, a
+  ``__call__`` that takes ``rngs``), it updates a collection (Linen
+  ``ModifyScopeVariableError``: BatchNorm's ``batch_stats``), it uses an unbound axis
+  name (BatchNorm with ``axis_name`` in train mode), or `TrainModeForward` (an NNX model
+  whose call changed its own state)."""
+  if isinstance(err, TrainModeForward):
+    return str(err)
+  name, text = type(err).__name__, str(err)
+  cause = None
+  if (
+    name == "InvalidRngError"
+    or "needs PRNG" in text
+    or "no `rngs` argument" in text
+    or re.search(r"argument: '(rngs|rng|key|dropout_rng)'", text)
+  ):
+    cause = "it needs random numbers (rngs): dropout or another stochastic layer is on"
+  elif name == "ModifyScopeVariableError" or re.search(r'collection "\w+" is immutable', text):
+    found = re.search(r'collection "(\w+)"', text)
+    collection = found.group(1) if found else "batch_stats"
+    cause = (
+      f"it updates its {collection!r} collection (it needs mutable=[{collection!r}]): "
+      "BatchNorm or another layer is in train mode"
+    )
+  elif "unbound axis name" in text:
+    found = re.search(r"unbound axis name: (\S+?)\.?(\s|$)", text)
+    axis = f" {found.group(1)!r}" if found else ""
+    cause = (
+      f"it uses the device axis name{axis} (a collective: BatchNorm with axis_name in train mode)"
+    )
+  if cause is None:
+    return None
+  return f"{what} is a train-mode forward: {cause}; {EVAL_MODE_FIX}."
+
+
 def traced_output(fn: Any, *args: Any, what: str = "apply_fn(variables, x)") -> Any:
   """``jax.eval_shape(fn, *args)`` (shapes only, no FLOPs), a failure reported as a
-  ValueError naming the call, the error it raised and the likely fix (inputs of the
-  wrong per-example shape, variables of another model)."""
+  ValueError naming the call, the error it raised and the likely fix: an NNX module
+  (`check_not_nnx`), a train-mode forward (`forward_failure`), else inputs of the wrong
+  per-example shape or variables of another model."""
+  check_not_nnx(fn, args[0] if args else None)
   try:
     return jax.eval_shape(fn, *args)
   except Exception as err:  # noqa: BLE001 — any failure of the user's forward is reported
+    train_mode = forward_failure(err, what)
+    if train_mode is not None:
+      raise TrainModeForward(train_mode) from err
     detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
     shapes = ", ".join(
       f"{tuple(a.shape)} {a.dtype}" for a in args if isinstance(a, jax.ShapeDtypeStruct)
@@ -254,12 +389,86 @@ def traced_output(fn: Any, *args: Any, what: str = "apply_fn(variables, x)") -> 
     ) from err
 
 
+_READS: dict[Any, bool] = {}  # (apply_fn, tree structure, shapes) → whether params are read
+
+
+def _reads_params(fn: Any, variables: Any, sample: jax.ShapeDtypeStruct) -> bool:
+  """Whether ``fn(variables, sample)``'s output depends on any leaf of
+  ``variables["params"]`` (every leaf when there is no ``"params"``): one trace to a
+  jaxpr (no FLOPs), cached per function and shapes."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
+  avals = tuple(
+    (tuple(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__))) for _, leaf in flat
+  )
+  key = (fn, treedef, avals, sample.shape, str(sample.dtype))
+  if key in _READS:
+    return _READS[key]
+  has_params = isinstance(variables, Mapping) and "params" in variables
+
+  def is_param(path) -> bool:
+    return not has_params or (bool(path) and getattr(path[0], "key", None) == "params")
+
+  wanted = [i for i, (path, _) in enumerate(flat) if is_param(path)]
+  if not wanted:
+    return True
+  leaves = [leaf for _, leaf in flat]  # abstracted by the trace: no FLOPs
+  closed = jax.make_jaxpr(lambda ls, x: fn(jax.tree_util.tree_unflatten(treedef, ls), x))(
+    leaves, sample
+  )
+  jaxpr = closed.jaxpr
+  used = {id(v) for eqn in jaxpr.eqns for v in eqn.invars}
+  used |= {id(v) for v in jaxpr.outvars}
+  reads = any(id(jaxpr.invars[i]) in used for i in wanted)
+  if len(_READS) > 64:
+    _READS.clear()
+  _READS[key] = reads
+  return reads
+
+
+def check_reads_variables(apply_fn: ApplyFn, variables: Variables, x: Any) -> None:
+  """Refuses a forward whose output does not depend on its ``variables``' params (it
+  closes over a model's variables of its own): SAP's corrected kernels would never reach
+  it, and every α would score as the original model. Shapes only (one trace)."""
+  sample = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
+  if not _reads_params(hashable(apply_fn), variables, sample):
+    raise ValueError(
+      "apply_fn(variables, x) ignores its variables (its output does not depend on any "
+      "params leaf: it closes over the model's variables of its own), so corrected "
+      "variables would never reach it; pass a forward that uses the variables it is "
+      "given, e.g. functools.partial(model.apply, train=False) or "
+      "lambda variables, x: model.apply(variables, x, train=False)."
+    )
+
+
+def looks_like_probabilities(logits: Any, atol: float = 1e-3) -> Any:
+  """bool[N] (numpy or traced): whether each row is non-negative and sums to 1, as
+  softmax outputs do (K ≥ 2); logits almost never are."""
+  xp = jnp if isinstance(logits, jax.Array) else np
+  if logits.shape[-1] < 2:
+    return xp.zeros(logits.shape[:-1], bool)
+  return xp.all(logits >= 0, axis=-1) & (xp.abs(xp.sum(logits, axis=-1) - 1) <= atol)
+
+
+PROBABILITIES_WARNING = (
+  "{what} returns rows that are non-negative and sum to 1 (probabilities, e.g. after a "
+  "softmax), but sap_jax expects logits: cross-entropy and the trusted set are computed from "
+  "log_softmax of the output; return the logits (drop the final softmax)."
+)
+
+
+def warn_if_probabilities(all_rows: bool, what: str = "apply_fn(variables, x)") -> None:
+  """Warns (UserWarning) when every output row looked like probabilities."""
+  if all_rows:
+    warnings.warn(PROBABILITIES_WARNING.format(what=what), UserWarning, stacklevel=3)
+
+
 def output_width(apply_fn: ApplyFn, variables: Variables, x: Any) -> int:
   """K, the model's number of outputs, from a shape-only trace on one sample.
 
   ``jax.eval_shape`` of ``apply_fn(variables, x[:1])`` (`traced_output`): no FLOPs,
   and cached by JAX for an equal ``apply_fn`` and equal shapes (sub-millisecond on a
-  second call). The output is checked with `check_logits_output`.
+  second call). The output is checked with `check_logits_output`, and the forward with
+  `check_reads_variables` (one more trace per model, cached).
 
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
@@ -271,7 +480,9 @@ def output_width(apply_fn: ApplyFn, variables: Variables, x: Any) -> int:
   """
   sample = jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype)
   out = traced_output(hashable(apply_fn), variables, sample)
-  return int(check_logits_output(out).shape[-1])
+  width = int(check_logits_output(out).shape[-1])
+  check_reads_variables(apply_fn, variables, x)
+  return width
 
 
 def check_labelled(

@@ -24,7 +24,7 @@ from sap_jax.arg_checks import (
 )
 from sap_jax.batching import batched
 from sap_jax.data.sources import input_shape, is_source, no_separate_labels
-from sap_jax.input_checks import check_labelled
+from sap_jax.input_checks import as_array, check_labelled
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import exclude_patterns, path_name, select_layers
 from sap_jax.spectrum import stats_summary
@@ -259,6 +259,8 @@ def run_sap(
       tune_options=tune_options,
       method=method,
     )
+  # lists, tuples, memmaps, other array-likes: one array from here on (a jax.Array stays)
+  x_train = as_array(x_train, "x_train")
   multihost.check_same_across_processes(
     {
       "variables": variables,

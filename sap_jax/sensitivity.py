@@ -74,7 +74,7 @@ def alpha_sensitivity(
     gradients).
   """
   if not is_source(x):  # a source's records are checked as they stream
-    x, y = check_split(x, y, "sensitivity")
+    x, y = check_split(x, y, "sensitivity", apply_fn, variables)
   log_alpha = log_alpha_of(decomposition, alpha)
   loss, grad = batched_loss_and_grad(
     _loss_log_alpha,

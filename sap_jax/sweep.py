@@ -71,6 +71,9 @@ class Decomposition:
     rotated: path → Vᵀ K, (G, k, O/G), of each eigh layer.
     layouts: ``((path, Layout), …)`` in layer order (static).
     solves: path → `sap_jax.solve.SolveData` of each solve layer.
+    samples: path → ``[rows counted, Σ‖r‖² = tr C]`` of each layer's statistics: a
+      fingerprint of the samples they were taken on, up to order (`sap_jax.trusted_influence`
+      checks its samples against it). Empty for a decomposition built by hand.
   """
 
   bases: dict[Path, proj.Basis]
@@ -78,6 +81,7 @@ class Decomposition:
   rotated: dict[Path, jax.Array]
   layouts: tuple[tuple[Path, Layout], ...] = struct.field(pytree_node=False)
   solves: dict[Path, slv.SolveData] = struct.field(default_factory=dict)
+  samples: dict[Path, jax.Array] = struct.field(default_factory=dict)
 
   @property
   def methods(self) -> dict[Path, str]:
@@ -93,6 +97,19 @@ class Decomposition:
   def spectra(self) -> dict[Path, jax.Array]:
     """path → normalised spectrum σ̃ (…, k) of every eigh layer (solve layers have none)."""
     return {p: b.spectrum for p, b in self.bases.items()}
+
+
+@jax.jit
+def _sample_totals(stats: dict[Path, Any]) -> dict[Path, jax.Array]:
+  """path → ``[rows counted, tr C]`` (a factor F: ‖F‖², = tr FᵀF), in the statistics' dtype."""
+  out = {}
+  for path, s in stats.items():
+    if isinstance(s, LayerFactor):
+      total = jnp.sum(jnp.square(s.factor))
+    else:
+      total = jnp.einsum("...ii->", s.gram)
+    out[path] = jnp.stack([jnp.asarray(s.count, total.dtype).sum(), total])
+  return out
 
 
 _eigh_jit = jax.jit(proj.eigh_basis)
@@ -377,6 +394,7 @@ def decompose(
     }
     bases = {**given, **spread_eigh(spread, *mesh)}
   layouts = tuple((p, s.layout) for p, s in stats.items())
+  samples = _sample_totals(dict(stats))  # before any Gram matrix is consumed
   if workers > 1 and (_is_traced((stats, kernels)) or not threads_share_context()):
     workers = 1  # traced into the caller's program, or a thread-local context: no threads
   layer_bases: dict[Path, proj.Basis] = {}
@@ -408,7 +426,9 @@ def decompose(
   solves = {p: solves[p] for p, _ in layouts if p in solves}
   eigh_layouts = tuple((p, lay) for p, lay in layouts if p in layer_bases)
   rotated = _rotate_jit(kernels, layer_bases, layouts=eigh_layouts)
-  return jax.block_until_ready(Decomposition(layer_bases, kernels, rotated, layouts, solves))
+  return jax.block_until_ready(
+    Decomposition(layer_bases, kernels, rotated, layouts, solves, samples)
+  )
 
 
 def apply_alpha(variables: Variables, decomposition: Decomposition, alpha: Any) -> Variables:
@@ -511,14 +531,22 @@ class SweepResult(NamedTuple):
     return self.splits[name]
 
 
-def check_split(x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-  """A labelled split as host arrays, refused when empty, non-finite or mismatched."""
-  x = check_finite_inputs(x, f"split {name!r}")
-  if len(x) != len(y):
-    raise ValueError(f"split {name!r} has {len(x)} samples but {len(y)} labels.")
+def check_split(
+  x: Any, y: Any, name: str, apply_fn: ApplyFn | None = None, variables: Variables = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """A labelled split as host arrays, refused when empty, non-finite or mismatched; with
+  the model (``apply_fn`` and ``variables``), labels outside ``[0, K)`` and a forward
+  `sap_jax.input_checks.output_width` refuses are refused too (a shape-only trace)."""
+  what = f"split {name!r}"
+  x = check_finite_inputs(x, what)
+  if y is not None and np.ndim(y) >= 1 and len(x) != len(y):
+    raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels.")
   if shd.is_global(y):  # a sharded global array stays on its devices
     return x, labels_as_array(y)
-  return x, check_labels(y, len(x), None, f"split {name!r}")
+  y = check_labels(y, len(x), None, what)  # what needs no model, before the trace
+  if apply_fn is not None:
+    y = check_labels(y, len(x), output_width(apply_fn, variables, x), what)
+  return x, y
 
 
 def score_alphas(

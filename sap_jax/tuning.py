@@ -338,7 +338,7 @@ def tune_alpha(
     no_separate_labels(y_val, "y_val")
     n = source_length(x_val, "split 'val'")
   else:
-    x_val, y_val = check_split(x_val, y_val, "val")
+    x_val, y_val = check_split(x_val, y_val, "val", apply_fn, variables)
     n = len(x_val)
   penalties = check_tune_options(
     n, folds=folds, steps=steps, learning_rate=learning_rate, penalty=penalty

@@ -3,8 +3,9 @@ problem and the fix, never a traceback, and leaves every file that existed befor
 it byte-identical, and writes nothing new.
 
 The cases live in tests/bad_input_cases_api.py (the library),
-tests/bad_input_cases_cli.py (the `sap-jax` command) and tests/bad_input_cases_early.py
-(arguments refused before any work); their shape is
+tests/bad_input_cases_messages.py (array-likes, and messages that name the real cause),
+tests/bad_input_cases_early.py (arguments refused before any work) and
+tests/bad_input_cases_cli.py (the `sap-jax` command); their shape is
 tests/bad_input_case.py.
 """
 
@@ -14,13 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from tests import bad_input_cases_api, bad_input_cases_cli, bad_input_cases_early
+from tests import (
+  bad_input_cases_api,
+  bad_input_cases_cli,
+  bad_input_cases_early,
+  bad_input_cases_messages,
+)
 from tests.bad_input_case import Case, is_traceback
 
 CASES: list[Case] = [
   *bad_input_cases_api.CASES,
-  *bad_input_cases_cli.CASES,
+  *bad_input_cases_messages.CASES,
   *bad_input_cases_early.CASES,
+  *bad_input_cases_cli.CASES,
 ]
 
 

@@ -37,7 +37,7 @@ def test_fit_fraction_on_known_predictions():
     return x
 
   preds = np.array([0, 1, 2, 2, 1, 0])
-  x = np.eye(3, dtype=np.float32)[preds]
+  x = 2 * np.eye(3, dtype=np.float32)[preds]  # logits, not one-hot probabilities
   y_noisy = np.array([0, 1, 1, 2, 0, 1])
   mask = np.array([False, True, True, True, True, False])
   # Corrupted samples 1..4: predictions 1,2,2,1 vs noisy 1,1,2,0 -> 2/4.

@@ -134,3 +134,135 @@ def test_check_labelled_checks_model_free_things_before_the_trace(mlp):
     ic.check_labelled(broken, variables, x, np.zeros(4))
   with pytest.raises(ValueError, match="NaN"):
     ic.check_labelled(broken, variables, np.full((4, 2), np.nan), np.zeros(4, np.int32))
+
+
+# ---- issue 25: array-likes at the boundary, and messages that name the real cause
+
+
+def _kinds(x, tmp_path):
+  """``x`` as every array-like kind the public API takes."""
+  np.save(tmp_path / "x.npy", x)
+  return {
+    "list": x.tolist(),
+    "tuple": tuple(map(tuple, x.tolist())),
+    "jax": jnp.asarray(x),
+    "memmap": np.load(tmp_path / "x.npy", mmap_mode="r"),
+  }
+
+
+def test_as_array_rule(tmp_path):
+  x = np.arange(6, dtype=np.float32).reshape(3, 2)
+  for kind, value in _kinds(x, tmp_path).items():
+    got = ic.as_array(value, "x")
+    assert np.array_equal(np.asarray(got), x), kind
+    assert isinstance(got, jax.Array) == (kind == "jax"), kind  # a jax.Array stays put
+  assert ic.as_array([np.zeros(2), np.ones(2)], "x").shape == (2, 2)  # per-sample arrays
+  for bad, match in [
+    ([{"image": x[0], "label": 0}], r"^x: a list of records \(dicts\); a list is read as an array"),
+    (({"image": x[0]},), r"a tuple of records"),
+    ("x.npy", r"got a str, not inputs.*np\.load"),
+    ({"x": x}, "got a dict"),
+    ([x[0], "a"], "not an array of numbers|cannot be made one array"),
+    (iter(x), r"not an array of numbers \(it becomes a numpy array of Python objects"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      ic.as_array(bad, "x")
+
+
+def test_every_array_like_kind_is_converted_at_every_entry_point(tmp_path):
+  """Lists, tuples, jax arrays and memmaps give the numpy array's results (issue 25,
+  item 2: a list once ran the whole correction, then failed on ``x.shape``)."""
+  import sap_jax
+  from tests.bad_input_cases_api import _data, _model
+
+  fn, v = _model()
+  x, y = _data()
+  vx, vy = _data(12, seed=1)
+  stats = sap_jax.activation_stats(fn, v, [x])
+  dec = sap_jax.decompose(v, stats, method="eigh")
+  ref = {
+    "evaluate": sap_jax.evaluate(fn, v, x, y),
+    "losses": np.asarray(sap_jax.per_example_loss(fn, v, x, y)),
+    "logits": train.predict_logits(fn, v, x),
+    "trusted": np.asarray(sap_jax.trusted.trusted_set(fn, v, x, y, 8)),
+    "run_sap": sap_jax.run_sap(fn, v, x, y, vx, vy, n_trusted=8, alphas=(1e2, 1e3)).alpha,
+  }
+  for kind, xk in _kinds(x, tmp_path).items():
+    yk = {"list": y.tolist(), "tuple": tuple(y.tolist()), "jax": jnp.asarray(y)}.get(kind, y)
+    assert sap_jax.evaluate(fn, v, xk, yk) == pytest.approx(ref["evaluate"]), kind
+    np.testing.assert_allclose(sap_jax.per_example_loss(fn, v, xk, yk), ref["losses"], 1e-5)
+    np.testing.assert_allclose(train.predict_logits(fn, v, xk), ref["logits"], 1e-5)
+    assert np.array_equal(sap_jax.trusted.trusted_set(fn, v, xk, yk, 8), ref["trusted"]), kind
+    assert (
+      sap_jax.run_sap(fn, v, xk, yk, vx, vy, n_trusted=8, alphas=(1e2, 1e3)).alpha
+      == (ref["run_sap"])
+    ), kind
+    got = sap_jax.activation_stats(fn, v, [xk])
+    for path, s in stats.items():
+      np.testing.assert_allclose(got[path].gram, s.gram, rtol=1e-5, err_msg=kind)
+    sap_jax.sweep_alpha(fn, v, dec, (1e2,), vx, vy, eval_splits={"k": (xk[:12], yk[:12])})
+    assert sap_jax.correct(fn, v, xk, 1e3) is not None
+    sap_jax.trusted_influence(fn, v, dec, xk, vx, vy, 1e3)
+
+
+def test_nnx_run_sap_takes_a_list(tmp_path):
+  from flax import nnx
+
+  import sap_jax.nnx
+  from tests.bad_input_cases_api import _data
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.l1, self.l2 = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.l2(nnx.relu(self.l1(x)))
+
+  x, y = _data()
+  vx, vy = _data(12, seed=1)
+  model = Net(nnx.Rngs(0))
+  a = sap_jax.nnx.run_sap(model, x, y, vx, vy, n_trusted=8, alphas=(1e2,))
+  b = sap_jax.nnx.run_sap(model, x.tolist(), y.tolist(), vx, vy, n_trusted=8, alphas=(1e2,))
+  assert a.alpha == b.alpha and np.array_equal(a.trusted_indices, b.trusted_indices)
+
+
+def test_forward_failure_names_train_mode_only():
+  assert ic.forward_failure(TypeError("unsupported operand")) is None
+  assert ic.forward_failure(ValueError("dot_general requires contracting dims")) is None
+  rng = ic.forward_failure(ValueError("`deterministic` is False, but no `rngs` argument"))
+  assert "train-mode forward: it needs random numbers" in rng and "train=False" in rng
+  mutable = ic.forward_failure(
+    ValueError(
+      'Cannot update variable "mean" in "/bn" because collection "batch_stats" is immutable.'
+    )
+  )
+  assert "updates its 'batch_stats' collection" in mutable
+  axis = ic.forward_failure(NameError("Found an unbound axis name: batch. To fix this"))
+  assert "device axis name 'batch'" in axis
+
+
+def test_check_reads_variables(mlp):
+  fn, variables = mlp
+  x = np.zeros((3, 2), np.float32)
+  ic.check_reads_variables(fn, variables, x)  # reads them: no error
+
+  def closes_over(v, xx):
+    del v
+    return fn(variables, xx)
+
+  with pytest.raises(ValueError, match="ignores its variables"):
+    ic.check_reads_variables(closes_over, variables, x)
+
+  def reads_only_state(v, xx):  # uses a non-params leaf but no params
+    return fn(variables, xx) + 0 * jax.tree_util.tree_leaves(v)[0].sum()
+
+  ic.check_reads_variables(reads_only_state, {"other": jnp.ones(1)}, x)  # no params: any leaf
+
+
+def test_looks_like_probabilities():
+  logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3]], np.float32)
+  probs = np.asarray(jax.nn.softmax(logits))
+  assert not ic.looks_like_probabilities(logits).any()
+  assert ic.looks_like_probabilities(probs).all()
+  assert bool(ic.looks_like_probabilities(jnp.asarray(probs)).all())
+  assert not ic.looks_like_probabilities(np.ones((2, 1))).any()  # K = 1: never

@@ -1,5 +1,6 @@
 """Random-access sources: the record format, lazy image folders, adapters."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -29,6 +30,21 @@ def test_what_counts_as_a_source():
   assert not is_source(np.zeros((2, 1)))
   assert not is_source([np.zeros(1)])
   assert not is_source({"image": 1})
+  # the rule, explicit: lists and tuples are always array-likes, never sources
+  assert not is_source([0.1, 0.2, 0.3])  # a list of numbers
+  assert not is_source(((0.1, 0.2), (0.3, 0.4)))  # a tuple of samples
+  assert not is_source([{"image": np.zeros(1), "label": 0}])  # a list of records, too
+  assert not is_source("data.npz") and not is_source(b"xy")
+  assert not is_source(jnp.zeros((2, 1)))
+
+  class Records:  # any other object with __len__ and __getitem__ is one
+    def __len__(self):
+      return 1
+
+    def __getitem__(self, i):
+      return {"image": np.zeros(1), "label": 0}
+
+  assert is_source(Records())
   with pytest.raises(TypeError, match="wrap arrays with sap_jax.data.sources.ArraySource"):
     source_length(np.zeros((3, 1)))
 

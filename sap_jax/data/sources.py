@@ -45,7 +45,13 @@ class Source(Protocol):
 
 
 def is_source(data: Any) -> bool:
-  """Whether ``data`` is a random-access source (not an array or a list of samples)."""
+  """Whether ``data`` is a random-access source (not an array or a list of samples).
+
+  The rule: anything with a ``shape`` (numpy arrays, memmaps, jax arrays), a list or a
+  tuple (always an array-like of samples, even a list of records: it is refused as inputs,
+  `sap_jax.input_checks.as_array`), a str, bytes or a mapping is not a source; any other
+  object with ``__len__`` and ``__getitem__`` is one (grain's protocol).
+  """
   if isinstance(data, (np.ndarray, list, tuple, str, bytes, Mapping)) or hasattr(data, "shape"):
     return False
   return hasattr(data, "__len__") and hasattr(data, "__getitem__")

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from sap_jax.input_checks import EVAL_MODE_FIX, TrainModeForward
 from sap_jax.layers import key_path_name
 from sap_jax.nnx.layers import intercepting
 from sap_jax.stats.observe import observing
@@ -72,9 +73,32 @@ class NNXApply:
   def __call__(self, variables: Variables, x: Any) -> Any:
     model = self.merge(variables)
     if not observing():
-      return model(x)
-    with intercepting(model):
-      return model(x)
+      out = model(x)
+    else:
+      with intercepting(model):
+        out = model(x)
+    _check_state_kept(model, variables)
+    return out
+
+
+def _check_state_kept(model: nnx.Module, variables: Variables) -> None:
+  """Refuses a call that changed the model's non-parameter state (BatchNorm statistics
+  updated, RNG counts drawn: a train-mode call even after ``.eval()``, e.g. a ``__call__``
+  passing ``use_running_average=False`` or ``deterministic=False`` itself). Checked by
+  identity of the arrays, at trace time; a call in eval mode leaves every one in place."""
+  _, _, rest = nnx.split(model, nnx.Param, ...)
+  before = jax.tree_util.tree_leaves(variables["rest"])
+  after_flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(rest))[0]
+  changed = [
+    key_path_name(path)
+    for (path, new), old in zip(after_flat, before, strict=False)
+    if new is not old
+  ]
+  if changed:
+    raise TrainModeForward(
+      f"the NNX model is a train-mode forward: its call changed its own state {changed[:4]} "
+      f"(BatchNorm statistics updated or random numbers drawn); {EVAL_MODE_FIX}."
+    )
 
 
 def split_model(model: nnx.Module) -> tuple[Any, nnx.State, nnx.State]:

@@ -16,6 +16,7 @@ without per-model code.
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,12 @@ import numpy as np
 
 from sap_jax import sharding as shd
 from sap_jax.hashable import hashable
-from sap_jax.input_checks import check_inputs
+from sap_jax.input_checks import (
+  TrainModeForward,
+  check_inputs,
+  check_not_nnx,
+  forward_failure,
+)
 from sap_jax.layers import path_name
 from sap_jax.stats.accumulate import (
   LayerStats,
@@ -175,6 +181,53 @@ def _pad_batch(x: Any, size: int) -> Any:
   return jnp.concatenate([x, jnp.broadcast_to(x[:1], fill)])
 
 
+BATCHED_FIX = "wrap it: sap_jax.batched(x, 256) (or [x] for one batch)"
+"""The fix when one array is given where `activation_stats` takes batches."""
+
+
+def _check_batches(batches: Any) -> None:
+  """Refuses one array (or a list of samples) given where an iterable of batches is
+  expected: iterating it would read each sample as a batch of its rows."""
+  if hasattr(batches, "shape") and not isinstance(batches, shd.LocalBatch):
+    raise ValueError(
+      f"activation_stats: batches is one array of shape {tuple(batches.shape)}, which would be "
+      f"read sample by sample as batches; {BATCHED_FIX}."
+    )
+  if isinstance(batches, (list, tuple)) and batches:
+    first = batches[0]
+    if isinstance(first, numbers.Number) or (
+      isinstance(first, (list, tuple)) and first and isinstance(first[0], numbers.Number)
+    ):
+      raise ValueError(
+        "activation_stats: batches is a list of samples (nested lists of numbers), which "
+        f"would be read sample by sample as batches; make it one array and {BATCHED_FIX}."
+      )
+
+
+def _raise_train_mode(err: BaseException) -> None:
+  message = forward_failure(err, "activation_stats: apply_fn(variables, x)")
+  if message is not None:
+    raise TrainModeForward(message) from err
+
+
+def _check_batch_axis(apply_fn, variables, x, offset) -> None:
+  """A 1-D first batch (samples without a feature axis) must give one output row per
+  sample: else it is one sample's features, read as a batch (a shape-only trace)."""
+  if x.ndim != 1:
+    return
+  try:
+    out = jax.eval_shape(apply_fn, variables, jax.ShapeDtypeStruct(x.shape, x.dtype))
+  except Exception:  # noqa: BLE001 — reported by the statistics' own trace
+    return
+  shape = getattr(out, "shape", None)
+  if shape is None or len(shape) < 2 or shape[0] != x.shape[0]:
+    raise ValueError(
+      f"activation_stats batch at sample {offset}: a batch of shape {tuple(x.shape)} gives "
+      f"an output of shape {shape}, not one row per sample: it looks like one sample of an "
+      f"array iterated as batches; pass batches of shape (n, ...): {BATCHED_FIX}."
+    )
+
+
 def activation_stats(
   apply_fn: ApplyFn,
   variables: Any,
@@ -221,6 +274,8 @@ def activation_stats(
   Raises:
     ValueError: no batch, no supported layer, non-finite variables or activations.
   """
+  check_not_nnx(apply_fn, variables)
+  _check_batches(batches)
   if basis in ("qr", "auto"):
     if isinstance(batches, (list, tuple)) and any(
       isinstance(b, shd.LocalBatch) or shd.data_axis_of(b) is not None for b in batches
@@ -287,11 +342,15 @@ def activation_stats(
       # Zeros of the statistics' shapes: one compiled step (donating its running
       # sums) then serves every batch, the first included, and the last one too
       # (padded) when every covered layer sees the batch on its first axis.
+      _check_batch_axis(apply_fn, variables, x, offset)
       try:
         shapes = batch_stats_jit.eval_shape(variables, x, k, np.int32(real), **static)
       except NotBatchMajor:
         masked = False
         shapes = batch_stats_jit.eval_shape(variables, x, k, None, **static)
+      except Exception as err:  # noqa: BLE001 — a train-mode forward is named, else raised
+        _raise_train_mode(err)
+        raise
       acc = _placed_zeros(shapes, variables)
     if masked and real < full[0] and x.shape[1:] == full[1:]:
       x = _pad_batch(x, full[0])
