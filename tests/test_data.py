@@ -336,6 +336,28 @@ def test_cifar_missing_and_broken_archives(tmp_path, data_cifar10_dir):
     load_dataset("cifar10", root=broken)
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_lazy_cifar_reads_the_in_memory_floats_bit_for_bit(
+  name, data_cifar10_dir, data_cifar100_dir
+):
+  root = (data_cifar10_dir if name == "cifar10" else data_cifar100_dir)[0]
+  eager, lazy = load_dataset(name, root=root), load_dataset(name, root=root, lazy=True)
+  for split in ("train", "test"):
+    x, source = getattr(eager, f"x_{split}"), getattr(lazy, f"x_{split}")
+    assert isinstance(source, cifar_mod.PixelSource) and source.pixels.dtype == np.uint8
+    assert len(source) == len(x)
+    for i in range(len(x)):
+      record = source[i]
+      assert record["index"] == i and record["image"].dtype == np.float32
+      np.testing.assert_array_equal(record["image"], x[i])  # the same bits
+      assert record["label"] == getattr(eager, f"y_{split}")[i]
+    np.testing.assert_array_equal(getattr(lazy, f"y_{split}"), getattr(eager, f"y_{split}"))
+  again = load_dataset(name, root=root, lazy=True).x_train
+  assert again.fingerprint() == lazy.x_train.fingerprint() != lazy.x_test.fingerprint()
+  with pytest.raises(ValueError, match="lazy must be True or False"):
+    load_dataset(name, root=root, lazy="yes")
+
+
 def test_cifar100_keeps_fine_and_coarse(data_cifar100_dir):
   root, members, fine_to_coarse = data_cifar100_dir
   ds = load_dataset("cifar100", root=root)

@@ -16,10 +16,12 @@ next to the archive. Their order is the archive's training order (data_batch_1..
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pickle
 import tarfile
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -199,8 +201,44 @@ def _names(meta: Mapping, key: str) -> tuple[str, ...]:
   return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _field(meta, key, "meta"))
 
 
-def _load(root, layout: _Layout) -> tuple[Dataset, list[str]]:
+def _check_lazy(lazy: Any) -> None:
+  if not isinstance(lazy, bool):
+    raise ValueError(f"lazy must be True or False, got {lazy!r}.")
+
+
+class PixelSource:
+  """uint8 images as a source whose records are standardised float32 images.
+
+  Record i is ``{"image": (x[i] / 255 - mean) / std, "label": y[i], "index": i}``, the same
+  float32 values as the in-memory loader's row i (the same elementwise operations), so a
+  streamed run equals the in-memory one. Holds the pixels as uint8: a quarter of the
+  float32 array, which is never built.
+  """
+
+  def __init__(self, pixels: np.ndarray, labels: np.ndarray, mean: Any, std: Any):
+    self.pixels, self.labels = pixels, labels
+    self.mean, self.std = tuple(mean), tuple(std)
+
+  def __len__(self) -> int:
+    return len(self.pixels)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    image = standardize(uint8_to_unit(self.pixels[int(index)]), self.mean, self.std)
+    return {"image": image, "label": int(self.labels[int(index)]), "index": int(index)}
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(f"pixels|{self.pixels.shape}|{self.mean}|{self.std}|".encode())
+    h.update(np.ascontiguousarray(self.pixels).data)
+    h.update(np.asarray(self.labels, np.int64).tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+  def __repr__(self) -> str:
+    return f"PixelSource({len(self)} images {self.pixels.shape[1:]})"
+
+
+def _load(root, layout: _Layout, lazy: bool = False) -> tuple[Dataset, list[str]]:
   """Loads a CIFAR archive; also returns the folders to search for CIFAR-N label files."""
+  _check_lazy(lazy)
   root = require_root(root, layout.name, f"'folder containing {layout.archive}'")
   path, is_tar = _locate(root, layout)
   members = _read_members(path, is_tar, layout)
@@ -214,8 +252,12 @@ def _load(root, layout: _Layout) -> tuple[Dataset, list[str]]:
       ys.append(_labels(members[name], fine_key, len(x), name))
       if layout is _CIFAR100:
         cs.append(_labels(members[name], "coarse_labels", len(x), name))
-    x = standardize(uint8_to_unit(np.concatenate(xs)), layout.mean, layout.std)
-    return x, np.concatenate(ys), (np.concatenate(cs) if cs else None)
+    y = np.concatenate(ys)
+    if lazy:  # the uint8 pixels (a quarter of the floats), standardised one image at a time
+      x = PixelSource(np.concatenate(xs), y, layout.mean, layout.std)
+    else:
+      x = standardize(uint8_to_unit(np.concatenate(xs)), layout.mean, layout.std)
+    return x, y, (np.concatenate(cs) if cs else None)
 
   x_tr, y_tr, c_tr = split(layout.train_members)
   x_te, y_te, c_te = split((layout.test_member,))
@@ -243,34 +285,38 @@ def _load(root, layout: _Layout) -> tuple[Dataset, list[str]]:
   return dataset, list(dict.fromkeys(os.path.abspath(d) for d in search))
 
 
-def load_cifar10(*, root=None, seed: int = 0) -> Dataset:
+def load_cifar10(*, root=None, seed: int = 0, lazy: bool = False) -> Dataset:
   """Loads CIFAR-10: NHWC float32, /255 then standardised with CIFAR-10 mean/std.
 
   Args:
     root: Folder holding ``cifar-10-python.tar.gz`` or the extracted
       ``cifar-10-batches-py/`` (or the path of either itself).
     seed: Unused.
+    lazy: the inputs as `PixelSource`s (uint8 pixels, each image standardised when it
+      is read) instead of float32 arrays: what a streamed run (`sap-jax`, the runner) reads.
 
   Returns:
     A Dataset "cifar10": 50000 train / 10000 test images 32×32×3, 10 classes.
   """
   del seed
-  return _load(root, _CIFAR10)[0]
+  return _load(root, _CIFAR10, lazy)[0]
 
 
-def load_cifar100(*, root=None, seed: int = 0) -> Dataset:
+def load_cifar100(*, root=None, seed: int = 0, lazy: bool = False) -> Dataset:
   """Loads CIFAR-100 with fine labels (100 classes) and coarse labels (20 superclasses).
 
   Args:
     root: Folder holding ``cifar-100-python.tar.gz`` or the extracted
       ``cifar-100-python/`` (or the path of either itself).
     seed: Unused.
+    lazy: the inputs as `PixelSource`s (uint8 pixels, each image standardised when it
+      is read) instead of float32 arrays: what a streamed run (`sap-jax`, the runner) reads.
 
   Returns:
     A Dataset "cifar100" with coarse_train/coarse_test/coarse_names set.
   """
   del seed
-  return _load(root, _CIFAR100)[0]
+  return _load(root, _CIFAR100, lazy)[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -341,37 +387,41 @@ def _read_human_labels(
   return {variant: arrays[key] for key, variant in layout.human_variants.items()}
 
 
-def _load_n(root, layout: _Layout) -> Dataset:
-  dataset, search = _load(root, layout)
+def _load_n(root, layout: _Layout, lazy: bool = False) -> Dataset:
+  dataset, search = _load(root, layout, lazy)
   sets = _read_human_labels(search, layout, dataset.y_train, dataset.coarse_train)
   return dataclasses.replace(dataset, name=layout.name + "n", noisy_label_sets=sets)
 
 
-def load_cifar10n(*, root=None, seed: int = 0) -> Dataset:
+def load_cifar10n(*, root=None, seed: int = 0, lazy: bool = False) -> Dataset:
   """Loads CIFAR-10 plus the CIFAR-10N human label sets.
 
   Args:
     root: As for cifar10; ``CIFAR-10_human.npy`` must be in the same folder as the
       archive (or the extracted folder, or inside it).
     seed: Unused.
+    lazy: the inputs as `PixelSource`s (uint8 pixels, each image standardised when it
+      is read) instead of float32 arrays: what a streamed run (`sap-jax`, the runner) reads.
 
   Returns:
     A Dataset "cifar10n" whose noisy_label_sets has "aggre", "worse", "random1",
     "random2", "random3"; y_train stays the clean labels.
   """
   del seed
-  return _load_n(root, _CIFAR10)
+  return _load_n(root, _CIFAR10, lazy)
 
 
-def load_cifar100n(*, root=None, seed: int = 0) -> Dataset:
+def load_cifar100n(*, root=None, seed: int = 0, lazy: bool = False) -> Dataset:
   """Loads CIFAR-100 plus the CIFAR-100N human label set "noisy100".
 
   Args:
     root: As for cifar100; ``CIFAR-100_human.npy`` next to the archive.
     seed: Unused.
+    lazy: the inputs as `PixelSource`s (uint8 pixels, each image standardised when it
+      is read) instead of float32 arrays: what a streamed run (`sap-jax`, the runner) reads.
 
   Returns:
     A Dataset "cifar100n" whose noisy_label_sets has "noisy100" (fine labels).
   """
   del seed
-  return _load_n(root, _CIFAR100)
+  return _load_n(root, _CIFAR100, lazy)
