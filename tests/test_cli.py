@@ -227,6 +227,15 @@ def test_evaluate_writes_a_report_only_where_allowed(trained, tmp_path):
   assert refused.returncode == 2 and other.read_text() == "{}"
 
 
+def test_noise_past_the_majority_is_refused_unless_allowed(tmp_path):
+  result = _cli("train", "--noise", "symmetric:0.9", "--out", tmp_path / "x", cwd=tmp_path)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert "no longer the majority" in result.stderr and "--allow-majority-noise" in result.stderr
+  assert "below 0.9" in result.stderr and not (tmp_path / "x").exists()
+  args = cli.build_parser().parse_args(["train", "--out", "x", "--allow-majority-noise"])
+  assert args.allow_majority_noise
+
+
 def test_unknown_names_list_the_known_ones(tmp_path):
   result = _cli("train", "--dataset", "imagenet", "--out", tmp_path / "x", cwd=tmp_path)
   assert result.returncode != 0
