@@ -54,6 +54,7 @@ __all__ = [
   "cifar100_asymmetric_map",
   "hierarchical",
   "known_class_map",
+  "majority_lost",
   "symmetric",
 ]
 
@@ -374,6 +375,66 @@ def hierarchical(
     offset = rng.integers(1, siblings.size, size=sel.size)
     noisy[sel] = siblings[(pos + offset) % siblings.size]
   return _result(fine, noisy)
+
+
+def majority_lost(
+  spec: NoiseSpec | str,
+  num_classes: int,
+  *,
+  labels: np.ndarray | None = None,
+  coarse_labels: np.ndarray | None = None,
+) -> str | None:
+  """Why ``spec`` leaves some class's true label no longer the most frequent label among
+  its own samples (in expectation), or None when every class keeps its majority.
+
+  Past that point no learner, SAP included, can tell the true class from the labels: the
+  noise is no longer noise but a relabelling. The rule, per kind: symmetric with C classes,
+  ``rate >= (C-1)/C``; asymmetric with a class map, ``rate >= 0.5``; with a transition
+  matrix, a row whose diagonal is not above every other entry; hierarchical, ``rate >=
+  (k-1)/k`` for the smallest superclass of k fine classes (read from ``labels`` and
+  ``coarse_labels``; None without them); none and human noise, never.
+
+  Args:
+    spec: A NoiseSpec or its text form.
+    num_classes: Number of classes C >= 2.
+    labels: Clean fine labels paired with ``coarse_labels``, for "hierarchical".
+    coarse_labels: Superclass label per sample, for "hierarchical".
+
+  Returns:
+    One sentence naming the spec and the limit it crosses, or None.
+  """
+  spec = _as_spec(spec)
+  num_classes = checks.check_num_classes(num_classes)
+  if spec.kind in ("none", "human"):
+    return None
+  if spec.transition is not None:
+    t = spec.transition
+    off = np.where(np.eye(t.shape[0], dtype=bool), -np.inf, t).max(axis=1)
+    bad = np.flatnonzero(np.diag(t) <= off)
+    if not bad.size:
+      return None
+    return (
+      f"the transition matrix gives classes {bad.tolist()} their own label no more often "
+      "than another one (T[c, c] <= max T[c, j])"
+    )
+  if spec.kind == "symmetric":
+    k, group = num_classes, f"{num_classes} classes"
+  elif spec.kind == "asymmetric":
+    k, group = 2, "each mapped class flips to one other"
+  else:
+    if labels is None or coarse_labels is None:
+      return None
+    fine, coarse = checks.check_paired_labels(labels, coarse_labels)
+    members = superclass_members(fine_to_coarse(fine, coarse))
+    k = min(len(m) for m in members.values())
+    group = f"the smallest superclass has {k} fine classes"
+  limit = (k - 1) / k
+  if spec.rate < limit:
+    return None
+  return (
+    f"{spec} leaves a class only {100 * (1 - spec.rate):.0f}% of its own labels, no more than "
+    f"another class gets ({group}): the noise rate must be below {limit:.3g}"
+  )
 
 
 # --------------------------------------------------------------------------------------

@@ -119,6 +119,11 @@ def test_evaluate_and_correct(trained):
   assert report["format"] == "sap_jax.report" and report["n_trusted"] == 200
   # progress went to stderr, one line per update (a pipe: no carriage returns)
   assert "\r" not in result.stderr
+  # the α table on stdout: the original model and each α, the chosen one marked
+  assert cli.commands.alpha_table(report) == [
+    line for line in result.stdout.splitlines() if line in cli.commands.alpha_table(report)
+  ]
+  assert result.stdout.count("← chosen") == 1
   lines = result.stderr.splitlines()
   for phase in ("trusted set", "statistics", "decomposition"):
     assert f"correct: {phase} …" in lines and any(f"correct: {phase} done" in x for x in lines)
@@ -162,9 +167,73 @@ def test_evaluate_and_correct(trained):
   )
   assert again.returncode == 0, again.stderr
   assert again.stderr == ""
+  # --quiet silences progress, not the result: the α table is on stdout, the α marked
+  assert "noisy val" in again.stdout and "clean val" in again.stdout
+  assert again.stdout.count("← chosen") == 1
   assert json.loads((trained / "sap_report.json").read_text())["n_trusted"] == 100
   assert checkpoint.load_checkpoint(trained / "sap")[1]["sap"]["n_trusted"] == 100
   assert not [p for p in os.listdir(trained) if "sap_jax-" in p]  # no temporaries left
+
+
+def _report(chosen, fit):
+  return {
+    "chosen_alpha": chosen,
+    "sweep_noisy_val": {"baseline": 0.5, "per_alpha": {"10.0": 0.6, "1000.0": 0.4}},
+    "sweep_clean_val": {"baseline": 0.55, "per_alpha": {"10.0": 0.7, "1000.0": 0.45}},
+    "before": {"fit_noisy": fit},
+  }
+
+
+def test_the_alpha_table_marks_the_chosen_alpha():
+  table = cli.commands.alpha_table(_report(10.0, 0.9))
+  assert [line.split() for line in table] == [
+    ["α", "noisy", "val", "clean", "val"],
+    ["original", "50.00%", "55.00%"],
+    ["10", "60.00%", "70.00%", "←", "chosen"],
+    ["1000", "40.00%", "45.00%"],
+  ]
+  kept = cli.commands.alpha_table(_report(None, 0.9))
+  assert kept[1].endswith("← chosen") and sum("chosen" in line for line in kept) == 1
+  no_clean = cli.commands.alpha_table({**_report(None, 0.9), "sweep_clean_val": None})
+  assert no_clean[2].split() == ["10", "60.00%", "-"]
+
+
+def test_a_kept_model_that_has_not_memorised_is_explained():
+  hint = cli.commands.memorisation_hint(_report(None, 0.2))
+  assert "20.0%" in hint and "memorisation" in hint and "train it longer" in hint
+  assert cli.commands.memorisation_hint(_report(None, 0.8)) is None  # memorised: no hint
+  assert cli.commands.memorisation_hint(_report(10.0, 0.2)) is None  # SAP helped
+  assert cli.commands.memorisation_hint(_report(None, None)) is None  # no corrupted label
+
+
+def test_evaluate_writes_a_report_only_where_allowed(trained, tmp_path):
+  path = tmp_path / "metrics.json"
+  result = _cli("evaluate", trained / "ckpt", "--report", path, "--quiet", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  written = json.loads(path.read_text())
+  assert written["format"] == "sap_jax.report"
+  assert {k: written[k] for k in METRIC_KEYS} == {
+    k: json.loads(result.stdout)[k] for k in METRIC_KEYS
+  }
+  before = path.read_bytes()
+  again = _cli("evaluate", trained / "ckpt", "--report", path, cwd=tmp_path)
+  assert again.returncode == 2 and "--overwrite" in again.stderr and again.stdout == ""
+  assert again.stderr.count("\n") == 1 and path.read_bytes() == before
+  again = _cli("evaluate", trained / "ckpt", "--report", path, "--overwrite", cwd=tmp_path)
+  assert again.returncode == 0, again.stderr
+  other = tmp_path / "notes.json"
+  other.write_text("{}")  # not a sap_jax report: never replaced
+  refused = _cli("evaluate", trained / "ckpt", "--report", other, "--overwrite", cwd=tmp_path)
+  assert refused.returncode == 2 and other.read_text() == "{}"
+
+
+def test_noise_past_the_majority_is_refused_unless_allowed(tmp_path):
+  result = _cli("train", "--noise", "symmetric:0.9", "--out", tmp_path / "x", cwd=tmp_path)
+  assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+  assert "no longer the majority" in result.stderr and "--allow-majority-noise" in result.stderr
+  assert "below 0.9" in result.stderr and not (tmp_path / "x").exists()
+  args = cli.build_parser().parse_args(["train", "--out", "x", "--allow-majority-noise"])
+  assert args.allow_majority_noise
 
 
 def test_unknown_names_list_the_known_ones(tmp_path):

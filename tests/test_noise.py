@@ -332,3 +332,21 @@ def test_class_maps_are_importable_from_noise():
   for name in noise_maps.__all__:
     assert getattr(nz, name) is getattr(noise_maps, name), name
   assert set(nz.__all__) >= {"CIFAR10_ASYMMETRIC_MAP", "known_class_map", "NoiseSpec"}
+
+
+def test_majority_lost_names_the_limit_of_each_kind():
+  from sap_jax.noise import majority_lost
+
+  assert majority_lost("symmetric:0.85", 10) is None
+  assert "below 0.9" in majority_lost("symmetric:0.9", 10)
+  assert "below 0.5" in majority_lost("symmetric:0.5", 2)
+  assert majority_lost("asymmetric:0.45", 10) is None
+  assert "below 0.5" in majority_lost("asymmetric:0.5:3>5", 10)
+  assert majority_lost("none", 10) is None and majority_lost("human:worse", 10) is None
+  fine, coarse = np.array([0, 1, 2, 3, 4]), np.array([0, 0, 0, 1, 1])  # superclasses of 3 and 2
+  assert majority_lost("hierarchical:0.5", 5, labels=fine, coarse_labels=coarse) is not None
+  assert majority_lost("hierarchical:0.45", 5, labels=fine, coarse_labels=coarse) is None
+  assert majority_lost("hierarchical:0.9", 5) is None  # no superclasses: apply_noise refuses
+  t = np.array([[0.5, 0.5], [0.9, 0.1]])
+  assert "[0, 1]" in majority_lost(NoiseSpec("asymmetric", transition=t), 2)
+  assert majority_lost(NoiseSpec("asymmetric", transition=np.eye(2)), 2) is None

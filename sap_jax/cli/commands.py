@@ -55,6 +55,7 @@ from sap_jax import (
   init_from,
   jsonio,
   models,
+  noise,
   provenance,
   run_sap,
   safe_write,
@@ -238,12 +239,31 @@ def _spec_from_args(args) -> RunSpec:
   )
 
 
+def _check_majority_noise(spec_noise: str, num_classes: int, args, dataset=None) -> None:
+  """Refuses noise past which a class's true label is no longer its most frequent one,
+  unless ``--allow-majority-noise``."""
+  if args.allow_majority_noise:
+    return
+  why = noise.majority_lost(
+    spec_noise,
+    num_classes,
+    labels=None if dataset is None else dataset.y_train,
+    coarse_labels=None if dataset is None else dataset.coarse_train,
+  )
+  if why is not None:
+    raise UserError(
+      f"--noise {spec_noise}: {why}, so the true class is no longer the majority of its own "
+      "samples; pass a lower rate, or --allow-majority-noise to run it anyway."
+    )
+
+
 def cmd_train(args) -> int:
   (out,) = safe_write.check_targets(
     [(args.out, checkpoint.KIND, "checkpoint")], overwrite=args.overwrite
   )
   spec = _spec_from_args(args)
   dataset = load_spec_data(spec)
+  _check_majority_noise(spec.noise, dataset.num_classes, args, dataset)
   splits = build_splits(spec, stream=True)
   model, _ = checked_model(spec, splits)
   labels = labels_record(splits)  # as derived from the spec, before any cut
@@ -299,6 +319,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+  report_path = None
+  if args.report:
+    (report_path,) = safe_write.check_targets(
+      [(args.report, jsonio.REPORT, "report")],
+      overwrite=args.overwrite,
+      protect=[args.checkpoint],
+    )
+  progress = Progress(args.quiet)
   run = load_run(
     args.checkpoint,
     data_root=args.data_root,
@@ -306,13 +334,17 @@ def cmd_evaluate(args) -> int:
     say=note,
     mesh=args.device_mesh,
   )
-  splits = on_devices(run.splits, args.device_mesh, note)
+  splits = on_devices(run.splits, args.device_mesh, progress.say)
   metrics = split_metrics(run.apply_fn, run.variables, splits)
   report = {"checkpoint": str(args.checkpoint), "kind": run.meta.get("kind"), **metrics}
   if args.device_mesh is not None:
     report["devices"] = devices_record(splits)
   if run.data_changed:
     report["data_changed"] = run.data_changed
+  if report_path is not None and first_process():  # one report, from process 0
+    protect = [Path(args.checkpoint).absolute()]
+    jsonio.write_report(report_path, report, overwrite=args.overwrite, protect=protect)
+    args.written.append(report_path)
   print(jsonio.dumps(report, indent=2))
   return 0
 
@@ -322,6 +354,44 @@ def cmd_evaluate(args) -> int:
 
 def _per_alpha(alphas, accuracies) -> dict[float, float]:
   return dict(zip(map(float, alphas), map(float, accuracies)))
+
+
+MEMORISATION_HINT_BELOW = 0.5
+"""`correct` explains a kept original model when it fits fewer than this share of its
+corrupted training labels (``fit_noisy``): SAP corrects memorisation, and there is little."""
+
+
+def _percent(value: float | None) -> str:
+  return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def alpha_table(report: dict[str, Any]) -> list[str]:
+  """The α sweep of a `correct` report as text lines: one row for the original model and
+  one per α, with the noisy and clean validation accuracies; the chosen row marked."""
+  noisy, clean = report["sweep_noisy_val"], report.get("sweep_clean_val") or {}
+  clean_per_alpha = {float(a): v for a, v in (clean.get("per_alpha") or {}).items()}
+  chosen = report["chosen_alpha"]
+  rows = [("original", noisy["baseline"], clean.get("baseline"), chosen is None)]
+  for a, acc in noisy["per_alpha"].items():
+    a = float(a)
+    rows.append((f"{a:g}", acc, clean_per_alpha.get(a), chosen is not None and a == chosen))
+  lines = [f"{'α':>10}{'noisy val':>12}{'clean val':>12}"]
+  for name, acc, clean_acc, mark in rows:
+    tail = "  ← chosen" if mark else ""
+    lines.append(f"{name:>10}{_percent(acc):>12}{_percent(clean_acc):>12}{tail}")
+  return lines
+
+
+def memorisation_hint(report: dict[str, Any]) -> str | None:
+  """Why SAP kept the original model, when the model memorised few of its noisy labels."""
+  fit = report["before"].get("fit_noisy")
+  if report["chosen_alpha"] is not None or fit is None or fit >= MEMORISATION_HINT_BELOW:
+    return None
+  return (
+    f"note: no α beat the original model, which fits only {100 * fit:.1f}% of its corrupted "
+    "training labels. SAP corrects memorisation of noisy labels, and this model has not "
+    "memorised them: train it longer, to memorisation (e.g. more --epochs), then correct it."
+  )
 
 
 def _correct_targets(args) -> tuple[Path, Path]:
@@ -424,8 +494,14 @@ def cmd_correct(args) -> int:
     jsonio.write_report(report_path, report, overwrite=args.overwrite, protect=[source, out])
     args.written.append(report_path)
   _print_metrics("before SAP", before)
+  print("α sweep (accuracy of the corrected model):")
+  for line in alpha_table(report):
+    print(line)
   alpha = "none beat the original model (kept)" if result.alpha is None else f"{result.alpha:g}"
   print(f"α chosen on the noisy validation split: {alpha}")
+  hint = memorisation_hint(report)
+  if hint is not None:
+    print(hint)
   if result.tuning is not None:
     t = result.tuning
     per_layer = ", ".join(f"{n} {a:.3g}" for n, a in tuning_report(t)["alpha"].items())
@@ -455,6 +531,7 @@ def cmd_demo(args) -> int:
     train=train.TrainConfig(epochs=args.epochs, batch_size=64, learning_rate=0.05, seed=args.seed),
   )
   splits = build_splits(spec)
+  _check_majority_noise(spec.noise, splits.num_classes, args)
   if args.n_trusted > len(splits.x_train):  # before training, not after it
     raise UserError(
       f"--n-trusted {args.n_trusted} is more than the {len(splits.x_train)} training samples "
@@ -535,11 +612,26 @@ def build_parser() -> argparse.ArgumentParser:
     help="replace an existing sap_jax checkpoint at --out (nothing else is ever replaced)",
   )
   p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+  p.add_argument(
+    "--allow-majority-noise",
+    action="store_true",
+    help="accept a --noise under which a class's true label is no longer the majority "
+    "of its own samples (refused by default)",
+  )
   add_device_args(p)
   p.set_defaults(func=cmd_train)
 
   p = commands["evaluate"]
   p.add_argument("checkpoint", help="checkpoint written by `sap-jax train` or `sap-jax correct`")
+  p.add_argument(
+    "--report", default=None, help="also write the metrics to this JSON file (default: none)"
+  )
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace an existing sap_jax report at --report (nothing else, never the checkpoint)",
+  )
+  p.add_argument("--quiet", action="store_true", help="no progress on stderr")
   _add_data_check_args(p)
   add_device_args(p)
   p.set_defaults(func=cmd_evaluate)
@@ -618,6 +710,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--n-trusted", type=positive_int, default=500, help="trusted-set size")
   p.add_argument("--seed", type=int, default=0, help="seeds noise, split and training")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
+  p.add_argument(
+    "--allow-majority-noise",
+    action="store_true",
+    help="accept a --noise under which a class's true label is no longer the majority "
+    "of its own samples (refused by default)",
+  )
   p.set_defaults(func=cmd_demo)
   return parser
 
