@@ -164,7 +164,7 @@ def load_data(spec: RunSpec, *, stream: bool = False) -> data.Dataset:
   return _load(spec.dataset, spec.data_root, options, bool(stream))
 
 
-STREAMED = ("folder",)
+STREAMED = ("folder", "cifar10", "cifar100", "cifar10n", "cifar100n")
 """The data sets a run reads lazily (`sap_jax.data.sources`), one image at a time, besides
 every "tfds:<name>"."""
 

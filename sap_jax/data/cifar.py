@@ -230,7 +230,8 @@ class PixelSource:
     h = hashlib.sha256(f"pixels|{self.pixels.shape}|{self.mean}|{self.std}|".encode())
     h.update(np.ascontiguousarray(self.pixels).data)
     h.update(np.asarray(self.labels, np.int64).tobytes())
-    return f"sha256:{h.hexdigest()}"
+    # its own kind: not compared with the float arrays' "sha256:" of an in-memory run
+    return f"pixels-sha256:{h.hexdigest()}"
 
   def __repr__(self) -> str:
     return f"PixelSource({len(self)} images {self.pixels.shape[1:]})"
