@@ -85,7 +85,9 @@ def test_only_small_things_cross_in_scoring_and_sweep(report):
     assert prog["losses_to_host"]["collectives"] == [["all-gather", 4 * bs]]  # the batch's
     ring = (int(n) - 1) / int(n) * 4 * bs  # each device sends its part to the others
     assert prog["losses_to_host"]["ring_bytes_per_device"] == pytest.approx(ring)
-    assert prog["eval_batch"]["bytes"] == 12  # the correct count, the loss sum, the softmax-like rows
+    assert (
+      prog["eval_batch"]["bytes"] == 12
+    )  # the correct count, the loss sum, the softmax-like rows
     assert point["bytes_per_run_sap"] > point["bytes_per_correction"]
 
 
