@@ -88,6 +88,12 @@ def _foreign_json(tmp: Path) -> None:
   (tmp / "results.json").write_text(json.dumps({"accuracy": 0.9}))
 
 
+def _foreign_png(tmp: Path) -> None:
+  from PIL import Image
+
+  Image.new("RGB", (8, 8), "white").save(tmp / "sap_report.png")  # someone's picture
+
+
 def _link_to_ckpt(tmp: Path) -> None:
   (tmp / "link").symlink_to(tmp / "ckpt")
 
@@ -324,6 +330,24 @@ CASES: list[Case] = [
     r"report path .*sap_report.json already exists \(a sap_jax report\); pass --overwrite",
     _cli("correct", "ckpt", "--out", "new", "--report", "sap_report.json", *FAST),
     _with(_ckpt, _earlier_output),
+  ),
+  Case(
+    "cli_correct_figure_not_ours",
+    r"refusing to replace .*sap_report.png: it is a file of \d+ bytes, not a sap_jax figure",
+    _cli("correct", "ckpt", "--out", "sap", "--overwrite", *FAST),
+    _with(_ckpt, _foreign_png),
+  ),
+  Case(
+    "cli_correct_existing_figure_without_overwrite",
+    r"figure path .*sap_report.png already exists \(a file of \d+ bytes\); pass --overwrite",
+    _cli("correct", "ckpt", "--out", "sap", *FAST),
+    _with(_ckpt, _foreign_png),
+  ),
+  Case(
+    "cli_correct_report_is_its_own_figure",
+    r"the report path .*r.png is the figure path .*r.png; give them separate paths",
+    _cli("correct", "ckpt", "--out", "sap", "--report", "r.png", *FAST),
+    _ckpt,
   ),
   Case(
     "cli_train_out_below_a_file",

@@ -12,10 +12,11 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import sap_jax
 from sap_jax import checkpoint, cli, compilation, provenance, trusted
-from sap_jax.cli import interrupts
+from sap_jax.cli import figure, interrupts
 from sap_jax.cli.progress import Progress
 from sap_jax.data import load_dataset
 from sap_jax.metrics import METRIC_KEYS
@@ -117,6 +118,11 @@ def test_evaluate_and_correct(trained):
   assert result.returncode == 0, result.stderr
   report = json.loads((trained / "sap_report.json").read_text())
   assert report["format"] == "sap_jax.report" and report["n_trusted"] == 200
+  # the figure beside the report: the α curves and the spectra, a PNG of this tool
+  png = trained / "sap_report.png"
+  assert figure.is_figure(png) and f"(figure: {png})" in result.stdout
+  with Image.open(png) as image:
+    assert image.format == "PNG" and image.size == (1200, 450)
   # progress went to stderr, one line per update (a pipe: no carriage returns)
   assert "\r" not in result.stderr
   # the α table on stdout: the original model and each α, the chosen one marked
@@ -149,6 +155,7 @@ def test_evaluate_and_correct(trained):
   assert set(report["before"]) == set(report["after"]) == set(METRIC_KEYS)
   _, meta = checkpoint.load_checkpoint(trained / "sap")
   assert meta["kind"] == "sap" and meta["sap"]["chosen_alpha"] == report["chosen_alpha"]
+  figure_before = png.read_bytes()
   again = _cli("correct", trained / "ckpt", "--out", trained / "sap", cwd=trained)
   assert again.returncode != 0 and "--overwrite" in again.stderr
   # --overwrite replaces the checkpoint and the report this tool wrote, quietly
@@ -171,8 +178,20 @@ def test_evaluate_and_correct(trained):
   assert "noisy val" in again.stdout and "clean val" in again.stdout
   assert again.stdout.count("← chosen") == 1
   assert json.loads((trained / "sap_report.json").read_text())["n_trusted"] == 100
+  assert figure.is_figure(png) and png.read_bytes() != figure_before  # replaced too
   assert checkpoint.load_checkpoint(trained / "sap")[1]["sap"]["n_trusted"] == 100
   assert not [p for p in os.listdir(trained) if "sap_jax-" in p]  # no temporaries left
+
+
+def test_no_figure_leaves_the_png_path_alone(trained, tmp_path):
+  # (without --no-figure this file is refused before any work: tests/bad_input_cases_cli.py)
+  png = tmp_path / "sap_report.png"
+  png.write_bytes(b"someone's picture")  # not a figure of this tool
+  args = ("correct", trained / "ckpt", "--out", tmp_path / "sap", "--alphas", "10", "--quiet")
+  result = _cli(*args, "--n-trusted", "100", "--no-figure", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "sap_report.json").exists() and "(figure:" not in result.stdout
+  assert png.read_bytes() == b"someone's picture"
 
 
 def _report(chosen, fit):

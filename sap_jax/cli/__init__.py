@@ -5,7 +5,8 @@ or unknown command) from `sap_jax.cli.top` without importing JAX, and hands ever
 command to `sap_jax.cli.commands`, which holds the commands, the full parser and what a
 user sees (see its docstring). Beside them: `args` (argument types and defaults),
 `errors` (user errors and exit codes), `progress` (the progress lines), `devices` (the
-many-device flags and sharded splits) and `runs` (a run's data, model and checkpoint).
+many-device flags and sharded splits), `runs` (a run's data, model and checkpoint) and
+`figure` (the PNG beside a `correct` report).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ What a user sees:
 
 * every output path of a command is checked against the overwrite rule
   (`sap_jax.safe_write`) before any work: without ``--overwrite`` nothing existing is
-  touched; with it only an existing sap_jax checkpoint / report is replaced; never the
-  input checkpoint, anything in it or containing it;
+  touched; with it only an existing sap_jax checkpoint / report / figure is replaced; never
+  the input checkpoint, anything in it or containing it;
 * a user error is one ``error: …`` line on stderr naming the problem and the fix (exit
   status 2), never a traceback; Ctrl-C is one line saying what was written (status 130);
 * progress goes to stderr: a live bar on a terminal, one line per update in a file or a
@@ -29,7 +29,8 @@ This module holds the commands, the parser and `main` (reached through `sap_jax.
 which answers ``--help`` and ``--version`` from `sap_jax.cli.top` without importing it);
 beside it: `top` (the parser's top level), `args` (argument types and defaults), `errors`
 (user errors and exit codes), `progress` (the progress lines), `devices` (the many-device
-flags and sharded splits) and `runs` (a run's data, model and checkpoint).
+flags and sharded splits), `runs` (a run's data, model and checkpoint) and `figure` (the PNG
+beside a `correct` report).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ from sap_jax import (
   train,
   trusted,
 )
-from sap_jax.cli import interrupts
+from sap_jax.cli import figure, interrupts
 from sap_jax.cli.args import (
   alpha_grid,
   field_defaults,
@@ -394,16 +395,18 @@ def memorisation_hint(report: dict[str, Any]) -> str | None:
   )
 
 
-def _correct_targets(args) -> tuple[Path, Path]:
-  """``--out`` and the report path, checked against the overwrite rule before any work."""
+def _correct_targets(args) -> tuple[Path, Path, Path | None]:
+  """``--out``, the report path and the figure's beside it (None with ``--no-figure``),
+  checked against the overwrite rule before any work."""
   out = safe_write.user_path(args.out)
   report = Path(args.report) if args.report else out.with_name(out.name + "_report.json")
-  out, report = safe_write.check_targets(
-    [(out, checkpoint.KIND, "checkpoint"), (report, jsonio.REPORT, "report")],
-    overwrite=args.overwrite,
-    protect=[args.checkpoint],
+  targets = [(out, checkpoint.KIND, "checkpoint"), (report, jsonio.REPORT, "report")]
+  if not args.no_figure:
+    targets.append((figure.figure_path(report), figure.FIGURE, "figure"))
+  out, report, *png = safe_write.check_targets(
+    targets, overwrite=args.overwrite, protect=[args.checkpoint]
   )
-  return out, report
+  return out, report, (png or [None])[0]
 
 
 def _run_sap(run: Run, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
@@ -417,7 +420,7 @@ def _run_sap(run: Run, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
 
 
 def cmd_correct(args) -> int:
-  out, report_path = _correct_targets(args)
+  out, report_path, png = _correct_targets(args)
   source = Path(args.checkpoint).absolute()
   progress = Progress(args.quiet)
   run = load_run(
@@ -493,6 +496,12 @@ def cmd_correct(args) -> int:
   if first_process():  # one report, from process 0
     jsonio.write_report(report_path, report, overwrite=args.overwrite, protect=[source, out])
     args.written.append(report_path)
+    if png is not None:
+      protect = [source, out, report_path]
+      png = figure.save_figure(
+        png, report, result.decomposition, overwrite=args.overwrite, protect=protect
+      )
+      args.written.extend([png] if png is not None else [])
   _print_metrics("before SAP", before)
   print("α sweep (accuracy of the corrected model):")
   for line in alpha_table(report):
@@ -514,7 +523,7 @@ def cmd_correct(args) -> int:
   print(f"; not projected: {len(result.skipped)}" if result.skipped else "")
   for path, why in result.skipped.items():
     print(f"  not projected {path}: {why}")
-  print(f"saved {out} and {report_path}")
+  print(f"saved {out} and {report_path}" + ("" if png is None else f" (figure: {png})"))
   return 0
 
 
@@ -644,10 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--overwrite",
     action="store_true",
-    help="replace an existing sap_jax checkpoint at --out / sap_jax report at --report "
-    "(nothing else, and never the input)",
+    help="replace an existing sap_jax checkpoint at --out / sap_jax report at --report / "
+    "sap_jax figure beside it (nothing else, and never the input)",
   )
   p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+  p.add_argument(
+    "--no-figure",
+    action="store_true",
+    help="skip the PNG otherwise written beside the report (<report stem>.png: the α "
+    "curves and each layer's spectrum)",
+  )
   _add_data_check_args(p)
   p.add_argument(
     "--alphas",
