@@ -6,7 +6,8 @@ makes only call k's inputs count. Checked here against a slow obvious implementa
 every Dense call's input captured with `flax.linen.intercept_methods` (nothing of
 sap_jax), its Gram matrix and SAP projection P = V diag(λ(α)) Vᵀ computed in float64
 numpy; every refusal comes before the first executed forward; the command line's
-``--layer-call NAME=K`` reaches the correction.
+``--layer-call NAME=K`` becomes ``calls`` (its run end to end, on a trained checkpoint:
+tests/bad_input_cases_cli.py, ``cli_correct_layer_call_*``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flax import nnx
 
 import sap_jax
 import sap_jax.nnx
-from sap_jax import cli, source_pipeline
+from sap_jax import source_pipeline
 from sap_jax.cli.commands import build_parser
 from sap_jax.data.sources import ArraySource
 from sap_jax.stats.calls import RepeatedLayer, chosen_calls, layer_calls
@@ -323,19 +324,3 @@ def test_a_layer_given_twice_is_refused(capsys):
   with pytest.raises(SystemExit):
     _parse("--layer-call", "head=1", "--layer-call", "head=0")
   assert "gives layer 'head' twice (head=1 and head=0)" in capsys.readouterr().err
-
-
-def test_the_flag_reaches_the_correction(tmp_path, capsys):
-  """A real run: a tiny MLP trained by `sap-jax train`, then `correct --layer-call`: its
-  head is called once, so the choice is refused before the trusted set is scored."""
-  base = ["--compilation-cache", "off"]
-  train = ["train", "--dataset", "digits", "--model", "mlp", "--model-kw", "width=8"]
-  train += ["--model-kw", "depth=1", "--epochs", "1", "--quiet", "--out", str(tmp_path / "ckpt")]
-  assert cli.main([*base, *train]) == 0
-  capsys.readouterr()
-  correct = ["correct", str(tmp_path / "ckpt"), "--out", str(tmp_path / "sap"), "--quiet"]
-  code = cli.main([*base, *correct, "--n-trusted", "50", "--layer-call", "head=1"])
-  err = capsys.readouterr().err
-  assert code == 2, err
-  assert "error: calls['head']: layer 'head' is called once per forward" in err
-  assert not (tmp_path / "sap").exists()
