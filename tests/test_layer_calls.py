@@ -12,6 +12,7 @@ tests/bad_input_cases_cli.py, ``cli_correct_layer_call_*``).
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ from sap_jax import source_pipeline
 from sap_jax.cli.commands import build_parser
 from sap_jax.data.sources import ArraySource
 from sap_jax.stats.calls import RepeatedLayer, chosen_calls, layer_calls
+from tests.child_processes import run_devices_child
 
 B, T, D = 8, 5, 2  # samples, tokens, features
 FORWARDS = [0]
@@ -153,6 +155,16 @@ def test_several_batches_and_the_qr_basis_count_the_same_call():
   f = np.asarray(factors[("head",)].factor, np.float64)
   _close(f.T @ f, rows.T @ rows)
   assert list(factors) == LAYERS
+
+
+def test_a_batch_sharded_over_devices_counts_the_same_call():
+  """4 CPU devices in a child process (tests/layer_calls_child.py): each device's partial
+  sums see only the chosen calls, combined once."""
+  out = json.loads(run_devices_child(["tests.layer_calls_child"], devices=4).stdout)
+  assert out["order"] == ["embed", "head", "out"]
+  for name in out["order"]:
+    _close(out["gram"][name], out["hand"][name])
+    assert out["count"][name] == out["rows"][name]
 
 
 def test_chosen_calls_reads_the_trace():
