@@ -4,8 +4,9 @@
 arguments of `run_sap`, `correct`, `sweep_alpha` and `tune_alpha` (and their source and
 NNX twins): sizes and counts (``n_trusted``, ``batch_size``, ``rows_per_batch``), the α
 grid, caller-chosen ``trusted`` indices, named eval splits, and the layer selection
-(``exclude``, ``layer_range``), which `layer_check` tests against the layers a
-shape-only trace of the model finds (`jax.eval_shape`: nothing is computed). Each check
+(``exclude``, ``layer_range``) and the call that counts of a layer called more than once
+(``calls``), which `layer_check` tests against the layers a shape-only trace of the
+model finds (`jax.eval_shape`: nothing is computed). Each check
 raises one ValueError that names the argument, what was wrong and the fix.
 """
 
@@ -21,7 +22,13 @@ import numpy as np
 from sap_jax import projection as proj
 from sap_jax.input_checks import check_inputs
 from sap_jax.layers import select_layers
-from sap_jax.stats.calls import layer_calls, repeated_layers
+from sap_jax.stats.calls import (
+  ALL_CALLS,
+  check_calls_option,
+  chosen_calls,
+  layer_calls,
+  repeated_layers,
+)
 from sap_jax.stats.observe import LiftedTransformError
 from sap_jax.types import ApplyFn
 
@@ -219,27 +226,31 @@ def layer_check(
   *,
   exclude: str | Sequence[str] = (),
   layer_range: tuple[int | None, int | None] | None = None,
+  calls: Any = ALL_CALLS,
 ) -> tuple:
   """The model's layer calls on a batch of ``batch`` samples of ``sample_shape``, by a
   shape-only trace (nothing compiled, no data read), before any work: refuses a covered
-  layer inside a lifted transform, and an ``exclude`` / ``layer_range`` that leaves no
-  layer (or a pattern that matches none, `select_layers`); returns the layers called
-  more than once (`sap_jax.stats.calls.RepeatedLayer`).
+  layer inside a lifted transform, an ``exclude`` / ``layer_range`` that leaves no
+  layer (or a pattern that matches none, `select_layers`) and a ``calls`` that is not
+  "all" or a dict from a layer called more than once to one of its call numbers
+  (`sap_jax.stats.calls.chosen_calls`); returns the layers called more than once
+  (`sap_jax.stats.calls.RepeatedLayer`, with the call that counts).
 
   A forward that fails this trace for another reason (wrong input shape, a train-mode
   forward, no logits) is left to the input checks that follow, whose messages name those
   causes; the trace then reports no repeated layer and checks no selection."""
+  check_calls_option(calls)  # its type, whether or not the trace below succeeds
   spec = jax.ShapeDtypeStruct((batch, *sample_shape), np.float32)
   try:
-    calls = layer_calls(apply_fn, variables, spec)
+    found = layer_calls(apply_fn, variables, spec)
   except LiftedTransformError:
     raise
   except Exception:  # noqa: BLE001 — diagnosed by the input checks that follow
     return ()
-  if not calls:
+  if not found:
     raise ValueError(
       "the forward calls no layer SAP can project (Dense, DenseGeneral, Conv, "
       "ConvTranspose, Einsum); pass the model's eval-mode forward."
     )
-  select_layers(dict.fromkeys(calls), exclude=exclude, layer_range=layer_range)
-  return tuple(repeated_layers(calls))
+  select_layers(dict.fromkeys(found), exclude=exclude, layer_range=layer_range)
+  return tuple(repeated_layers(found, chosen_calls(calls, found)))

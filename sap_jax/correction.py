@@ -58,6 +58,7 @@ from sap_jax.layer_keys import per_layer_alpha
 from sap_jax.layers import exclude_patterns, select_layers
 from sap_jax.spread_eigh import congruence, spread_eigh
 from sap_jax.stats import LayerStats, Layout, activation_stats
+from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
   Decomposition,
@@ -135,11 +136,13 @@ def _batches(x_trusted: Any, batch_size: int, rows_per_batch: int | None):
 
 
 def _input_stats(
-  apply_fn, current, x_trusted, *, batch_size, exclude, layer_range, rows_per_batch, seed
+  apply_fn, current, x_trusted, *, batch_size, exclude, layer_range, rows_per_batch, seed, calls
 ) -> dict[Path, LayerStats]:
   """The Gram matrices C of each selected layer's input a in ``current``'s forward."""
   batches, budget = _batches(x_trusted, batch_size, rows_per_batch)
-  stats = activation_stats(apply_fn, current, batches, rows_per_batch=budget, seed=seed)
+  stats = activation_stats(
+    apply_fn, current, batches, rows_per_batch=budget, seed=seed, calls=calls
+  )
   return select_layers(stats, exclude=exclude, layer_range=layer_range)
 
 
@@ -154,6 +157,7 @@ def round_stats(
   layer_range: tuple[int | None, int | None] | None = None,
   rows_per_batch: int | None = None,
   seed: int = 0,
+  calls: Any = ALL_CALLS,
 ) -> dict[Path, LayerStats]:
   """A round's statistics: the Gram matrices of the rows a Q_{r−1}.
 
@@ -164,7 +168,7 @@ def round_stats(
     x_trusted: the trusted inputs (host, or a global array sharded over a data axis).
     previous: the composed projections Q_{r−1} per layer (None in round 0: the rows
       are the inputs themselves).
-    batch_size, exclude, layer_range, rows_per_batch, seed: as in `correct`.
+    batch_size, exclude, layer_range, rows_per_batch, seed, calls: as in `correct`.
 
   Returns:
     path → `LayerStats` with ``gram = Q_{r−1}ᵀ C Q_{r−1}``, C the inputs' Gram matrix.
@@ -178,6 +182,7 @@ def round_stats(
     layer_range=layer_range,
     rows_per_batch=rows_per_batch,
     seed=seed,
+    calls=calls,
   )
   if previous is None:
     return stats
@@ -259,6 +264,7 @@ def correct(
   rows_per_batch: int | None = None,
   seed: int = 0,
   method: str = slv.AUTO,
+  calls: Any = ALL_CALLS,
 ) -> Variables:
   """Corrects a model with SAP: statistics on the trusted inputs → projections → params.
 
@@ -282,6 +288,8 @@ def correct(
     method: how each layer is decomposed with ``rounds=1`` (`sap_jax.decompose` for one
       α): "auto" (default), "eigh" or "solve". More rounds compose every round's
       projection matrix from its eigenbasis, so they take "auto" or "eigh" and use eigh.
+    calls: which call of a layer called more than once per forward counts: "all"
+      (default) or e.g. ``{"head": 1}`` (see `sap_jax.run_sap`); checked before any work.
 
   Returns:
     Corrected variables (replicated on the mesh for sharded ``x_trusted``).
@@ -302,9 +310,14 @@ def correct(
     min(batch_size, len(x_trusted)),
     exclude=exclude,
     layer_range=layer_range,
+    calls=calls,
   )
   opts = dict(
-    batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
+    batch_size=batch_size,
+    exclude=exclude,
+    layer_range=layer_range,
+    rows_per_batch=rows_per_batch,
+    calls=calls,
   )
   mesh = shd.data_axis_of(x_trusted)
   if mesh is not None:
@@ -377,6 +390,7 @@ def sap_rounds(
   rows_per_batch: int | None = None,
   seed: int = 0,
   first: tuple[Decomposition, Any] | None = None,
+  calls: Any = ALL_CALLS,
 ) -> RoundsResult:
   """SAP in rounds, the published code's ``--num-rounds``, scored on ``(x_val, y_val)``.
 
@@ -401,6 +415,8 @@ def sap_rounds(
     first: ``(decomposition, sweep)`` of a round 0 already run on these trusted
       inputs (`sap_jax.run_sap`'s ``result.decomposition`` and ``result.sweep``, whose
       choice split must be ``(x_val, y_val)``): round 0 is then not recomputed.
+    calls: which call of a layer called more than once per forward counts, the same
+      every round (see `sap_jax.run_sap`).
 
   Returns:
     A `RoundsResult`.
@@ -414,7 +430,11 @@ def sap_rounds(
   if rounds < 1:
     raise ValueError(f"rounds must be ≥ 1, got {rounds}.")
   opts = dict(
-    batch_size=batch_size, exclude=exclude, layer_range=layer_range, rows_per_batch=rows_per_batch
+    batch_size=batch_size,
+    exclude=exclude,
+    layer_range=layer_range,
+    rows_per_batch=rows_per_batch,
+    calls=calls,
   )
   eval_bs = max(batch_size, 512)
   mesh = shd.data_axis_of(x_trusted)

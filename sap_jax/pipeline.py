@@ -29,6 +29,7 @@ from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import exclude_patterns, path_name, select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
+from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.sweep import (
   DEFAULT_ALPHAS,
   Decomposition,
@@ -67,7 +68,8 @@ class SAPResult(NamedTuple):
       ("excluded by pattern …", "layer type … is not supported", "never called in the
       forward"; `sap_jax.kernels.skipped_kernels`).
     repeated: the layers called more than once per forward (`sap_jax.stats.calls.
-      RepeatedLayer`: name, calls, rows per call), whose statistics sum every call.
+      RepeatedLayer`: name, calls, rows per call, and ``counted``: the call whose
+      inputs the statistics count as ``calls`` chose it, or None: every call summed).
   """
 
   variables: dict[str, Any]
@@ -174,6 +176,7 @@ def run_sap(
   tune: str | None = None,
   tune_options: Mapping[str, Any] | None = None,
   method: str = slv.AUTO,
+  calls: str | Mapping[Any, int] = ALL_CALLS,
 ) -> SAPResult:
   """Runs SAP end to end without knowing which labels are wrong.
 
@@ -228,6 +231,13 @@ def run_sap(
       below `sap_jax.solve.AUTO_MIN_WIDTH` inputs, above it the cost model's choice for
       ``len(alphas)`` α values), "eigh" (every layer: spectra of every layer in
       ``result.layers`` and ``result.decomposition``) or "solve".
+    calls: for a layer called more than once per forward (``result.repeated``), which
+      call's inputs count: "all" (default: every call's rows summed, with a warning) or
+      a dict layer → call number, 0-based in forward order, e.g. ``{"head": 1}`` for a
+      head applied to the tokens and then to the pooled vector (the layer keyed by its
+      "/"-joined name or its path tuple). Checked before any work by a shape-only
+      trace: a layer the forward does not call, a layer called once, a call number it
+      does not have are refused.
 
   Returns:
     A `SAPResult`.
@@ -258,6 +268,7 @@ def run_sap(
       tune=tune,
       tune_options=tune_options,
       method=method,
+      calls=calls,
     )
   # lists, tuples, memmaps, other array-likes: one array from here on (a jax.Array stays)
   x_train = as_array(x_train, "x_train")
@@ -282,6 +293,7 @@ def run_sap(
       "tune": tune,
       "tune_options": tune_options,
       "method": method,
+      "calls": calls,
     },
     "run_sap",
   )
@@ -326,6 +338,7 @@ def run_sap(
     min(batch_size, n_train),
     exclude=exclude,
     layer_range=layer_range,
+    calls=calls,
   )
   report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
@@ -350,7 +363,9 @@ def run_sap(
     batches, budget = batched(np.asarray(x_train)[trusted], batch_size), rows_per_batch
   else:
     batches, budget = trusted_batches(x_train, trusted, batch_size, rows_per_batch)
-  stats = activation_stats(apply_fn, variables, batches, rows_per_batch=budget, seed=seed)
+  stats = activation_stats(
+    apply_fn, variables, batches, rows_per_batch=budget, seed=seed, calls=calls
+  )
   stats = _block(select_layers(stats, exclude=exclude, layer_range=layer_range))
   t2 = time.perf_counter()
   report("statistics", 1, 1)

@@ -31,6 +31,7 @@ from sap_jax.arg_checks import (
 from sap_jax.data.feeder import default_mesh
 from sap_jax.data.sources import check_length, first_input, input_shape, is_source, source_length
 from sap_jax.layers import exclude_patterns
+from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.streaming import score_alphas, stats_batches, trusted_indices
 from sap_jax.trusted import SCORES
 from sap_jax.types import ApplyFn
@@ -58,6 +59,7 @@ def run_sap(
   mesh: Mesh | None = None,
   workers: int = 0,
   alpha_chunk: int | None = None,
+  calls: Any = ALL_CALLS,
 ):
   """`sap_jax.run_sap` on sources: the trusted set by a streaming top-k of the scores,
   the statistics on the trusted samples read by index, every split read once for the
@@ -116,6 +118,7 @@ def run_sap(
     min(batch_size, n_train),
     exclude=exclude,
     layer_range=layer_range,
+    calls=calls,
   )
   report = progress or (lambda phase, done, total: None)
   t0 = time.perf_counter()
@@ -143,7 +146,9 @@ def run_sap(
   size = -(-batch_size // shd.num_shards(mesh)) * shd.num_shards(mesh)
   if budget is not None and size != batch_size:
     budget = rows_per_batch * size / batch_size
-  stats = activation_stats(apply_fn, variables, batches, rows_per_batch=budget, seed=seed)
+  stats = activation_stats(
+    apply_fn, variables, batches, rows_per_batch=budget, seed=seed, calls=calls
+  )
   stats = jax.block_until_ready(select_layers(stats, exclude=exclude, layer_range=layer_range))
   t2 = time.perf_counter()
   report("statistics", 1, 1)

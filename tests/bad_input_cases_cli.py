@@ -265,6 +265,20 @@ CASES: list[Case] = [
     _cli("correct", "ckpt", "--out", "notes.txt", "--overwrite", *FAST),
     _with(_ckpt, _user_file),
   ),
+  # --- --layer-call (which call of a layer called more than once counts)
+  Case(
+    "cli_correct_layer_call_malformed",
+    r"--layer-call: expected NAME=K such as head=1 .*got 'head'",
+    _cli("correct", "ckpt", "--out", "sap", "--layer-call", "head", *FAST),
+    _ckpt,
+  ),
+  Case(
+    "cli_correct_layer_call_layer_called_once",
+    r"error: calls\['head'\]: layer 'head' is called once per forward, so there is no call "
+    r"to choose; no layer is called more than once\. Drop 'head' from calls",
+    _cli("correct", "ckpt", "--out", "sap", "--layer-call", "head=1", *FAST),
+    _ckpt,
+  ),
   Case(
     "cli_train_overwrite_user_folder",
     NOT_CKPT.format(what=r"a folder with 2 entries \(data.csv, thesis.tex\)"),

@@ -3,7 +3,8 @@
 Every case gives one entry point (`run_sap` on arrays and on sources, `sweep_alpha`,
 `tune_alpha`, `correct`) one bad argument other than the inputs and labels themselves:
 a trusted-set size that is not an integer in range, an α grid that is empty, NaN or
-≤ 0, an ``exclude`` / ``layer_range`` that leaves no layer, a row budget, caller-chosen
+≤ 0, an ``exclude`` / ``layer_range`` that leaves no layer, a ``calls`` choice of a
+layer the forward does not call more than once, a row budget, caller-chosen
 trusted indices out of range or repeated, an eval split with the reserved name or the
 wrong shape, tuning options the validation split cannot serve. tests/test_checks_before_work.py
 shows that each such refusal comes before the first forward; here each message is held
@@ -122,6 +123,28 @@ CASES: list[Case] = [
     "correct-layer-range-not-a-pair",
     r"layer_range must be \(start, stop\)",
     lambda t: _correct(layer_range=1),
+  ),
+  # ---- which call counts of a layer called more than once (`calls`; this MLP calls each once)
+  Case(
+    "run-sap-calls-unknown-layer",
+    r"calls names no layer \['classifier'\]; the layers are \['Dense_1', 'Dense_0'\]",
+    lambda t: _run_sap(calls={"classifier": 1}),
+  ),
+  Case(
+    "run-sap-calls-layer-called-once",
+    r"layer 'Dense_0' is called once per forward, so there is no call to choose; no layer "
+    r"is called more than once\. Drop 'Dense_0' from calls",
+    lambda t: _run_sap(calls={"Dense_0": 1}),
+  ),
+  Case(
+    "run-sap-sources-calls-number-as-text",
+    r"calls\['Dense_0'\] must be a call number \(an integer ≥ 0.*got '1'",
+    lambda t: _run_sap_sources(calls={"Dense_0": "1"}),
+  ),
+  Case(
+    "correct-calls-not-a-dict",
+    r'calls must be "all" or a dict, got 1; pass calls="all"',
+    lambda t: _correct(calls=1),
   ),
   # ---- row budget
   Case(

@@ -95,3 +95,51 @@ def kv(text: str) -> tuple[str, Any]:
   except json.JSONDecodeError:
     parsed = value
   return key.replace("-", "_"), parsed
+
+
+def layer_call(text: str) -> tuple[str, int]:
+  """``NAME=K`` of ``--layer-call``: a layer's "/"-joined name (as the report's
+  ``layers`` and the repeated-layer warning print it) and K ≥ 0, the number of the call
+  whose inputs count (0-based, in forward order)."""
+  name, sep, k = text.rpartition("=")
+  try:
+    number = int(k) if sep and name.strip() else -1
+  except ValueError:
+    number = -1
+  if number < 0:
+    raise argparse.ArgumentTypeError(
+      f"expected NAME=K such as head=1 (a layer called more than once per forward, K the "
+      f"call whose inputs count, 0-based in forward order), got {text!r}"
+    )
+  return name.strip(), number
+
+
+class LayerCalls(argparse.Action):
+  """Collects repeated ``--layer-call NAME=K`` into ``{NAME: K}`` (`run_sap`'s ``calls``);
+  a layer given twice is refused."""
+
+  def __call__(self, parser, namespace, values, option_string=None):
+    name, k = values
+    chosen = dict(getattr(namespace, self.dest, None) or {})
+    if name in chosen:
+      parser.error(
+        f"{option_string} gives layer {name!r} twice ({name}={chosen[name]} and {name}={k}); "
+        "give each layer once"
+      )
+    chosen[name] = k
+    setattr(namespace, self.dest, chosen)
+
+
+def add_layer_call_arg(p: argparse.ArgumentParser) -> None:
+  """``--layer-call NAME=K`` (repeatable): `run_sap`'s ``calls``; unset, every call counts."""
+  p.add_argument(
+    "--layer-call",
+    type=layer_call,
+    action=LayerCalls,
+    default=None,
+    metavar="NAME=K",
+    help="for a layer called more than once per forward (e.g. a ViT head applied to the "
+    "tokens and to the pooled vector), count only the inputs of its call K (0-based, in "
+    "forward order), e.g. head=1 (repeatable, one per layer; unset: every call's inputs "
+    "count, with a warning)",
+  )

@@ -66,6 +66,7 @@ from sap_jax import (
 )
 from sap_jax.cli import figure, interrupts
 from sap_jax.cli.args import (
+  add_layer_call_arg,
   alpha_grid,
   field_defaults,
   floats_text,
@@ -447,6 +448,7 @@ def cmd_correct(args) -> int:
     progress=progress.phase,
     tune=args.tune,
     method=args.method,
+    calls=args.layer_call or "all",
   )
   before = split_metrics(apply_fn, variables, splits)
   after = split_metrics(apply_fn, corrected, splits)
@@ -461,6 +463,8 @@ def cmd_correct(args) -> int:
     "method": args.method,
     "class_balanced": args.class_balanced,
     "exclude": list(args.exclude),
+    "layer_calls": args.layer_call or {},
+    "repeated": [r._asdict() for r in result.repeated],
     "trusted_noise_rate": float(np.mean(splits.noise_mask[result.trusted_indices])),
     "chosen_alpha": result.alpha,
     "sweep_noisy_val": {
@@ -714,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     "(sap_jax.tune_alpha: 5-fold early stopping, never worse than the sweep's α on held-out "
     "folds); unset: one shared α from the grid",
   )
+  add_layer_call_arg(p)
   add_device_args(p)
   p.set_defaults(func=cmd_correct)
 

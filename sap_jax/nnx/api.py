@@ -35,6 +35,7 @@ from sap_jax.nnx.functional import functional, to_model
 from sap_jax.nnx.layers import skipped
 from sap_jax.stats import LayerStats
 from sap_jax.stats import activation_stats as _activation_stats
+from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.types import Path
 
 
@@ -45,6 +46,7 @@ def activation_stats(
   rows_per_batch: int | None = None,
   seed: int = 0,
   dtype=jnp.float32,
+  calls: Any = ALL_CALLS,
 ) -> dict[Path, LayerStats]:
   """`sap_jax.activation_stats` of an NNX model, keyed by each layer's graph path.
 
@@ -55,11 +57,19 @@ def activation_stats(
   Covered: ``nnx.Linear``, ``nnx.LinearGeneral`` (so ``nnx.MultiHeadAttention``'s
   projections), ``nnx.Conv`` (every padding mode, strides, dilations, groups). A path
   is a tuple of attribute names and ``nnx.List`` / ``nnx.Sequential`` indices, e.g.
-  ``("layers", 0)``.
+  ``("layers", 0)``. ``calls``: which call of a layer called more than once per forward
+  counts ("all", or e.g. ``{"head": 1}`` or ``{("layers", 0): 1}``; see
+  `sap_jax.activation_stats`).
   """
   apply_fn, variables = functional(model)
   return _activation_stats(
-    apply_fn, variables, batches, rows_per_batch=rows_per_batch, seed=seed, dtype=dtype
+    apply_fn,
+    variables,
+    batches,
+    rows_per_batch=rows_per_batch,
+    seed=seed,
+    dtype=dtype,
+    calls=calls,
   )
 
 
@@ -163,6 +173,8 @@ class NNXSAPResult(NamedTuple):
       in the forward").
     tuning: the per-layer α tuning of ``tune="per_layer"`` (see `sap_jax.run_sap`), or
       None.
+    repeated: the layers called more than once per forward, with the call that counted
+      (`sap_jax.SAPResult.repeated`; chosen by ``calls``).
   """
 
   model: nnx.Module
@@ -174,6 +186,7 @@ class NNXSAPResult(NamedTuple):
   decomposition: sw.Decomposition
   skipped: dict[str, str] = {}
   tuning: Any = None
+  repeated: tuple = ()
 
 
 def run_sap(
@@ -188,10 +201,11 @@ def run_sap(
 
   Takes the options of `sap_jax.run_sap` (``n_trusted``, ``alphas``, ``score``,
   ``class_balanced``, ``exclude``, ``layer_range``, ``batch_size``, ``rows_per_batch``,
-  ``seed``, ``eval_splits``); ``exclude`` patterns match "/"-joined graph paths
-  (``"layers/1"``). The data may be global arrays sharded over a mesh's data axis, as
-  for `sap_jax.run_sap` (the trusted samples selected in place, only the N scores,
-  labels, counts and α on the host); the corrected copy then holds replicated arrays.
+  ``seed``, ``eval_splits``, ``calls``); ``exclude`` patterns and ``calls`` keys match
+  "/"-joined graph paths (``"layers/1"``; ``calls`` takes path tuples too). The data
+  may be global arrays sharded over a mesh's data axis, as for `sap_jax.run_sap` (the
+  trusted samples selected in place, only the N scores, labels, counts and α on the
+  host); the corrected copy then holds replicated arrays.
   """
   apply_fn, variables = functional(model)
   r = pipeline.run_sap(apply_fn, variables, x_train, y_train, x_val, y_val, **kwargs)
@@ -213,4 +227,5 @@ def run_sap(
       layer_range=kwargs.get("layer_range"),
     ),
     tuning=getattr(r, "tuning", None),
+    repeated=r.repeated,
   )

@@ -18,12 +18,14 @@ One capability per module:
   their cost model (`choose_shift_plan`, `direct_cost`, `shift_cost`), and one layer
   call's Gram matrix by the kernel chosen (`layer_gram`, `layer_gram_cost`).
 * `sap_jax.stats.observe`: the layer-call observer (`observe_linen_calls`, `LayerCall`,
-  `report_call` for other model APIs, `LiftedTransformError`).
+  `report_call` for other model APIs, `LiftedTransformError`, `select_calls`: only the
+  chosen call of a layer reported).
 * `sap_jax.stats.collect`: what is collected through the observer: `activation_stats`
   (streamed `LayerStats`), `activation_rows`, `intercepted_rows`, `gram_costs`.
 * `sap_jax.stats.calls`: a shape-only trace of a forward's covered layer calls, to run
   before any work (`layer_calls`: rows per call; a lifted transform refused;
-  `repeated_layers`: layers called more than once per forward).
+  `repeated_layers`: layers called more than once per forward; `chosen_calls`: the
+  user's ``calls``, which call of such a layer counts, checked against the trace).
 
 The public names are re-exported here, flat.
 """

@@ -18,7 +18,7 @@ from flax import struct
 
 from sap_jax.layers import path_name
 from sap_jax.stats.gram import layer_gram
-from sap_jax.stats.observe import LayerCall, observe_linen_calls
+from sap_jax.stats.observe import CallChoice, LayerCall, observe_linen_calls, select_calls
 from sap_jax.stats.rows import Layout
 from sap_jax.types import ApplyFn, Path
 
@@ -61,6 +61,7 @@ def batch_stats(
   acc: Ordered | None = None,
   real: jax.Array | None = None,
   offset: jax.Array | int = 0,
+  calls: CallChoice = (),
 ) -> Ordered:
   """One batch's statistics, added to ``acc`` (running sums) when given.
 
@@ -73,18 +74,19 @@ def batch_stats(
   batch to the shape of the others, so that one compilation serves all). Needs
   every covered layer's input to have the batch on axis 0; `NotBatchMajor` is
   raised at trace time otherwise. ``offset``: global index of the batch's first sample
-  (the row budget's per-row keys).
+  (the row budget's per-row keys). ``calls``: of a layer it names, only the chosen call
+  counts (`sap_jax.stats.observe.select_calls`); the others' rows are not read.
   """
   running = dict(zip(acc.paths, acc.stats)) if acc is not None else {}
   out: dict[Path, LayerStats] = {}
-  calls: list[Path] = []
+  reported: list[Path] = []
   seen: list[LayerCall] = []
 
   def on_call(call: LayerCall) -> jax.Array:
     seen.append(call)
     path, inputs = call.path, call.inputs
-    k = None if key is None else jax.random.fold_in(key, len(calls))
-    calls.append(path)
+    k = None if key is None else jax.random.fold_in(key, len(reported))
+    reported.append(path)
     if real is not None and (jnp.ndim(inputs) == 0 or jnp.shape(inputs)[0] != x.shape[0]):
       raise NotBatchMajor(path_name(path))
     gram, count, layout = layer_gram(call.layer, inputs, k, rows_per_batch, dtype, real, offset)
@@ -93,7 +95,8 @@ def batch_stats(
       if prev.layout != layout:
         raise ValueError(
           f"Layer {path_name(path)!r} is called with inputs of different shapes "
-          f"({prev.layout} vs {layout}); cannot share one projection."
+          f"({prev.layout} vs {layout}); cannot share one projection. Choose the call "
+          f"whose inputs count: calls={{{path_name(path)!r}: k}} (k 0-based, forward order)."
         )
       gram = gram + prev.gram
       count = count + prev.count
@@ -102,18 +105,20 @@ def batch_stats(
     zero = (gram.reshape(-1)[0] * jnp.zeros((), gram.dtype)).astype(y.dtype)
     return y + zero
 
-  observe_linen_calls(apply_fn, variables, x, on_call)
+  observe_linen_calls(apply_fn, variables, x, select_calls(on_call, calls))
   from sap_jax.stats.calls import warn_repeated  # calls builds on this module
 
-  warn_repeated(seen)  # a layer called twice per forward: its rows are summed
+  warn_repeated(seen)  # a layer called twice per forward, no call chosen: rows summed
   return Ordered(tuple(out.values()), tuple(out))
 
 
-STATIC = ("apply_fn", "rows_per_batch", "dtype")
+STATIC = ("apply_fn", "rows_per_batch", "dtype", "calls")
 
 
-def batch_stats_kw(variables, x, key, real, offset=0, *, apply_fn, rows_per_batch, dtype):
-  return batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, real=real, offset=offset)
+def batch_stats_kw(variables, x, key, real, offset=0, *, apply_fn, rows_per_batch, dtype, calls=()):
+  return batch_stats(
+    apply_fn, variables, x, key, rows_per_batch, dtype, real=real, offset=offset, calls=calls
+  )
 
 
 # Module-level jits: one compilation per (model, batch shape, options), reused by
@@ -133,12 +138,12 @@ def finite_leaves(leaves: list[Any]) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=STATIC, donate_argnums=0)
-def accumulate(acc, variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype):
+def accumulate(acc, variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype, calls=()):
   """The running sums with one more batch, and the finiteness checks `activation_stats`
   makes (`finite_leaves` of every variable leaf, then of every new Gram matrix): in the
   step, so that a new process lowers no separate program for them (O(parameters + Σ d²)
   comparisons per batch, beside the batch's forward and products)."""
-  new = batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, acc, real, offset)
+  new = batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, acc, real, offset, calls)
   if new.paths != acc.paths:
     raise ValueError(
       f"The model called layers {list(new.paths)} on this batch but "

@@ -4,7 +4,8 @@ A layer's rows (`sap_jax.stats.rows`) are reduced to C = RᵀR inside the jitted
 pass, batch by batch, never materialised for the whole set: memory is O(Σ_l d_l²),
 independent of the number of samples, and every row (every conv patch) counts. A layer
 called several times (shared weights) accumulates the rows of every call, with a warning
-naming it, its calls and their rows (`sap_jax.stats.calls.warn_repeated`).
+naming it, its calls and their rows (`sap_jax.stats.calls.warn_repeated`), unless the
+caller chose the call that counts (``activation_stats(..., calls={"head": 1})``).
 
 Every function here is a callback on the layer-call observer
 (`sap_jax.stats.observe.observe_linen_calls`): the statistics (`activation_stats`), the
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jax
@@ -40,8 +41,9 @@ from sap_jax.stats.accumulate import (
   accumulate,
   batch_stats_jit,
 )
+from sap_jax.stats.calls import ALL_CALLS, check_calls_option, chosen_calls, layer_calls
 from sap_jax.stats.gram import layer_gram_cost
-from sap_jax.stats.observe import LayerCall, observe_linen_calls, shape_of
+from sap_jax.stats.observe import LayerCall, LiftedTransformError, observe_linen_calls, shape_of
 from sap_jax.stats.rows import Layout, layer_rows
 from sap_jax.stats.sharded import (
   combine_shards,
@@ -237,6 +239,7 @@ def activation_stats(
   seed: int = 0,
   dtype=jnp.float32,
   basis: str = "gram",
+  calls: str | Mapping[Any, int] = ALL_CALLS,
 ) -> dict[Path, LayerStats]:
   """Streams the input Gram matrix C = RᵀR of every Dense/DenseGeneral/Conv layer.
 
@@ -265,6 +268,12 @@ def activation_stats(
     basis: "gram" (C = RᵀR); "qr": a streamed TSQR factor per layer instead
       (`sap_jax.stats.qr.activation_factors`, `LayerFactor`s; SVD-accurate); "auto":
       the exact rows of layers that see at most d rows, C of the others.
+    calls: which call of a layer called more than once per forward counts: "all"
+      (default: every call's rows summed, with a warning naming the layer, its calls
+      and their rows) or a dict layer → call number, 0-based in forward order
+      (``{"head": 1}``: only the inputs of the head's second call count, no warning
+      for it); a layer is keyed by its "/"-joined name or its path tuple. Checked
+      against a shape-only trace of the first batch before any statistic.
 
   Returns:
     A dict, in the order the layers are first called, from the layer's path in the
@@ -272,10 +281,37 @@ def activation_stats(
     `LayerStats`.
 
   Raises:
-    ValueError: no batch, no supported layer, non-finite variables or activations.
+    ValueError: no batch, no supported layer, non-finite variables or activations; a
+      ``calls`` entry naming no layer, a layer called once or a call it does not have.
   """
   check_not_nnx(apply_fn, variables)
   _check_batches(batches)
+  if not check_calls_option(calls):
+    return _collect(apply_fn, variables, batches, rows_per_batch, seed, dtype, basis, ())
+  if isinstance(batches, (list, tuple)):
+    first = batches[0] if batches else None
+  else:  # an iterator: its first batch put back
+    batches = iter(batches)
+    first = next(batches, None)
+    batches = itertools.chain([] if first is None else [first], batches)
+  if first is None:  # refused as no inputs
+    return _collect(apply_fn, variables, batches, rows_per_batch, seed, dtype, basis, ())
+  x0 = first.x if isinstance(first, shd.LocalBatch) else first
+  try:
+    found = layer_calls(apply_fn, variables, shape_of(x0))
+  except LiftedTransformError:
+    raise
+  except Exception:  # noqa: BLE001 — the statistics' own checks name the cause
+    _collect(apply_fn, variables, batches, rows_per_batch, seed, dtype, basis, ())
+    raise
+  stats = _collect(
+    apply_fn, variables, batches, rows_per_batch, seed, dtype, basis, chosen_calls(calls, found)
+  )
+  return {p: stats[p] for p in found if p in stats}  # first-call order, as without a choice
+
+
+def _collect(apply_fn, variables, batches, rows_per_batch, seed, dtype, basis, calls):
+  """`activation_stats` with ``calls`` the checked `CallChoice`."""
   if basis in ("qr", "auto"):
     if isinstance(batches, (list, tuple)) and any(
       isinstance(b, shd.LocalBatch) or shd.data_axis_of(b) is not None for b in batches
@@ -294,6 +330,7 @@ def activation_stats(
       seed=seed,
       dtype=dtype,
       long_layers=long_layers,
+      calls=calls,
     )
   if basis != "gram":
     raise ValueError(f'basis must be "gram", "qr" or "auto", got {basis!r}.')
@@ -304,7 +341,12 @@ def activation_stats(
     )
   if rows_per_batch is not None and rows_per_batch < 1:
     raise ValueError(f"rows_per_batch must be ≥ 1 or None, got {rows_per_batch}.")
-  static = dict(apply_fn=hashable(apply_fn), rows_per_batch=rows_per_batch, dtype=jnp.dtype(dtype))
+  static = dict(
+    apply_fn=hashable(apply_fn),
+    rows_per_batch=rows_per_batch,
+    dtype=jnp.dtype(dtype),
+    calls=calls,
+  )
 
   batches = iter(batches)
   first = next(batches, None)
@@ -320,6 +362,7 @@ def activation_stats(
       rows_per_batch=rows_per_batch,
       seed=seed,
       dtype=dtype,
+      calls=calls,
     )
     return _checked_stats(ordered)
   batches = itertools.chain([] if first is None else [first], batches)

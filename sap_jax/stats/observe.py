@@ -136,6 +136,34 @@ def report_call(path: Path, layer: Any, inputs: Any, forward: Callable[[], Any])
   return forward() if out is None else out
 
 
+CallChoice = tuple[tuple[Path, int], ...]
+"""Which call counts, for the layers called more than once per forward that the user
+chose a call of: ``((path, k), …)``, k 0-based in forward order; hashable, so a static
+argument of the compiled statistics (`sap_jax.stats.calls.chosen_calls` builds it)."""
+
+
+def select_calls(on_call: OnCall, choice: CallChoice) -> OnCall:
+  """``on_call``, seeing of each layer in ``choice`` only its chosen call.
+
+  The other calls of such a layer are not reported: the layer runs on them as usual
+  (the callback returns None). Layers not in ``choice`` are reported at every call.
+  Traceable; count the calls of one forward only (a fresh wrapper per forward).
+  """
+  if not choice:
+    return on_call
+  chosen = dict(choice)
+  done: dict[Path, int] = {}
+
+  def selected(call: LayerCall) -> Any:
+    k = done.get(call.path, 0)
+    done[call.path] = k + 1
+    if call.path in chosen and chosen[call.path] != k:
+      return None
+    return on_call(call)
+
+  return selected
+
+
 def covered_layer(
   module: nn.Module, *args: Any, **kwargs: Any
 ) -> tuple[nn.Module, tuple[int, ...] | None] | None:

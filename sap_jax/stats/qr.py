@@ -39,7 +39,7 @@ from sap_jax.hashable import hashable
 from sap_jax.layers import path_name
 from sap_jax.stats.collect import LayerStats
 from sap_jax.stats.gram import layer_gram
-from sap_jax.stats.observe import LayerCall, observe_linen_calls
+from sap_jax.stats.observe import CallChoice, LayerCall, observe_linen_calls, select_calls
 from sap_jax.stats.rows import Layout, budget_rows, layer_rows, rows_at, rows_shape
 from sap_jax.types import ApplyFn, Path
 
@@ -93,21 +93,22 @@ class _Ordered:
 
 
 def _batch_factors(
-  apply_fn, variables, x, key, acc, real, offset, *, rows_per_batch, dtype, long_layers
+  apply_fn, variables, x, key, acc, real, offset, *, rows_per_batch, dtype, long_layers, calls=()
 ) -> _Ordered:
   """One batch's rows folded into the running factors ``acc`` (None: the first batch).
 
   With a row budget, ``real`` marks a padded last batch (only its first ``real``
   samples count) and ``offset`` is the global index of the batch's first sample: the
   budget keeps the rows `activation_stats` keeps (`sap_jax.stats.rows.budget_rows`).
+  ``calls``: of a layer it names, only the chosen call counts (`select_calls`).
   """
   running = {} if acc is None else dict(zip(acc.paths, acc.factors))
   out: dict[Path, LayerFactor] = {}
-  calls: list[Path] = []
+  reported: list[Path] = []
 
   def on_call(call: LayerCall) -> None:
-    k = jax.random.fold_in(key, len(calls))
-    calls.append(call.path)
+    k = jax.random.fold_in(key, len(reported))
+    reported.append(call.path)
     xin = jnp.asarray(call.inputs)
     shape, layout = rows_shape(call.layer, xin)
     n = shape[-2]
@@ -125,8 +126,9 @@ def _batch_factors(
     prev = out.get(call.path, running.get(call.path))
     if prev is not None and prev.layout != layout:
       raise ValueError(
-        f"Layer {'/'.join(call.path)!r} is called with inputs of different shapes "
-        f"({prev.layout} vs {layout}); cannot share one projection."
+        f"Layer {path_name(call.path)!r} is called with inputs of different shapes "
+        f"({prev.layout} vs {layout}); cannot share one projection. Choose the call "
+        f"whose inputs count: calls={{{path_name(call.path)!r}: k}} (k 0-based, forward order)."
       )
     count = jnp.asarray(n, jnp.float32) + (0.0 if prev is None else prev.count)
     had = (
@@ -144,13 +146,13 @@ def _batch_factors(
     factor = tsqr_update(None if prev is None else prev.factor, rows.astype(dtype))
     out[call.path] = LayerFactor(factor, count, layout)
 
-  observe_linen_calls(apply_fn, variables, x, on_call)
+  observe_linen_calls(apply_fn, variables, x, select_calls(on_call, calls))
   return _Ordered(tuple(out.values()), tuple(out))
 
 
-_STATIC = ("apply_fn", "rows_per_batch", "dtype", "long_layers")
+_STATIC = ("apply_fn", "rows_per_batch", "dtype", "long_layers", "calls")
 _first_jit = jax.jit(
-  lambda variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype, long_layers: (
+  lambda variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype, long_layers, calls: (
     _batch_factors(
       apply_fn,
       variables,
@@ -162,12 +164,13 @@ _first_jit = jax.jit(
       rows_per_batch=rows_per_batch,
       dtype=dtype,
       long_layers=long_layers,
+      calls=calls,
     )
   ),
   static_argnames=_STATIC,
 )
 _update_jit = jax.jit(
-  lambda acc, variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype, long_layers: (
+  lambda acc, variables, x, key, real, offset, *, apply_fn, rows_per_batch, dtype, long_layers, calls: (
     _batch_factors(
       apply_fn,
       variables,
@@ -179,6 +182,7 @@ _update_jit = jax.jit(
       rows_per_batch=rows_per_batch,
       dtype=dtype,
       long_layers=long_layers,
+      calls=calls,
     )
   ),
   static_argnames=_STATIC,
@@ -197,6 +201,7 @@ def activation_factors(
   seed: int = 0,
   dtype=jnp.float32,
   long_layers: str = "qr",
+  calls: CallChoice = (),
 ) -> dict[Path, LayerFactor | LayerStats]:
   """Streams a TSQR factor of the input rows of every Dense/DenseGeneral/Conv layer.
 
@@ -217,6 +222,8 @@ def activation_factors(
       computes it, a `LayerStats`): short layers keep their exact rows either way, so
       "gram" costs what `activation_stats` costs and decomposes a short layer by the
       thin SVD of its rows (O(n² d), no d × d eigendecomposition).
+    calls: the chosen calls of layers called more than once (checked by
+      `activation_stats`: `sap_jax.stats.calls.chosen_calls`); ``()``: every call counts.
 
   Returns:
     dict path → `LayerFactor`, in the order the layers are first called.
@@ -238,6 +245,7 @@ def activation_factors(
     rows_per_batch=rows_per_batch,
     dtype=jnp.dtype(dtype),
     long_layers=long_layers,
+    calls=calls,
   )
   key = jax.random.PRNGKey(seed)  # per layer and global sample, as activation_stats
   acc = None

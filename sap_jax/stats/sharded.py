@@ -31,12 +31,14 @@ from sap_jax.types import ApplyFn
 
 
 def _shard_step(
-  acc, variables, x, key, starts, valid, *, apply_fn, rows_per_batch, dtype, mesh, axis
+  acc, variables, x, key, starts, valid, *, apply_fn, rows_per_batch, dtype, mesh, axis, calls=()
 ):
   def body(acc, variables, x, key, starts, valid):
     prev = jax.tree_util.tree_map(lambda a: a[0], acc)
     real = None if valid is None else valid[0]
-    new = batch_stats(apply_fn, variables, x, key, rows_per_batch, dtype, prev, real, starts[0])
+    new = batch_stats(
+      apply_fn, variables, x, key, rows_per_batch, dtype, prev, real, starts[0], calls
+    )
     if new.paths != prev.paths:
       raise ValueError(
         f"The model called layers {list(new.paths)} on this batch but "
@@ -80,10 +82,13 @@ def _shard_zeros(shapes: Ordered, shards: int, mesh: Mesh, axis: str) -> Ordered
   return make()
 
 
-def _shard_shapes(apply_fn, variables, local, key, budget, dtype) -> Ordered:
+def _shard_shapes(apply_fn, variables, local, key, budget, dtype, calls=()) -> Ordered:
   """Shapes of one shard's statistics for a shard batch like ``local`` (nothing runs)."""
   return jax.eval_shape(
-    lambda v, xl, k: batch_stats(apply_fn, v, xl, k, budget, dtype), variables, local, key
+    lambda v, xl, k: batch_stats(apply_fn, v, xl, k, budget, dtype, calls=calls),
+    variables,
+    local,
+    key,
   )
 
 
@@ -102,9 +107,12 @@ def _shard_plan(first: Any, rows_per_batch: int | None):
   return mesh, axis, shards, budget
 
 
-def sharded_activation_stats(apply_fn, variables, batches, *, rows_per_batch, seed, dtype):
+def sharded_activation_stats(
+  apply_fn, variables, batches, *, rows_per_batch, seed, dtype, calls=()
+):
   """`activation_stats` over batches that are global arrays sharded over a data axis
-  (or `sap_jax.sharding.LocalBatch`es); returns the combined (replicated) `Ordered`."""
+  (or `sap_jax.sharding.LocalBatch`es); returns the combined (replicated) `Ordered`.
+  ``calls``: the chosen calls (`sap_jax.stats.observe.CallChoice`)."""
   plan = None
   acc = None
   first_dtype = None
@@ -130,6 +138,7 @@ def sharded_activation_stats(apply_fn, variables, batches, *, rows_per_batch, se
         apply_fn=hashable(apply_fn),
         rows_per_batch=budget,
         dtype=jnp.dtype(dtype),
+        calls=calls,
         mesh=mesh,
         axis=axis,
       )
@@ -145,10 +154,10 @@ def sharded_activation_stats(apply_fn, variables, batches, *, rows_per_batch, se
     if acc is None:
       local = jax.ShapeDtypeStruct((per, *x.shape[1:]), x.dtype)
       acc = _shard_zeros(
-        _shard_shapes(apply_fn, variables, local, key, budget, dtype), shards, mesh, axis
+        _shard_shapes(apply_fn, variables, local, key, budget, dtype, calls), shards, mesh, axis
       )
     if valid is not None:
-      _check_batch_major(apply_fn, variables, local, key, budget, dtype)
+      _check_batch_major(apply_fn, variables, local, key, budget, dtype, calls)
     acc = shard_accumulate(acc, variables, x, key, starts, valid, **static)
     offset += x.shape[0]
   if acc is None:
@@ -156,10 +165,12 @@ def sharded_activation_stats(apply_fn, variables, batches, *, rows_per_batch, se
   return combine_shards(acc, mesh=mesh, axis=axis)
 
 
-def _check_batch_major(apply_fn, variables, local, key, budget, dtype) -> None:
+def _check_batch_major(apply_fn, variables, local, key, budget, dtype, calls=()) -> None:
   try:
     jax.eval_shape(
-      lambda v, xl, k: batch_stats(apply_fn, v, xl, k, budget, dtype, real=jnp.int32(1)),
+      lambda v, xl, k: batch_stats(
+        apply_fn, v, xl, k, budget, dtype, real=jnp.int32(1), calls=calls
+      ),
       variables,
       local,
       key,
@@ -192,7 +203,9 @@ def sharded_stats_hlo(
     _shard_shapes(apply_fn, variables, local, key, budget, dtype), shards, mesh, axis
   )
   starts = shd.shard_starts(per * np.arange(shards), mesh, axis)
-  static = dict(apply_fn=hashable(apply_fn), rows_per_batch=budget, dtype=jnp.dtype(dtype))
+  static = dict(
+    apply_fn=hashable(apply_fn), rows_per_batch=budget, dtype=jnp.dtype(dtype), calls=()
+  )
   step = shard_accumulate.lower(
     acc, variables, batch, key, starts, None, **static, mesh=mesh, axis=axis
   )
