@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sap_jax import jsonio, safe_write
+from sap_jax import jsonio, write_paths
 from sap_jax.layers import key_path_name
 from sap_jax.provenance import ALGORITHM, SUM_ALGORITHM, array_digest, global_digest
 
@@ -75,7 +75,7 @@ class DamagedCheckpoint(ValueError):
   """A checkpoint's files are damaged: unreadable, or not what was saved."""
 
 
-ERRORS = (safe_write.RefusedWrite, DamagedCheckpoint)  # raised as themselves everywhere
+ERRORS = (write_paths.RefusedWrite, DamagedCheckpoint)  # raised as themselves everywhere
 
 
 def array_specs(variables: Any) -> dict[str, dict[str, Any]]:
@@ -140,7 +140,7 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
   return record is not None and record.get("format") == FORMAT
 
 
-KIND = safe_write.Kind("sap_jax checkpoint", is_checkpoint)
+KIND = write_paths.Kind("sap_jax checkpoint", is_checkpoint)
 """What `save_checkpoint` writes, for `sap_jax.safe_write.check_targets`."""
 
 

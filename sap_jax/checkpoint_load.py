@@ -26,7 +26,7 @@ with warnings.catch_warnings():  # orbax's own use of what newer jax deprecates:
   warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"orbax\.")
   import orbax.checkpoint as ocp
 
-from sap_jax import multihost, safe_write
+from sap_jax import multihost, write_paths
 from sap_jax.checkpoint_format import (
   ERRORS,
   FORMAT,
@@ -62,7 +62,7 @@ class _Record(NamedTuple):
 def _read_record(path: Path) -> _Record:
   """Reads and checks ``metadata.json`` (every check but the arrays' own)."""
   if not path.exists():
-    left = safe_write.interrupted_saves(path)
+    left = write_paths.interrupted_saves(path)
     if left:
       raise FileNotFoundError(
         f"No checkpoint at {path}: its save was interrupted (the unfinished {left[0].name} "
@@ -77,12 +77,12 @@ def _read_record(path: Path) -> _Record:
     raise FileNotFoundError(f"No checkpoint at {path}.")
   if not path.is_dir():
     raise ValueError(
-      f"{path} is {safe_write.describe(path)}, not a sap_jax checkpoint directory; pass the "
+      f"{path} is {write_paths.describe(path)}, not a sap_jax checkpoint directory; pass the "
       "folder written by `sap-jax train` or `save_checkpoint`."
     )
   meta_file = path / METADATA_FILE
   if not meta_file.is_file():
-    if safe_write.TMP_TAG in path.name:
+    if write_paths.TMP_TAG in path.name:
       raise ValueError(
         f"{path} is the unfinished folder of an interrupted save, not a checkpoint; "
         "run the command that writes the checkpoint again (the next save there removes it)."

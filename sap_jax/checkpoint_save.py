@@ -23,7 +23,7 @@ with warnings.catch_warnings():  # orbax's own use of what newer jax deprecates:
   warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"orbax\.")
   import orbax.checkpoint as ocp
 
-from sap_jax import multihost, safe_write
+from sap_jax import multihost, safe_write, write_checks
 from sap_jax.checkpoint_format import (
   ERRORS,
   FORMAT,
@@ -184,7 +184,7 @@ def save_checkpoint(
 
   def check() -> str:
     return str(
-      safe_write.check_target(path, KIND, overwrite=overwrite, protect=protect, what="checkpoint")
+      write_checks.check_target(path, KIND, overwrite=overwrite, protect=protect, what="checkpoint")
     )
 
   target = Path(first_decides(check, ERRORS))
