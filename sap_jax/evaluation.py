@@ -19,16 +19,14 @@ import numpy as np
 from sap_jax import sharding as shd
 from sap_jax.batching import padded_batches
 from sap_jax.data.sources import is_source, no_separate_labels
-from sap_jax.hashable import hashable
-from sap_jax.input_checks import (
-  check_inputs,
-  check_labelled,
-  check_labels,
+from sap_jax.forward_checks import (
   check_logits_output,
   looks_like_probabilities,
   output_width,
   warn_if_probabilities,
 )
+from sap_jax.hashable import hashable
+from sap_jax.input_checks import check_inputs, check_labelled, check_labels
 from sap_jax.losses import cross_entropy
 from sap_jax.types import ApplyFn, Variables
 

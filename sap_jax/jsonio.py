@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sap_jax import safe_write
+from sap_jax import safe_write, write_paths
 
 __all__ = [
   "REPORT",
@@ -116,14 +116,14 @@ def is_report(path: str | os.PathLike) -> bool:
   return doc is not None and doc.get("format") == REPORT_FORMAT
 
 
-REPORT = safe_write.Kind("sap_jax report", is_report)
+REPORT = write_paths.Kind("sap_jax report", is_report)
 """What `write_report` writes, for `sap_jax.safe_write.check_targets`."""
 
 
 def write_json(
   path: str | os.PathLike,
   obj: Any,
-  kind: safe_write.Kind,
+  kind: write_paths.Kind,
   *,
   overwrite: bool = False,
   protect: Iterable[str | os.PathLike] = (),

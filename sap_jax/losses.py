@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sap_jax.input_checks import check_logits_output
+from sap_jax.forward_checks import check_logits_output
 from sap_jax.types import ApplyFn
 
 

@@ -23,7 +23,7 @@ from flax import nnx
 
 from sap_jax import data, models
 from sap_jax.models.nnx_zoo import NNX_MODELS
-from sap_jax.noise import NoiseSpec
+from sap_jax.noise_spec import NoiseSpec
 from sap_jax.train import TrainConfig
 
 APIS = ("linen", "nnx")

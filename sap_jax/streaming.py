@@ -43,8 +43,8 @@ from sap_jax.data.sources import (
   first_input,
   source_length,
 )
+from sap_jax.forward_checks import check_logits_output, output_width
 from sap_jax.hashable import hashable
-from sap_jax.input_checks import check_logits_output, output_width
 from sap_jax.losses import cross_entropy, model_cross_entropy
 from sap_jax.topk import LowestK
 from sap_jax.types import ApplyFn, Variables

@@ -40,7 +40,8 @@ from sap_jax import solve as slv
 from sap_jax.arg_checks import check_alpha_grid, check_count, check_eval_splits
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
-from sap_jax.input_checks import check_labels, output_width
+from sap_jax.forward_checks import output_width
+from sap_jax.input_checks import check_labels
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
 from sap_jax.layer_keys import check_same_model, per_layer_alpha
 from sap_jax.spread_eigh import spread_eigh

@@ -15,40 +15,31 @@ The options live in :class:`~sap_jax.train_config.TrainConfig`, the optimizer
 hyperparameters from the paper's PyTorch code carry over) in :mod:`sap_jax.optim`, the
 state (:class:`TrainState`, also the machinery of the baselines' continued training:
 :func:`state_from_variables`, :func:`train_forward`) in :mod:`sap_jax.train_state`, and
-evaluation in :mod:`sap_jax.evaluation`; this module re-exports them. Noise-robust
-options (MixUp, SAM, logit clipping, generalised label smoothing, MentorMix) come from
-:mod:`sap_jax.robust`.
+evaluation in :mod:`sap_jax.evaluation`; this module re-exports them. The jitted step
+and the run's random streams live in :mod:`sap_jax.training_step`, the checks and
+per-epoch batches of the training data in :mod:`sap_jax.training_data`; this module owns
+the outer loop. Noise-robust options (MixUp, SAM, logit clipping, generalised label
+smoothing, MentorMix) come from :mod:`sap_jax.robust`.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
-from sap_jax import augmentation, multihost, robust
+from sap_jax import augmentation, multihost
 from sap_jax import init_from as pretrained_init
 from sap_jax import sharding as shd
-from sap_jax.batching import epoch_batches
-from sap_jax.data.feeder import Transform, default_mesh, feed
-from sap_jax.data.sources import (
-  ArraySource,
-  check_length,
-  first_input,
-  is_source,
-  source_length,
-)
-from sap_jax.evaluation import check_xy, evaluate, fit_fraction, predict_logits
+from sap_jax.data.feeder import Transform, default_mesh
+from sap_jax.data.sources import ArraySource, first_input, is_source
+from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply
-from sap_jax.input_checks import check_labels
 from sap_jax.optim import make_optimizer, make_schedule
 from sap_jax.pretrained import PretrainedReport
 from sap_jax.train_config import TrainConfig
@@ -60,11 +51,19 @@ from sap_jax.train_state import (
   train_forward,
   variables_of,
 )
+from sap_jax.training_data import (
+  array_batches,
+  checked_training_data,
+  checked_training_source,
+  first_sample,
+  source_batches,
+  training_mesh,
+)
+from sap_jax.training_step import RunRngs, jitted_train_step, run_rngs, train_step
 from sap_jax.types import ApplyFn, Variables
 
-Array = jax.Array
-
 __all__ = [
+  "JITTED",
   "RunRngs",
   "TrainConfig",
   "TrainResult",
@@ -108,41 +107,6 @@ class TrainResult(NamedTuple):
   pretrained: PretrainedReport | None = None
 
 
-class RunRngs(NamedTuple):
-  """Every random stream of one training run, all from its seed (:func:`run_rngs`).
-
-  Attributes:
-    init: PRNG key of parameter initialisation (:func:`create_train_state`).
-    steps: step ``t``'s randomness (MixUp, MentorMix, dropout) is
-      ``fold_in(steps, t)``.
-    data_order: the generator of the per-epoch data order
-      (:func:`sap_jax.batching.epoch_batches`).
-  """
-
-  init: Array
-  steps: Array
-  data_order: np.random.Generator
-
-
-def run_rngs(seed: int) -> RunRngs:
-  """The random streams of a training run with ``TrainConfig.seed = seed``.
-
-  The keys come from ``jax.random.key(seed, impl="rbg")``, split into the init and step
-  keys: XLA compiles the "rbg" generator several times faster than threefry on CPU
-  (tiny ResNet18 init: 4 s against 46 s on 2 loaded cores), and it is just as
-  deterministic for a seed on one platform. The data order is
-  ``np.random.default_rng(seed)``.
-
-  Args:
-    seed: the run's seed.
-
-  Returns:
-    A :class:`RunRngs` (its generator is fresh: each call restarts the data order).
-  """
-  init_key, step_key = jax.random.split(jax.random.key(seed, impl="rbg"))
-  return RunRngs(init=init_key, steps=step_key, data_order=np.random.default_rng(seed))
-
-
 def eval_apply_fn(model: nn.Module) -> ApplyFn:
   """The eval-mode forward ``apply_fn(variables, x) -> logits`` of a model.
 
@@ -153,111 +117,7 @@ def eval_apply_fn(model: nn.Module) -> ApplyFn:
   return EvalApply(model)
 
 
-# --------------------------------------------------------------------------
-# Step.
-# --------------------------------------------------------------------------
-
-
-def _mentormix_burn_in_epochs(config: TrainConfig) -> float:
-  """Published rule: random weights while epoch < min(burn-in, 0.2·epochs)."""
-  return min(config.mentormix_burnin_epochs, 0.2 * config.epochs)
-
-
-def train_step(
-  state: TrainState,
-  x: Array,
-  y: Array,
-  rng: Array,
-  epoch: Array | int = 0,
-  *,
-  config: TrainConfig,
-) -> tuple[TrainState, dict[str, Array]]:
-  """One optimizer step on a batch (compiled; one compilation per option set).
-
-  The objective is ``mean(loss_fn(f(x), targets))`` with
-  ``loss_fn = robust.make_loss_fn(label_smoothing=…, logit_clip=…)``, on MixUp'd
-  inputs/targets when ``mixup_alpha > 0``, or the MentorMix loss when ``mentormix``.
-  With ``sam_rho > 0`` the gradient is taken at the SAM-perturbed parameters (same
-  batch, MixUp draw and dropout mask); BatchNorm statistics come from the first
-  (unperturbed) forward pass, and with MentorMix from the mixed-batch pass. The work
-  runs in a jitted function whose static argument is ``config.part("step")``; this
-  wrapper is itself traceable (``jax.jit(functools.partial(train_step, config=c))``
-  works).
-
-  Args:
-    state: the current state (its ``tx`` must come from the same config).
-    x: ``(B, ...)`` inputs.
-    y: ``(B,)`` integer (noisy) labels.
-    rng: PRNG key for MixUp/MentorMix/dropout.
-    epoch: 0-based epoch (only MentorMix's burn-in reads it).
-    config: the training config.
-
-  Returns:
-    ``(new_state, {"loss", "accuracy"})``; the accuracy is of the training
-    forward pass on the unmixed labels ``y``.
-  """
-  burn_in = epoch < _mentormix_burn_in_epochs(config)
-  return _train_step(state, x, y, rng, burn_in, options=config.part("step"))
-
-
-@functools.partial(jax.jit, static_argnames=("options",))
-def _train_step(
-  state: TrainState, x: Array, y: Array, rng: Array, burn_in: Array, *, options: TrainConfig
-):
-  loss_fn = robust.make_loss_fn(
-    label_smoothing=options.label_smoothing, logit_clip=options.logit_clip
-  )
-  k_mix, k_dropout = jax.random.split(rng)
-
-  def forward(params, inputs):
-    return train_forward(state, params, inputs, k_dropout)
-
-  def objective(params):
-    if options.mentormix:
-      loss, (mm_state, logits, batch_stats) = robust.mentormix_loss(
-        functools.partial(forward, params),
-        loss_fn,
-        x,
-        y,
-        k_mix,
-        state.mentormix,
-        gamma_p=options.mentormix_gamma,
-        alpha=options.mentormix_alpha,
-        ema=options.mentormix_ema,
-        burn_in=burn_in,
-      )
-      return loss, (logits, batch_stats, mm_state)
-    inputs, targets = x, y
-    if options.mixup_alpha > 0:
-      inputs, targets = robust.mixup(
-        k_mix, x, jax.nn.one_hot(y, state.num_classes), options.mixup_alpha
-      )
-    logits, batch_stats = forward(params, inputs)
-    loss = jnp.mean(loss_fn(logits, targets))
-    return loss, (logits, batch_stats, state.mentormix)
-
-  grad_and_aux = jax.value_and_grad(objective, has_aux=True)
-  (loss, (logits, batch_stats, mm_state)), grads = grad_and_aux(state.params)
-  if options.sam_rho > 0:
-
-    def grad_fn(params, _):
-      return jax.grad(lambda p: objective(p)[0])(params)
-
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
-  else:
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1,
-    params=optax.apply_updates(state.params, updates),
-    opt_state=opt_state,
-    batch_stats=batch_stats,
-    mentormix=mm_state,
-  )
-  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
-  return new_state, {"loss": loss, "accuracy": accuracy}
-
-
-JITTED = {"train.step": _train_step}
+JITTED = {"train.step": jitted_train_step}
 """The module's compiled programs (see `sap_jax.compile_cache`)."""
 
 
@@ -357,21 +217,21 @@ def train_model(
   if streamed:
     mesh = default_mesh() if mesh is None else mesh
     shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
-    x, y, val = _checked_training_source(model, x, y, x_val, y_val, config)
+    x, y, val = checked_training_source(model, x, y, x_val, y_val, config)
   else:
     if transform is not None and (shd.is_global(x) or shd.is_global(x_val)):
       raise ValueError(
         "augmentation (transform= or TrainConfig.augment) reads samples from the host: "
         "pass host arrays or a source, not arrays sharded over a mesh."
       )
-    mesh = _training_mesh(x, x_val, mesh)
+    mesh = training_mesh(x, x_val, mesh)
     if mesh is not None:
       shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
     if isinstance(y, jax.Array) and shd.is_global(y):
       y = shd.to_host(y)
     if isinstance(y_val, jax.Array) and shd.is_global(y_val):
       y_val = shd.to_host(y_val)
-    x, y, val = _checked_training_data(model, x, y, x_val, y_val, config)
+    x, y, val = checked_training_data(model, x, y, x_val, y_val, config)
     if transform is not None:  # augmented: read per sample through the feeder
       x, y, streamed = ArraySource(x, y), None, True
       mesh = default_mesh() if mesh is None else mesh
@@ -380,7 +240,7 @@ def train_model(
   steps_per_epoch = n_train // config.batch_size
   rngs = run_rngs(config.seed)
   state = create_train_state(
-    model, _first_sample(x), config, rngs.init, steps_per_epoch=steps_per_epoch
+    model, first_sample(x), config, rngs.init, steps_per_epoch=steps_per_epoch
   )
   report = None
   if pretrained is not None:
@@ -398,9 +258,9 @@ def train_model(
   for epoch in bar:
     lr = float(schedule(int(state.step)))
     if streamed:
-      batches = _source_batches(x, n_train, config, rngs, epoch, mesh, transform, workers)
+      batches = source_batches(x, n_train, config, rngs, epoch, mesh, transform, workers)
     else:
-      batches = _array_batches(x, y, config, rngs, mesh)
+      batches = array_batches(x, y, config, rngs, mesh)
     state, entry = _train_epoch(state, batches, n_train, config, rngs, epoch)
     entry = {"epoch": epoch + 1, **entry, "lr": lr}
     stop = False
@@ -440,100 +300,6 @@ def _with_pretrained(state: TrainState, pretrained) -> tuple[TrainState, Pretrai
   return state, report
 
 
-def _training_mesh(x, x_val, mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh | None:
-  """The mesh to train over: ``mesh``, or the one a global ``x`` is sharded over (an error
-  when they differ, or when the data axis is not `sap_jax.sharding.DATA_AXIS`)."""
-  found = shd.common_data_axis(x, x_val)
-  if found is None:
-    return mesh
-  if found[1] != shd.DATA_AXIS:
-    raise ValueError(
-      f"x is sharded over the mesh axis {found[1]!r}; train_model shards batches over "
-      f"{shd.DATA_AXIS!r}: make the mesh with sap_jax.sharding.data_mesh()."
-    )
-  if mesh is not None and mesh != found[0]:
-    raise ValueError(
-      f"x is sharded over a mesh of shape {dict(found[0].shape)}, not the mesh= given "
-      f"({dict(mesh.shape)}); pass the mesh the data are sharded over, or mesh=None."
-    )
-  return found[0]
-
-
-def _first_sample(x) -> np.ndarray:
-  """``x[:1]`` on the host; of a global array, gathered in place (every process); of a
-  source, its first record's input."""
-  if is_source(x):
-    return first_input(x, "training source")
-  if not shd.is_global(x):
-    return x[:1]
-  mesh, axis = shd.data_axis_of(x)
-  return shd.to_host(shd.gather_rows(x, np.zeros(shd.num_shards(mesh, axis), np.int64)))[:1]
-
-
-def _checked_training_data(model: nn.Module, x, y, x_val, y_val, config: TrainConfig):
-  """``(x, y, (x_val, y_val) or None)`` as host arrays, after the input checks.
-
-  Both splits as `sap_jax.evaluation.check_xy` (finite floating inputs, one integer
-  label per input), then every label, training and validation, in ``[0, K)`` for the
-  model's K outputs (`sap_jax.train_state.model_output_width`): all before any work.
-  """
-  x, y = check_xy(x, y, "x/y")
-  if (x_val is None) != (y_val is None):
-    raise ValueError("Pass both x_val and y_val, or neither.")
-  val = None if x_val is None else check_xy(x_val, y_val, "x_val/y_val")
-  if val is not None and val[0].shape[1:] != x.shape[1:]:
-    raise ValueError(
-      f"x_val samples have shape {val[0].shape[1:]} but x samples {x.shape[1:]}; "
-      "validation inputs must be shaped like the training inputs."
-    )
-  if config.early_stopping_patience is not None and val is None:
-    raise ValueError(
-      "early_stopping_patience needs a validation set: pass x_val and y_val, "
-      "or set early_stopping_patience=None."
-    )
-  if config.batch_size > len(x):
-    raise ValueError(
-      f"batch_size={config.batch_size} exceeds the {len(x)} training samples; "
-      "pass a smaller TrainConfig.batch_size."
-    )
-  k = model_output_width(model, x)
-  y = check_labels(y, len(x), k, "x/y")
-  if val is not None:
-    val = (val[0], check_labels(val[1], len(val[0]), k, "x_val/y_val"))
-  return x, y, val
-
-
-def _array_batches(x, y, config: TrainConfig, rngs: RunRngs, mesh=None):
-  """One epoch's full batches of arrays in a fresh order, where the step runs."""
-  for idx in epoch_batches(rngs.data_order, len(x), config.batch_size, drop_last=True):
-    if shd.is_global(x):  # gathered in place onto the devices a host batch would go to
-      yield shd.gather_rows(x, idx), shd.shard_batch(y[idx], mesh)
-    elif mesh is not None:  # the batch split over the data axis, where the step runs
-      yield shd.shard_batch(x[idx], mesh), shd.shard_batch(y[idx], mesh)
-    else:
-      yield x[idx], y[idx]
-
-
-def _source_batches(source, n, config: TrainConfig, rngs: RunRngs, epoch, mesh, transform, workers):
-  """One epoch's full batches of a source of ``n`` samples in a fresh order (the same
-  order as arrays of the same samples get), streamed by the feeder, ``transform`` applied
-  per sample."""
-  check_length(source, n, "training source")
-  order = epoch_batches(rngs.data_order, n, config.batch_size, drop_last=True)
-  for batch in feed(
-    source,
-    config.batch_size,
-    mesh=mesh,
-    indices=order.reshape(-1),
-    transform=transform,
-    seed=config.seed,
-    epoch=epoch,
-    workers=workers,
-    what="training source",
-  ):
-    yield batch.x, batch.y
-
-
 def _train_epoch(
   state: TrainState, batches, num_samples: int, config: TrainConfig, rngs: RunRngs, epoch: int
 ) -> tuple[TrainState, dict[str, float]]:
@@ -549,39 +315,6 @@ def _train_epoch(
     "loss": float(np.mean([m["loss"] for m in metrics])),
     "train_accuracy": float(np.mean([m["accuracy"] for m in metrics])),
   }
-
-
-def _checked_training_source(model: nn.Module, source, y, source_val, y_val, config):
-  """``(source, None, val source or None)`` after the checks a source allows before
-  any work: a non-empty labelled source (labels checked in ``[0, K)`` as they stream),
-  a validation source of the same input shape, the batch size."""
-  if y is not None or y_val is not None:
-    raise ValueError(
-      "a source carries its own labels: pass y=None and y_val=None with a source "
-      "(records {'image', 'label'})."
-    )
-  n = source_length(source, "training source")
-  sample = first_input(source, "training source")
-  if source_val is not None:
-    source_length(source_val, "validation source")
-    shape = first_input(source_val, "validation source").shape
-    if shape[1:] != sample.shape[1:]:
-      raise ValueError(
-        f"validation samples have shape {shape[1:]} but training samples "
-        f"{sample.shape[1:]}; validation inputs must be shaped like the training inputs."
-      )
-  if config.early_stopping_patience is not None and source_val is None:
-    raise ValueError(
-      "early_stopping_patience needs a validation set: pass x_val, or set "
-      "early_stopping_patience=None."
-    )
-  if config.batch_size > n:
-    raise ValueError(
-      f"batch_size={config.batch_size} exceeds the {n} training samples; "
-      "pass a smaller TrainConfig.batch_size."
-    )
-  model_output_width(model, sample)
-  return source, None, (None if source_val is None else (source_val,))
 
 
 def _validation_due(config: TrainConfig, epoch: int) -> bool:

@@ -17,8 +17,8 @@ from flax import struct
 from flax.training import train_state as flax_train_state
 
 from sap_jax import optim, robust
+from sap_jax.forward_checks import check_logits_output, traced_output
 from sap_jax.hashable import ModuleApply
-from sap_jax.input_checks import check_logits_output, traced_output
 from sap_jax.optim import make_optimizer
 from sap_jax.train_config import TrainConfig
 from sap_jax.types import Variables

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from sap_jax import checkpoint, train
+from sap_jax.checkpoint_format import array_checksum
 from sap_jax.layers import key_path_name
 
 
@@ -214,12 +215,12 @@ def test_metadata_records_one_checksum_per_array(tmp_path):
   assert all(re.fullmatch(r"sha256:[0-9a-f]{64}", v) for v in record["checksums"].values())
   # Same bytes, dtype and shape give the same checksum; any of them differing does not.
   kernel = np.asarray(variables["params"]["head"]["kernel"])
-  assert record["checksums"]["params/head/kernel"] == checkpoint._array_checksum(kernel)
-  assert checkpoint._array_checksum(kernel.reshape(4, 3)) != checkpoint._array_checksum(kernel)
-  assert checkpoint._array_checksum(kernel.view(np.int32)) != checkpoint._array_checksum(kernel)
+  assert record["checksums"]["params/head/kernel"] == array_checksum(kernel)
+  assert array_checksum(kernel.reshape(4, 3)) != array_checksum(kernel)
+  assert array_checksum(kernel.view(np.int32)) != array_checksum(kernel)
   restored, _ = checkpoint.load_checkpoint(path)
   for name, value in jax.tree_util.tree_flatten_with_path(restored)[0]:
-    assert checkpoint._array_checksum(value) == record["checksums"][key_path_name(name)]
+    assert array_checksum(value) == record["checksums"][key_path_name(name)]
 
 
 def test_flipped_bytes_on_disk_are_detected(tmp_path):

@@ -291,9 +291,9 @@ def test_help_shows_every_default():
 def test_defaults_come_from_the_library(tmp_path):
   parser = cli.build_parser()
   args = parser.parse_args(["train", "--out", str(tmp_path / "x")])
-  config = cli._spec_from_args(args).train
+  config = cli.spec_from_args(args).train
   assert config == dataclasses.replace(TrainConfig(), seed=config.seed)
-  assert cli._spec_from_args(args) == cli.RunSpec(train=config)
+  assert cli.spec_from_args(args) == cli.RunSpec(train=config)
   args = parser.parse_args(["correct", "ckpt", "--out", str(tmp_path / "y")])
   assert args.alphas == sap_jax.DEFAULT_ALPHAS
   run_sap = inspect.signature(sap_jax.run_sap).parameters

@@ -31,8 +31,6 @@ from collections.abc import Callable
 
 from sap_jax.baselines.base import (
   BUDGET_RULE,
-  CorrectionResult,
-  CorrectionTask,
   Method,
   Outcome,
   clip_budget,
@@ -57,6 +55,7 @@ from sap_jax.baselines.scrubbing import (
   scrub_min_step,
   scrub_variables,
 )
+from sap_jax.baselines.task import CorrectionResult, CorrectionTask
 
 _FACTORIES: dict[str, Callable[..., Method]] = {
   "vanilla": vanilla,

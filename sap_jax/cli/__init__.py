@@ -2,8 +2,9 @@
 
 This package's top is light: `main` answers ``--help`` and ``--version`` (and a missing
 or unknown command) from `sap_jax.cli.top` without importing JAX, and hands every
-command to `sap_jax.cli.commands`, which holds the commands, the full parser and what a
-user sees (see its docstring). Beside them: `args` (argument types and defaults),
+command to `sap_jax.cli.commands`, which holds `main` and what a user sees (see its
+docstring) and re-exports the commands (`train_command`, `evaluate_command`,
+`correct_command`, `demo_command`) and the full parser (`parser`). Beside them: `args` (argument types and defaults),
 `errors` (user errors and exit codes), `progress` (the progress lines), `devices` (the
 many-device flags and sharded splits), `runs` (a run's data, model and checkpoint) and
 `figure` (the PNG beside a `correct` report).
@@ -23,7 +24,7 @@ __all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "UserError", "build_parser", "
 
 
 def build_parser():
-  """The full `sap-jax` argument parser (`sap_jax.cli.commands.build_parser`)."""
+  """The full `sap-jax` argument parser (`sap_jax.cli.parser.build_parser`)."""
   return importlib.import_module("sap_jax.cli.commands").build_parser()
 
 

@@ -2,7 +2,7 @@
 per command, built from the standard library and `sap_jax.compilation` only (no JAX, no
 Flax), so that ``sap-jax --help`` and ``sap-jax --version`` answer at once.
 
-`sap_jax.cli.commands.build_parser` fills each command's parser with its options (which
+`sap_jax.cli.parser.build_parser` fills each command's parser with its options (which
 take their defaults from the library, and so import it).
 """
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from sap_jax.data.base import Dataset
 from sap_jax.data.sources import Subset, is_source, subset, with_labels
-from sap_jax.noise import NoiseSpec, apply_noise
+from sap_jax.noise import apply_noise
+from sap_jax.noise_spec import NoiseSpec
 
 _SPLIT_STREAM = 1  # SeedSequence([seed, 1]) draws the split; default_rng(seed) the noise.
 

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from sap_jax.input_checks import EVAL_MODE_FIX, TrainModeForward
+from sap_jax.forward_checks import EVAL_MODE_FIX, TrainModeForward
 from sap_jax.layers import key_path_name
 from sap_jax.nnx.layers import intercepting
 from sap_jax.stats.observe import observing

@@ -26,13 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax import sharding as shd
+from sap_jax.forward_checks import TrainModeForward, check_not_nnx, forward_failure
 from sap_jax.hashable import hashable
-from sap_jax.input_checks import (
-  TrainModeForward,
-  check_inputs,
-  check_not_nnx,
-  forward_failure,
-)
+from sap_jax.input_checks import check_inputs
 from sap_jax.layers import path_name
 from sap_jax.stats.accumulate import (
   LayerStats,
