@@ -132,7 +132,8 @@ def global_arrays(apply_fn, variables, x, y):
       rtol=1e-5,
       atol=1e-6,
     )
-    for score in ("loss", "curvature", "curvature_published"):
+    scores = ("loss", "curvature", "curvature_published") if bs == 16 else ("loss",)
+    for score in scores:  # the curvature scores once: each compiles two gradients
       kw = dict(score=score, batch_size=bs, seed=2)
       t = trusted_set(apply_fn, variables, xg, yg, 20, **kw)
       np.testing.assert_array_equal(t, trusted_set(apply_fn, variables, x[:m], y[:m], 20, **kw))
