@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sap_jax import sharding as shd
+from sap_jax.data.feeder import split
 
 
 def padded_batches(
@@ -55,19 +55,14 @@ def padded_batches(
 def batched(x: Any, batch_size: int) -> list[Any]:
   """Splits an array along its first axis into consecutive batches (the last may be short).
 
-  A global array sharded over a mesh's data axis (`sap_jax.sharding`) becomes its
-  `sap_jax.sharding.local_batches` instead (each device cutting its own samples, no data
-  moved), of ⌈batch_size / devices⌉ samples per device, the last one padded and masked
-  (so a row budget keeps the rows one process keeps): what `activation_stats` takes.
+  A global array sharded over a mesh's data axis (`sap_jax.sharding`) becomes the
+  feeder's batches of it (`sap_jax.data.feeder.split`: cut on its devices, ``batch_size``
+  rounded up to a multiple of the devices, the last one padded and masked), as
+  `sap_jax.sharding.LocalBatch`es: what `activation_stats` takes.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
-  if shd.is_global(x):
-    mesh, axis = shd.data_axis_of(x)
-    shards = shd.num_shards(mesh, axis)
-    return list(shd.local_batches(x, -(-batch_size // shards) * shards, pad=True))
-  n = len(x)
-  return [x[i : i + batch_size] for i in range(0, n, batch_size)]
+  return split(x, batch_size)
 
 
 def epoch_batches(

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax import sharding as shd
-from sap_jax.batching import padded_batches
+from sap_jax.data.feeder import as_input, feed_arrays, labels_on_host, mesh_of
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.forward_checks import (
   check_logits_output,
@@ -49,24 +49,18 @@ JITTED = {"evaluation.eval_batch": _eval_batch, "evaluation.predict_batch": _pre
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 
 
-def check_finite_inputs(x: Any, what: str) -> np.ndarray:
-  """``x`` as a host array after `sap_jax.input_checks.check_inputs`: refused when
-  None, empty, of an integer dtype (``uint8`` images: the message says how to convert)
-  or holding NaN/Inf (``what`` names it in the error). The check SAP's entry points
-  make once on their inputs. A global array sharded over a data axis stays on its
-  devices (`sap_jax.sharding`)."""
-  x = check_inputs(x, what)
-  return x if shd.is_global(x) else np.asarray(x)
-
-
-def labels_as_array(y: Any) -> np.ndarray | jax.Array:
-  """int32 labels: a global array sharded over a data axis stays on its devices, anything
-  else becomes a host array."""
-  return y.astype(jnp.int32) if shd.is_global(y) else np.asarray(y, np.int32)
+def check_finite_inputs(x: Any, what: str) -> np.ndarray | jax.Array:
+  """``x`` as the feeder reads it (`sap_jax.data.feeder.as_input`) after
+  `sap_jax.input_checks.check_inputs`: refused when None, empty, of an integer dtype
+  (``uint8`` images: the message says how to convert) or holding NaN/Inf (``what`` names
+  it in the error). The check SAP's entry points make once on their inputs. A global
+  array sharded over a data axis stays on its devices (`sap_jax.sharding`)."""
+  return as_input(check_inputs(x, what))
 
 
 def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray | None]:
-  """``(x, y)`` as host arrays, after the checks that need no model.
+  """``(x, y)`` after the checks that need no model: ``x`` where the feeder reads it (a
+  global array stays on its devices), ``y`` a host array.
 
   The inputs as `check_finite_inputs`; the labels one non-negative integer per input
   (`sap_jax.input_checks.check_labels`). The upper bound K needs the model: see
@@ -82,7 +76,7 @@ def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray 
       labels; mismatched lengths.
   """
   x = check_finite_inputs(x, what)
-  return x, None if y is None else check_labels(y, len(x), None, what)
+  return x, None if y is None else check_labels(labels_on_host(y), len(x), None, what)
 
 
 def evaluate(
@@ -90,16 +84,17 @@ def evaluate(
 ) -> dict[str, float]:
   """Accuracy and mean cross-entropy of ``apply_fn`` on ``(x, y)``.
 
-  Batches of ``min(batch_size, N)`` samples; the ragged last batch is padded
-  (`sap_jax.batching.padded_batches`) and masked, so one compilation serves every batch.
+  Batches of ``min(batch_size, N)`` samples from the feeder
+  (`sap_jax.data.feeder.feed_arrays`); the ragged last batch is padded and masked, so one
+  compilation serves every batch.
 
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
     x: ``(N, ...)`` inputs: a host array, a global array sharded over a mesh's data
-      axis (each device evaluates its own samples; only the sums cross to the host), or
-      a labelled source (`sap_jax.data.sources`; ``y`` None), streamed in one pass
-      (`sap_jax.streaming.evaluate`).
+      axis (each device evaluates its own share of every batch; only the sums cross to
+      the host), or a labelled source (`sap_jax.data.sources`; ``y`` None), streamed in
+      one pass (`sap_jax.streaming.evaluate`).
     y: ``(N,)`` integer labels (host, or sharded like ``x``); None for a source.
     batch_size: evaluation batch size (sharded ``x``: over all devices together).
 
@@ -116,65 +111,41 @@ def evaluate(
 
     no_separate_labels(y)
     return streaming.evaluate(apply_fn, variables, x, batch_size=batch_size)
-  if shd.is_global(x):
-    return _sharded_evaluate(apply_fn, variables, x, y, batch_size)
-  x, y = check_labelled(apply_fn, variables, x, y, "x/y")
+  x, y = check_labelled(apply_fn, variables, x, labels_on_host(y), "x/y")
   return evaluate_checked(apply_fn, variables, x, y, batch_size)
 
 
 def evaluate_checked(
-  apply_fn: ApplyFn, variables: Variables, x: Any, y: Any, batch_size: int = 1024
+  apply_fn: ApplyFn,
+  variables: Variables,
+  x: Any,
+  y: Any,
+  batch_size: int = 1024,
+  *,
+  indices: Any = None,
 ) -> dict[str, float]:
   """`evaluate` of inputs and labels that `sap_jax.input_checks.check_labelled` has
   accepted for this model already, without checking them again: for a caller that
-  scores the same split many times (the α sweep: every α, every split). A global array
-  sharded over a data axis goes through `evaluate`.
+  scores the same split many times (the α sweep: every α, every split).
 
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
-    x: ``(N, ...)`` finite floating inputs, N ≥ 1.
-    y: ``(N,)`` int32 labels in ``[0, K)``.
+    x: ``(N, ...)`` finite floating inputs, N ≥ 1 (host, or a global array).
+    y: ``(N,)`` int32 labels in ``[0, K)`` (host, or sharded like ``x``).
     batch_size: evaluation batch size.
+    indices: evaluate only these samples (default all).
 
   Returns:
     ``{"accuracy": float, "loss": float}``, as `evaluate`.
   """
-  if shd.is_global(x):
-    return evaluate(apply_fn, variables, x, y, batch_size)
-  x = np.asarray(x)
-  n = len(x)
+  x = as_input(x)
+  mesh = mesh_of(x)
+  variables = shd.replicate(variables, mesh)
   fn = hashable(apply_fn)
-  sums = []
-  for (xb, yb), real in padded_batches(x, y, batch_size=batch_size):
-    mask = np.arange(len(xb)) < real
-    sums.append(_eval_batch(fn, variables, xb, yb, mask))
-  return _totals(jax.device_get(sums), n)
-
-
-def _sharded_setup(apply_fn, variables, x, y, what):
-  """(x, sharded int32 y or None, replicated variables) for a sharded ``x``."""
-  mesh, axis = shd.data_axis_of(x)
-  shd.check_divides(x.shape[0], mesh, axis, what)
-  if y is None:
-    check_inputs(x, what)
-    output_width(apply_fn, variables, x)
-    return x, None, shd.replicate(variables, mesh)
-  x, y_host = check_labelled(apply_fn, variables, x, shd.to_host(y), what)
-  y = y if shd.data_axis_of(y) == (mesh, axis) else shd.shard_batch(y_host, mesh, axis)
-  return x, y.astype(jnp.int32), shd.replicate(variables, mesh)
-
-
-def _sharded_evaluate(apply_fn, variables, x, y, batch_size):
-  """`evaluate` of a global array sharded over a data axis: each device evaluates its own
-  samples; only the two sums cross to the host."""
-  x, y, variables = _sharded_setup(apply_fn, variables, x, y, "x/y")
-  fn = hashable(apply_fn)
-  sums = [
-    _eval_batch(fn, variables, xb, yb, jnp.ones(len(yb), bool))
-    for (xb, yb), _ in shd.sample_batches((x, y), batch_size)
-  ]
-  return _totals(jax.device_get(sums), x.shape[0])
+  batches = feed_arrays(x, y, batch_size, mesh=mesh, indices=indices, what="x/y")
+  sums = [_eval_batch(fn, variables, b.x, b.y, b.mask) for b in batches]
+  return _totals(jax.device_get(sums), x.shape[0] if indices is None else len(indices))
 
 
 def _totals(sums: list, n: int) -> dict[str, float]:
@@ -194,7 +165,9 @@ def predict_logits(
   Args:
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: the model variables.
-    x: ``(N, ...)`` inputs, or a source (its labels are not read).
+    x: ``(N, ...)`` inputs (a host array, or a global array sharded over a mesh's data
+      axis: each device runs its share of every batch), or a source (its labels are not
+      read).
     batch_size: evaluation batch size (ragged last batch padded).
 
   Returns:
@@ -204,22 +177,16 @@ def predict_logits(
     from sap_jax import streaming
 
     return streaming.predict_logits(apply_fn, variables, x, batch_size=batch_size)
-  if shd.is_global(x):
-    x, _, variables = _sharded_setup(apply_fn, variables, x, None, "x")
-    fn = hashable(apply_fn)
-    out = None
-    for (xb,), index in shd.sample_batches((x,), batch_size):
-      logits = shd.to_host(_predict_batch(fn, variables, xb))
-      out = np.empty((x.shape[0], *logits.shape[1:]), logits.dtype) if out is None else out
-      out[index] = logits
-    return out
   x, _ = check_xy(x, None, "x")
   output_width(apply_fn, variables, x)  # the forward returns logits, before any batch
+  mesh = mesh_of(x)
+  variables = shd.replicate(variables, mesh)
   fn = hashable(apply_fn)
   outs = [
-    (_predict_batch(fn, variables, xb), k) for (xb,), k in padded_batches(x, batch_size=batch_size)
+    (_predict_batch(fn, variables, b.x), b.real)
+    for b in feed_arrays(x, None, batch_size, mesh=mesh)
   ]
-  logits = np.concatenate([np.asarray(o)[:k] for o, k in outs])
+  logits = np.concatenate([shd.to_host(o)[:k] for o, k in outs])
   warn_if_probabilities(bool(looks_like_probabilities(logits).all()))
   return logits
 
@@ -234,8 +201,9 @@ def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, 
   Args:
     apply_fn: eval-mode forward.
     variables: the model variables.
-    x: ``(N, ...)`` training inputs.
-    y_noisy: ``(N,)`` training labels as trained on (with noise).
+    x: ``(N, ...)`` training inputs (host, or a global array sharded over a mesh's data
+      axis: the corrupted samples are gathered on its devices).
+    y_noisy: ``(N,)`` training labels as trained on (with noise; host or sharded).
     mask: ``(N,)`` bool, true where the label was corrupted.
 
   Returns:
@@ -252,4 +220,7 @@ def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, 
     raise ValueError(
       "mask selects no corrupted sample; fit_fraction is undefined without label noise."
     )
-  return evaluate(apply_fn, variables, x[mask], y_noisy[mask])["accuracy"]
+  index = np.flatnonzero(mask)
+  k = output_width(apply_fn, variables, x)
+  check_labels(y_noisy[index], len(index), k, "x/y")  # as `evaluate` of the corrupted samples
+  return evaluate_checked(apply_fn, variables, x, y_noisy, indices=index)["accuracy"]

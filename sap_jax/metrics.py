@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from sap_jax import sharding as shd
 from sap_jax.data.sources import Subset, is_source, with_labels
-from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
+from sap_jax.evaluation import evaluate, fit_fraction
 from sap_jax.types import ApplyFn, Variables
 
 __all__ = ["METRIC_KEYS", "split_metrics"]
@@ -31,8 +30,9 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
     splits: a `sap_jax.data.NoisySplits` (``x_test``/``y_test``, ``x_val`` with
       ``y_val`` (noisy) and ``y_val_clean``, ``x_train``/``y_train`` (noisy) and
       ``noise_mask``): host arrays, global arrays sharded over a mesh's data axis
-      (``noise_mask`` on the host; only the training logits are gathered), or lazy
-      sources (each split streamed once; the fit reads only the corrupted samples).
+      (``noise_mask`` on the host; the corrupted samples are gathered on the devices),
+      or lazy sources (each split streamed once; the fit reads only the corrupted
+      samples).
 
   Returns:
     ``{"test_accuracy", "val_accuracy_noisy", "val_accuracy_clean", "fit_noisy"}``:
@@ -49,10 +49,6 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
   if splits.noise_mask.any() and is_source(splits.x_train):  # the corrupted samples only
     index = np.flatnonzero(splits.noise_mask)
     fit = accuracy(Subset(splits.x_train, index), np.asarray(splits.y_train)[index])
-  elif splits.noise_mask.any() and shd.is_global(splits.x_train):  # logits where the data are
-    predicted = np.argmax(predict_logits(apply_fn, variables, splits.x_train), axis=-1)
-    mask = np.asarray(splits.noise_mask)
-    fit = float(np.mean(predicted[mask] == shd.to_host(splits.y_train)[mask]))
   elif splits.noise_mask.any():
     fit = fit_fraction(apply_fn, variables, splits.x_train, splits.y_train, splits.noise_mask)
   return {

@@ -104,8 +104,10 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
       # a typed PRNG key (e.g. an NNX model's RNG stream) travels as its key data
       impl = jax.random.key_impl(leaf)
       return jax.random.wrap_key_data(one(jax.random.key_data(leaf)), impl=impl)
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-      return jax.device_put(leaf, sharding)
+    if isinstance(leaf, jax.Array) and (
+      sharding.is_fully_addressable or not leaf.is_fully_addressable
+    ):
+      return jax.device_put(leaf, sharding)  # device to device, not through a host
     host = np.asarray(leaf)
     return jax.make_array_from_callback(host.shape, sharding, host.__getitem__)
 

@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sap_jax import sharding as shd
-from sap_jax.data.feeder import Batch, default_mesh, feed
+from sap_jax.data.feeder import Batch, default_mesh, feed, stats_batch
 from sap_jax.data.sources import (
   first_input,
   source_length,
@@ -126,9 +126,10 @@ def scores(
   source: the loss (`losses`), or a curvature score, each batch with the probes of its
   index (``fold_in(PRNGKey(seed), i)``) as `sap_jax.trusted.trust_scores` draws them on
   arrays ("curvature_published" in batches of ``min(batch_size, 128)``, "curvature" of
-  ``min(batch_size, 256)``), so both give the same scores. ``on_batch``: as `losses`.
+  ``min(batch_size, 256)``; `sap_jax.trusted.curvature_layout` on a mesh), so both give
+  the same scores on any mesh. ``on_batch``: as `losses`.
   """
-  from sap_jax.trusted import SCORES, curvature_of_batch
+  from sap_jax.trusted import SCORES, curvature_layout, curvature_of_batch, layout_batch
 
   if score not in SCORES:
     raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
@@ -146,19 +147,21 @@ def scores(
   k = num_outputs(apply_fn, variables, source, "source")
   variables, mesh = _placed(variables, mesh)
   fn = hashable(apply_fn)
-  size = min(batch_size, 128 if score == "curvature_published" else 256)
+  cap = min(batch_size, 128 if score == "curvature_published" else 256)
+  blocks = shd.num_shards(mesh)
+  stream, size, rows = curvature_layout(n, cap, blocks)
   key = jax.random.PRNGKey(seed)
   out = None if on_batch is not None else np.empty(n, np.float32)
-  for b, batch in enumerate(feed(source, size, mesh=mesh, num_classes=k, workers=workers)):
-    values = curvature_of_batch(
-      score, fn, variables, batch.x, batch.y, jax.random.fold_in(key, b), batch.real, 1e-3, 10
-    )
-    values = _host(values)[: batch.real]
-    index = _host(batch.index)[: batch.real]
+  batches = feed(source, size, mesh=mesh, indices=stream, num_classes=k, workers=workers)
+  for t, batch in enumerate(batches):
+    keys, reals, real = layout_batch(key, t, blocks, rows, n)
+    values = curvature_of_batch(score, fn, variables, batch.x, batch.y, keys, reals, 1e-3, 10)
+    values = _host(values)[:real]
+    index = _host(batch.index)[:real]
     if on_batch is None:
       out[index] = values
     else:
-      on_batch(values, index, _host(batch.y)[: batch.real])
+      on_batch(values, index, _host(batch.y)[:real])
   return out
 
 
@@ -248,21 +251,10 @@ def stats_batches(
   statistics pad and mask it themselves), `sap_jax.sharding.LocalBatch`es over a mesh
   of several (each shard's first global position and its count of real samples)."""
   mesh = default_mesh() if mesh is None else mesh
-  shards = shd.num_shards(mesh)
   for batch in feed(
     source, batch_size, mesh=mesh, indices=indices, labelled=False, workers=workers
   ):
-    if shards == 1:
-      yield np.asarray(batch.x)[: batch.real]
-      continue
-    per = batch.x.shape[0] // shards
-    first = batch.start + per * np.arange(shards)
-    valid = np.clip(batch.start + batch.real - first, 0, per)
-    yield shd.LocalBatch(
-      batch.x,
-      shd.shard_starts(first, mesh),
-      None if valid.min() == per else shd.shard_starts(valid, mesh),
-    )
+    yield stats_batch(batch, mesh)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -35,11 +35,11 @@ from flax import struct
 from jax.sharding import Mesh
 
 from sap_jax import projection as proj
-from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax.arg_checks import check_alpha_grid, check_count, check_eval_splits
+from sap_jax.data.feeder import labels_on_host
 from sap_jax.data.sources import is_source, no_separate_labels
-from sap_jax.evaluation import check_finite_inputs, evaluate_checked, labels_as_array
+from sap_jax.evaluation import check_finite_inputs, evaluate_checked
 from sap_jax.forward_checks import output_width
 from sap_jax.input_checks import check_labels
 from sap_jax.kernels import check_kernel, flat_kernel, kernels_of, unflat_kernel, with_kernels
@@ -535,16 +535,16 @@ class SweepResult(NamedTuple):
 def check_split(
   x: Any, y: Any, name: str, apply_fn: ApplyFn | None = None, variables: Variables = None
 ) -> tuple[np.ndarray, np.ndarray]:
-  """A labelled split as host arrays, refused when empty, non-finite or mismatched; with
+  """A labelled split, refused when empty, non-finite or mismatched: the inputs where the
+  feeder reads them (`sap_jax.evaluation.check_finite_inputs`: a global array stays on its
+  devices), the labels as a host int32 array (a global one all-gathered); with
   the model (``apply_fn`` and ``variables``), labels outside ``[0, K)`` and a forward
   `sap_jax.input_checks.output_width` refuses are refused too (a shape-only trace)."""
   what = f"split {name!r}"
   x = check_finite_inputs(x, what)
   if y is not None and np.ndim(y) >= 1 and len(x) != len(y):
     raise ValueError(f"{what} has {len(x)} samples but {len(y)} labels.")
-  if shd.is_global(y):  # a sharded global array stays on its devices
-    return x, labels_as_array(y)
-  y = check_labels(y, len(x), None, what)  # what needs no model, before the trace
+  y = check_labels(labels_on_host(y), len(x), None, what)  # what needs no model, before the trace
   if apply_fn is not None:
     y = check_labels(y, len(x), output_width(apply_fn, variables, x), what)
   return x, y
@@ -591,8 +591,7 @@ def checked_splits(
   out = {}
   for name, (x, y) in splits.items():
     x, y = check_split(x, y, name)  # inputs finite, labels non-negative integers
-    if not shd.is_global(x):  # a sharded split is checked where it is evaluated
-      y = check_labels(y, len(x), output_width(apply_fn, variables, x), f"split {name!r}")
+    y = check_labels(y, len(x), output_width(apply_fn, variables, x), f"split {name!r}")
     out[name] = (x, y)
   return out
 

@@ -25,24 +25,24 @@ monotone function of the squared norm, but "curvature_published" scales each bat
 scores by 1/batch size, so a short last batch ranks differently).
 
 Every score takes global arrays sharded over a mesh's data axis (`sap_jax.sharding`) as
-well as host arrays: each device scores its own samples, and only the N scores cross
-to the host, equal to one process's to float tolerance. The curvature scores draw
-their probes per batch of consecutive samples, so on a mesh each device runs the very
-batches one process runs that hold its samples, with their probes (`sharded_curvature`).
+well as host arrays, through one path: the feeder's batches
+(`sap_jax.data.feeder.feed_arrays`, cut on the devices for a global array), each device
+scoring its share of every batch; only the N scores cross to the host, equal to one
+process's to float tolerance. The curvature scores draw their probes per batch of
+consecutive samples, so every device count runs the very batches one process runs, with
+their probes (`curvature_layout`).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from sap_jax import sharding as shd
-from sap_jax.batching import padded_batches
+from sap_jax.data.feeder import as_input, feed_arrays, labels_on_host, mesh_of
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import check_labelled, check_labels
@@ -67,8 +67,8 @@ def per_example_loss(
     apply_fn: eval-mode forward ``apply_fn(variables, x) -> logits``.
     variables: model variables.
     x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis
-      (`sap_jax.sharding.shard_batch`); then each device computes its own samples'
-      losses and only the N losses cross to the host.
+      (`sap_jax.sharding.shard_batch`); then each device computes its share of every
+      batch (`sap_jax.data.feeder.feed_arrays`) and only the N losses cross to the host.
     y: integer labels (N,), the labels the model was trained on (a host array, or
       sharded like ``x``); None when ``x`` is a labelled source (`sap_jax.data.sources`,
       streamed: `sap_jax.streaming.losses`).
@@ -83,47 +83,37 @@ def per_example_loss(
 
     no_separate_labels(y)
     return streaming.losses(apply_fn, variables, x, batch_size=batch_size)
-  if shd.is_global(x):
-    return _sharded_losses(apply_fn, variables, x, y, batch_size)
-  x, y = check_labelled(apply_fn, variables, x, y)
-  y = y.astype(np.int32)
-  fn = hashable(apply_fn)
-  out = [
-    np.asarray(_losses_jit(fn, variables, xb, yb))[:real]
-    for (xb, yb), real in padded_batches(x, y, batch_size=batch_size)
-  ]
-  return np.concatenate(out).astype(np.float32)
-
-
-def _sharded_losses(apply_fn: ApplyFn, variables: Any, x: jax.Array, y: Any, batch_size: int):
-  """`per_example_loss` of a global array sharded over a data axis: every device runs the
-  forward on its own samples only; the N losses (and the labels, for their checks) are
-  the only things that reach the host."""
-  mesh, axis = shd.data_axis_of(x)
-  shd.check_divides(x.shape[0], mesh, axis, "per_example_loss x")
-  x, y_host = check_labelled(apply_fn, variables, x, shd.to_host(y))
-  y = y if shd.data_axis_of(y) == (mesh, axis) else shd.shard_batch(y_host, mesh, axis)
-  y = y.astype(jnp.int32)
+  x, y = check_labelled(apply_fn, variables, x, labels_on_host(y))
+  mesh = mesh_of(x)
   variables = shd.replicate(variables, mesh)
   fn = hashable(apply_fn)
+  outs = [
+    (_losses_jit(fn, variables, batch.x, batch.y), batch.start, batch.real)
+    for batch in feed_arrays(x, y, batch_size, mesh=mesh, what="x/y")
+  ]
   out = np.empty(x.shape[0], np.float32)
-  for (xb, yb), index in shd.sample_batches((x, y), batch_size):
-    out[index] = shd.to_host(_losses_jit(fn, variables, xb, yb))
+  for values, start, real in outs:
+    out[start : start + real] = shd.to_host(values)[:real]
   return out
 
 
-def _curvature(apply_fn, variables, x, y, key, h, num_probes):
+def _curvature(apply_fn, variables, x, y, keys, h, num_probes):
+  """`input_curvature` of a batch of ``len(keys)`` blocks side by side (`curvature_layout`),
+  block j's probes drawn from ``keys[j]`` for its rows alone."""
+
   def grad_x(xx):
     return jax.grad(lambda z: jnp.sum(model_cross_entropy(apply_fn, variables, z, y)))(xx)
 
   g0 = grad_x(x)
+  rows = len(x) // len(keys)
 
   def probe(carry, k):
-    r = jax.random.rademacher(k, x.shape, x.dtype)
-    g1 = grad_x(x + h * r)
+    draw = jax.vmap(lambda kj: jax.random.rademacher(kj, (rows, *x.shape[1:]), x.dtype))(k)
+    g1 = grad_x(x + h * draw.reshape(x.shape))
     return carry + jnp.sum((g1 - g0).reshape(len(x), -1) ** 2, axis=1), None
 
-  total, _ = jax.lax.scan(probe, jnp.zeros(len(x)), jax.random.split(key, num_probes))
+  probe_keys = jax.vmap(lambda kj: jax.random.split(kj, num_probes))(keys)  # (blocks, P)
+  total, _ = jax.lax.scan(probe, jnp.zeros(len(x)), jnp.swapaxes(probe_keys, 0, 1))
   return total / num_probes
 
 
@@ -155,9 +145,9 @@ def input_curvature(
     apply_fn: eval-mode forward.
     variables: model variables.
     x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis
-      (`sap_jax.sharding.shard_batch`); then each device scores its own samples, with
-      the very probes one process draws (see `sharded_curvature`), and only the N
-      scores cross to the host.
+      (`sap_jax.sharding.shard_batch`); then each device scores its share of every
+      batch, with the very probes one process draws (`curvature_layout`), and only the
+      N scores cross to the host.
     y: integer labels (N,) (a host array, or sharded like ``x``).
     h: finite-difference step.
     num_probes: number of random probes averaged.
@@ -170,8 +160,8 @@ def input_curvature(
     float32[N] curvature scores (lower = more trusted).
   """
 
-  def step(fn, xb, yb, key, real):
-    return curvature_of_batch("curvature", fn, variables, xb, yb, key, real, h, num_probes)
+  def step(fn, variables, xb, yb, keys, reals):
+    return curvature_of_batch("curvature", fn, variables, xb, yb, keys, reals, h, num_probes)
 
   return _batch_scores(
     "curvature", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
@@ -179,31 +169,50 @@ def input_curvature(
 
 
 def _batch_scores(kind, step, apply_fn, variables, x, y, h, num_probes, seed, batch_size):
-  """The curvature score ``kind`` of every sample: `sharded_curvature` for a global
-  array, else ``step(fn, xb, yb, key, real)`` on each padded batch of consecutive
-  samples, batch i with ``key = fold_in(PRNGKey(seed), i)``."""
+  """The curvature score ``kind`` of every sample: ``step(fn, variables, xb, yb, keys,
+  reals)`` on each feeder batch of `curvature_layout` (batches of consecutive samples,
+  batch i with ``key = fold_in(PRNGKey(seed), i)``, one per device), wherever ``x``
+  lives."""
   if h <= 0 or num_probes < 1:
     raise ValueError(f"Need h > 0 and num_probes ≥ 1, got h={h}, num_probes={num_probes}.")
-  if shd.is_global(x):
-    return sharded_curvature(
-      apply_fn,
-      variables,
-      x,
-      y,
-      kind,
-      h=h,
-      num_probes=num_probes,
-      seed=seed,
-      batch_size=batch_size,
-    )
-  x, y = check_labelled(apply_fn, variables, x, y)
-  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
+  x, y = check_labelled(apply_fn, variables, x, labels_on_host(y))
+  x = as_input(x)
+  x = x if x.dtype == np.float32 else x.astype(np.float32)
+  mesh = mesh_of(x)
+  variables = shd.replicate(variables, mesh)
+  n, blocks = x.shape[0], shd.num_shards(mesh)
+  stream, size, rows = curvature_layout(n, batch_size, blocks)
   fn = hashable(apply_fn)
   key = jax.random.PRNGKey(seed)
-  out = []
-  for i, ((xb, yb), real) in enumerate(padded_batches(x, y, batch_size=batch_size)):
-    out.append(np.asarray(step(fn, xb, yb, jax.random.fold_in(key, i), real))[:real])
-  return np.concatenate(out).astype(np.float32)
+  outs = []
+  for t, batch in enumerate(feed_arrays(x, y, size, mesh=mesh, indices=stream, what="x/y")):
+    keys, reals, real = layout_batch(key, t, blocks, rows, n)
+    outs.append((step(fn, variables, batch.x, batch.y, keys, reals), real))
+  return np.concatenate([shd.to_host(v)[:real] for v, real in outs]).astype(np.float32)
+
+
+def curvature_layout(n: int, batch_size: int, blocks: int) -> tuple[np.ndarray, int, int]:
+  """The stream that gives the feeder the curvature scores' batches on ``blocks`` devices.
+
+  Both curvature estimators draw their probes per batch of ``b = min(batch_size, n)``
+  consecutive samples (batch i: ``fold_in(PRNGKey(seed), i)``, row r's probe for the
+  batch's r-th sample), and the published one divides by the batch's size, so every
+  device count must score those very batches: batch i is samples ``i·b … i·b + b − 1``
+  (the last one padded with sample 0, as `sap_jax.batching.padded_batches` pads). A
+  feeder batch holds ``blocks`` of them side by side, one per device (`layout_batch`), so
+  every device runs one process's program on one process's batch; the last feeder batch
+  is filled up with batches of sample 0 that count nothing.
+
+  Returns:
+    ``(stream, blocks · b, b)``: the source indices, to feed in batches of ``blocks · b``.
+  """
+  b = min(batch_size, n)
+  count = -(-n // b)  # one process's batches
+  batches = -(-count // blocks) * blocks
+  positions = np.arange(batches)[:, None] * b + np.arange(b)
+  return np.where(positions < n, positions, 0).reshape(-1), blocks * b, b
 
 
 def rademacher_probes(key: jax.Array, num_probes: int, shape: tuple[int, ...]) -> jax.Array:
@@ -215,18 +224,28 @@ def rademacher_probes(key: jax.Array, num_probes: int, shape: tuple[int, ...]) -
   return jax.random.rademacher(key, (num_probes, *shape), jnp.float32)
 
 
-def _published_curvature(apply_fn, variables, x, y, probes, real, h):
-  """Published estimator on one (padded) batch: only the first ``real`` samples count."""
-  mask = (jnp.arange(len(x)) < real).astype(x.dtype)
-  return _published_masked(apply_fn, variables, x, y, probes, mask, real, h)
+def _published_curvature(apply_fn, variables, x, y, keys, reals, h, num_probes):
+  """Published estimator on a batch of ``len(keys)`` blocks side by side
+  (`curvature_layout`): block j's probes drawn from ``keys[j]`` for its rows alone
+  (`rademacher_probes`), its first ``reals[j]`` rows counting, its loss the mean over
+  them (a block of none adds nothing)."""
+  blocks = len(keys)
+  rows = len(x) // blocks
+  probes = jax.vmap(lambda k: rademacher_probes(k, num_probes, (rows, *x.shape[1:])))(keys)
+  probes = jnp.swapaxes(probes, 0, 1).reshape((num_probes, *x.shape))
+  mask = (jnp.arange(rows)[None, :] < reals[:, None]).reshape(-1).astype(x.dtype)
+  return _published_masked(apply_fn, variables, x, y, probes, mask, reals, h)
 
 
-def _published_masked(apply_fn, variables, x, y, probes, mask, real, h):
-  """Published estimator on one batch of ``real`` samples, those where ``mask`` is 1."""
+def _published_masked(apply_fn, variables, x, y, probes, mask, reals, h):
+  """Published estimator on a batch of ``len(reals)`` blocks side by side, block j of
+  ``reals[j]`` samples (those where ``mask`` is 1)."""
+  blocks = len(reals)
 
   def mean_loss(z):
-    # The batch-mean cross-entropy over the real samples (PyTorch's F.cross_entropy).
-    return jnp.sum(model_cross_entropy(apply_fn, variables, z, y) * mask) / real
+    # Each block's mean cross-entropy over its real samples (PyTorch's F.cross_entropy).
+    losses = (model_cross_entropy(apply_fn, variables, z, y) * mask).reshape(blocks, -1)
+    return jnp.sum(jnp.sum(losses, axis=1) / jnp.maximum(reals, 1.0))
 
   def probe(carry, v):
     v = h * (v + 1e-7)  # the published code's probe: h · (±1 + 1e-7)
@@ -237,7 +256,7 @@ def _published_masked(apply_fn, variables, x, y, probes, mask, real, h):
   return total / probes.shape[0]
 
 
-_published_curvature_jit = jax.jit(_published_curvature, static_argnums=0)
+_published_curvature_jit = jax.jit(_published_curvature, static_argnums=(0, 7))
 
 
 def published_curvature(
@@ -267,9 +286,8 @@ def published_curvature(
     apply_fn: eval-mode forward.
     variables: model variables.
     x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis;
-      then each device scores its own samples, each in its global batch of one process,
-      with that batch's probes and size (see `sharded_curvature`), and only the N scores
-      cross to the host.
+      then each device scores its share of every batch of one process, with that batch's
+      probes and size (`curvature_layout`), and only the N scores cross to the host.
     y: integer labels (N,) (a host array, or sharded like ``x``).
     h: finite-difference step.
     num_probes: number of probes averaged (published: 10).
@@ -281,9 +299,9 @@ def published_curvature(
     float32[N] scores (lower = more trusted).
   """
 
-  def step(fn, xb, yb, key, real):
+  def step(fn, variables, xb, yb, keys, reals):
     return curvature_of_batch(
-      "curvature_published", fn, variables, xb, yb, key, real, h, num_probes
+      "curvature_published", fn, variables, xb, yb, keys, reals, h, num_probes
     )
 
   return _batch_scores(
@@ -292,75 +310,33 @@ def published_curvature(
 
 
 def curvature_of_batch(kind, apply_fn, variables, x, y, key, real, h, num_probes):
-  """One batch's curvature scores (``kind``: "curvature" or "curvature_published"), the
-  batch padded to its compiled shape with only its first ``real`` samples counting, and
-  ``key`` its probes' key (batch i: ``fold_in(PRNGKey(seed), i)``): the step of
-  `input_curvature` and `published_curvature`, and of their streamed form
-  (`sap_jax.streaming.scores`). A global batch on a mesh gives one device's scores."""
+  """One batch's curvature scores (``kind``: "curvature" or "curvature_published"): the
+  step of `input_curvature` and `published_curvature`, and of their streamed form
+  (`sap_jax.streaming.scores`).
+
+  ``key`` and ``real``: the probes' key (batch i: ``fold_in(PRNGKey(seed), i)``) and how
+  many of the batch's first samples count, the batch padded to its compiled shape. Or
+  ``(blocks,)`` keys and counts: the batch is then ``blocks`` such batches side by side
+  (`curvature_layout`: one per device of a mesh), each scored as if alone."""
+  keys = jnp.reshape(key, (-1, *jnp.shape(key)[-1:]))
   if kind == "curvature":
-    return _curvature_jit(apply_fn, variables, x, y, key, h, num_probes)
-  probes = rademacher_probes(key, num_probes, x.shape)
-  return _published_curvature_jit(apply_fn, variables, x, y, probes, jnp.float32(real), h)
+    return _curvature_jit(apply_fn, variables, x, y, keys, h, num_probes)
+  reals = jnp.reshape(jnp.asarray(real, jnp.float32), (-1,))
+  return _published_curvature_jit(apply_fn, variables, x, y, keys, reals, h, num_probes)
 
 
-def _sharded_curvature_body(apply_fn, kind, num_probes, bs, n, share):
-  """shard_map body: one device's rows of its current global batch, scored.
-
-  ``offset``: where the batch starts in this device's samples (rows outside
-  ``[0, share)`` belong to other devices and are masked), ``batch``: its index.
-  """
-
-  def body(variables, x, y, offset, batch, key, h):
-    rows = offset[0] + jnp.arange(bs)
-    valid = (rows >= 0) & (rows < share)
-    index = jnp.clip(rows, 0, share - 1)
-    xb = jnp.take(x, index, axis=0).astype(jnp.float32)
-    yb = jnp.take(y, index, axis=0).astype(jnp.int32)
-    k = jax.random.fold_in(key, batch[0])
-    if kind == "curvature":
-      return _curvature(apply_fn, variables, xb, yb, k, h, num_probes)
-    probes = rademacher_probes(k, num_probes, xb.shape)
-    real = jnp.minimum(bs, n - batch[0] * bs).astype(jnp.float32)
-    return _published_masked(apply_fn, variables, xb, yb, probes, valid.astype(xb.dtype), real, h)
-
-  return body
+def layout_batch(
+  key: jax.Array, t: int, blocks: int, rows: int, n: int
+) -> tuple[jax.Array, np.ndarray, int]:
+  """Batch ``t`` of `curvature_layout`: its blocks' keys (``fold_in(key, i)`` for the
+  batch i of ``rows`` samples each holds), their counts of real samples, and how many of
+  its first rows are real samples (``start = t · blocks · rows`` onward)."""
+  ids = t * blocks + np.arange(blocks)
+  reals = np.clip(n - ids * rows, 0, rows)
+  return _fold_in_each(key, ids.astype(np.uint32)), reals, int(reals.sum())
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
-def _sharded_curvature_jit(
-  apply_fn, kind, num_probes, bs, n, mesh, axis, variables, x, y, offset, batch, key, h
-):
-  share = x.shape[0] // shd.num_shards(mesh, axis)
-  body = _sharded_curvature_body(apply_fn, kind, num_probes, bs, n, share)
-  spec = P(axis)
-  specs = (P(), P(axis, *([None] * (x.ndim - 1))), spec, spec, spec, P(), P())
-  fn = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)
-  return fn(variables, x, y, offset, batch, key, h)
-
-
-def curvature_schedule(n: int, shards: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Which global batch each device scores at each step of `sharded_curvature`.
-
-  One process cuts N samples into consecutive batches of ``b = min(batch_size, N)``;
-  device d holds samples ``[d·s, (d+1)·s)`` (s = N / shards), which meet batches
-  ``⌊d·s / b⌋ … ⌊((d+1)·s − 1) / b⌋``. Step t gives device d the t-th of them (a device
-  with fewer gets an empty step: offset s, batch 0).
-
-  Returns:
-    Per step ``(offset, batch)``, both int32[shards]: where the batch starts in device
-    d's own samples (``batch · b − d·s``, negative when it began on the previous
-    device), and the batch's index.
-  """
-  share, b = n // shards, min(batch_size, n)
-  d = np.arange(shards)
-  first, last = d * share // b, ((d + 1) * share - 1) // b
-  out = []
-  for t in range(int((last - first).max()) + 1):
-    batch = first + t
-    active = batch <= last
-    offset = np.where(active, batch * b - d * share, share).astype(np.int32)
-    out.append((offset, np.where(active, batch, 0).astype(np.int32)))
-  return out
+_fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
 
 
 def sharded_curvature(
@@ -377,26 +353,12 @@ def sharded_curvature(
 ) -> np.ndarray:
   """`input_curvature` (``kind="curvature"``) or `published_curvature`
   (``"curvature_published"``) of a global array sharded over a mesh's data axis, equal
-  to one process's scores of the same samples.
-
-  Both estimators draw their probes per batch of ``b = min(batch_size, N)`` consecutive
-  samples (batch i: ``fold_in(PRNGKey(seed), i)``, a (num_probes, b, …) draw, row r for
-  the batch's r-th sample), and the published one divides by the batch's size. So each
-  device runs, step by step (`curvature_schedule`), the global batches that meet its own
-  samples: the b rows of batch i as one process lays them out, those of other devices
-  masked (a local gather within the device; no sample crosses devices), the same
-  probes drawn on the device from the same key, the true batch size as the mean's
-  divisor. A sample's score depends only on its own row (an eval-mode forward in which
-  no sample sees another; one whose outputs mixed samples would make even one
-  process's scores depend on its padding), so every score equals one process's to float
-  tolerance (bit-identical on CPU in the tests). Cost: each device runs at most
-  ⌈s / b⌉ + 1 batches of b rows for its s samples (b ≤ s wastes at most two batches
-  per device; b > s runs b rows for s), and only the scores (b per device per step)
-  cross to the host.
+  to one process's scores of the same samples: the batches of `curvature_layout`, each
+  spread over the devices.
 
   Args:
     apply_fn, variables: the model (eval-mode forward).
-    x: (N, …) inputs sharded over a mesh's data axis, N a multiple of its devices.
+    x: (N, …) inputs sharded over a mesh's data axis.
     y: (N,) integer labels, sharded like ``x`` or a host array.
     kind: "curvature" or "curvature_published".
     h, num_probes, seed, batch_size: as `input_curvature` / `published_curvature`.
@@ -406,54 +368,22 @@ def sharded_curvature(
   """
   if kind not in ("curvature", "curvature_published"):
     raise ValueError(f'kind must be "curvature" or "curvature_published", got {kind!r}.')
-  found = shd.data_axis_of(x)
-  if found is None:
+  if shd.data_axis_of(x) is None:
     raise ValueError(
       "sharded_curvature needs a global array sharded over a mesh's data axis "
       "(sap_jax.sharding.shard_batch); for a host array use input_curvature or "
       "published_curvature."
     )
-  mesh, axis = found
-  n = x.shape[0]
-  shards = shd.num_shards(mesh, axis)
-  shd.check_divides(n, mesh, axis, f"{kind} x")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be ≥ 1, got {batch_size}.")
-  x, y_host = check_labelled(apply_fn, variables, x, shd.to_host(y))
-  y = y if shd.data_axis_of(y) == (mesh, axis) else shd.shard_batch(y_host, mesh, axis)
-  variables = shd.replicate(variables, mesh)
-  key = shd.replicate(jax.random.PRNGKey(seed), mesh)
-  hh = shd.replicate(np.float32(h), mesh)
-  fn, b = hashable(apply_fn), min(batch_size, n)
-  static = (fn, kind, num_probes, b, n, mesh, axis)
-  steps = curvature_schedule(n, shards, batch_size)
-  got = [
-    _sharded_curvature_jit(
-      *static,
-      variables,
-      x,
-      y,
-      shd.shard_starts(o, mesh, axis),
-      shd.shard_starts(i, mesh, axis),
-      key,
-      hh,
-    )
-    for o, i in steps
-  ]
-  share, out = n // shards, np.empty(n, np.float32)
-  for (offset, _), scores in zip(steps, got):
-    rows = offset[:, None] + np.arange(b)  # (shards, b): rows in each device's samples
-    keep = (rows >= 0) & (rows < share)
-    samples = rows + np.arange(shards)[:, None] * share
-    out[samples[keep]] = shd.to_host(scores).reshape(shards, b)[keep]
-  return out
+  score = input_curvature if kind == "curvature" else published_curvature
+  return score(
+    apply_fn, variables, x, y, h=h, num_probes=num_probes, seed=seed, batch_size=batch_size
+  )
 
 
 JITTED = {
   "trusted.losses": _losses_jit,
   "trusted.curvature": _curvature_jit,
   "trusted.published_curvature": _published_curvature_jit,
-  "trusted.sharded_curvature": _sharded_curvature_jit,
 }
 """The module-level compiled programs (see `sap_jax.compile_cache`)."""
 

@@ -9,9 +9,9 @@ import numpy as np
 import sap_jax as sj
 from sap_jax import sharding as shd
 from sap_jax import source_pipeline, streaming
-from sap_jax.data.feeder import feed
+from sap_jax.data.feeder import feed, feed_arrays
 from sap_jax.data.sources import ArraySource
-from sap_jax.evaluation import predict_logits
+from sap_jax.evaluation import fit_fraction, predict_logits
 from sap_jax.train import train_model
 from sap_jax.train_config import TrainConfig
 from sap_jax.trusted import trusted_set
@@ -78,6 +78,69 @@ def main():
   for u, v in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
     np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
   print("feeder child: ok")
+  global_arrays(apply_fn, variables, x, y)
+  print("global arrays: ok")
+
+
+def _fields(batches):
+  return [
+    (np.asarray(b.x), None if b.y is None else np.asarray(b.y), np.asarray(b.mask),
+     np.asarray(b.index), b.start, b.real)
+    for b in batches
+  ]  # fmt: skip
+
+
+def _same_batches(got, want):
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    for u, v in zip(g, w):
+      np.testing.assert_array_equal(u, v)
+
+
+def global_arrays(apply_fn, variables, x, y):
+  """Global arrays through the feeder: the same batches as their host copies, and every
+  array phase equal to one device, N not a multiple of the devices (a 5-device mesh:
+  JAX builds no array of 45 samples sharded 8 ways) and batches that do not divide N."""
+  mesh8 = shd.data_mesh()
+  xs, ys = shd.shard_batch(x[:40], mesh8), shd.shard_batch(y[:40], mesh8)
+  for kw in ({}, {"indices": np.array([3, 39, 0, 17, 17, 8, 22, 31, 5, 11, 1])}):
+    got = list(feed_arrays(xs, ys, 12, **kw))  # 12 → 16: 2 per device
+    assert all(b.x.sharding.spec[0] == shd.DATA_AXIS for b in got)
+    assert all(b.y.sharding == b.mask.sharding == b.index.sharding for b in got)
+    want = _fields(feed_arrays(x[:40], y[:40], 12, mesh=mesh8, **kw))
+    _same_batches(_fields(got), want)
+    _same_batches(want, _fields(feed(ArraySource(x[:40], y[:40]), 12, mesh=mesh8, **kw)))
+    _same_batches(_fields(feed_arrays(xs, y[:40], 12, **kw)), want)  # host labels
+  mesh5 = shd.data_mesh(jax.devices()[:5])
+  n = len(x)  # 45: 9 per device of mesh5, not a multiple of 8
+  cases = ((shd.shard_batch(x, mesh5), shd.shard_batch(y, mesh5), 16), (xs, ys, 12))
+  for xg, yg, bs in cases:
+    m = xg.shape[0]
+    e = sj.evaluate(apply_fn, variables, xg, yg, batch_size=bs)
+    e1 = sj.evaluate(apply_fn, variables, x[:m], y[:m], batch_size=bs)
+    assert e["accuracy"] == e1["accuracy"], (e, e1)
+    np.testing.assert_allclose(e["loss"], e1["loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+      predict_logits(apply_fn, variables, xg, batch_size=bs),
+      predict_logits(apply_fn, variables, x[:m], batch_size=bs),
+      rtol=1e-5,
+      atol=1e-6,
+    )
+    np.testing.assert_allclose(
+      sj.per_example_loss(apply_fn, variables, xg, yg, batch_size=bs),
+      sj.per_example_loss(apply_fn, variables, x[:m], y[:m], batch_size=bs),
+      rtol=1e-5,
+      atol=1e-6,
+    )
+    scores = ("loss", "curvature", "curvature_published") if bs == 16 else ("loss",)
+    for score in scores:  # the curvature scores once: each compiles two gradients
+      kw = dict(score=score, batch_size=bs, seed=2)
+      t = trusted_set(apply_fn, variables, xg, yg, 20, **kw)
+      np.testing.assert_array_equal(t, trusted_set(apply_fn, variables, x[:m], y[:m], 20, **kw))
+    mask = np.arange(m) % 3 == 0
+    f = fit_fraction(apply_fn, variables, xg, yg, mask)
+    assert f == fit_fraction(apply_fn, variables, x[:m], y[:m], mask)
+  assert n % 8
 
 
 if __name__ == "__main__":

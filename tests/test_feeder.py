@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sap_jax.data.feeder import batch_layout, feed, sample_rng
+from sap_jax.data.feeder import batch_layout, feed, feed_arrays, sample_rng
 from sap_jax.data.sources import ArraySource
 from tests.child_processes import run_devices_child
 
@@ -142,6 +142,27 @@ def test_bad_arguments_are_refused_before_any_read(kw, message):
   assert reads == []
 
 
-def test_eight_devices_pad_mask_and_equal_one_device():
-  proc = run_devices_child(["tests.feeder_child"], devices=8)
-  assert "feeder child: ok" in proc.stdout, proc.stdout[-2000:]
+@pytest.fixture(scope="module")
+def eight_devices():
+  return run_devices_child(["tests.feeder_child"], devices=8)
+
+
+def test_eight_devices_pad_mask_and_equal_one_device(eight_devices):
+  assert "feeder child: ok" in eight_devices.stdout, eight_devices.stdout[-2000:]
+
+
+def test_global_arrays_feed_their_host_batches_and_every_phase_equals_one_device(eight_devices):
+  """tests/feeder_child.py `global_arrays`: the feeder over a global array yields the
+  batches (values, masks, indices) of its host copy; evaluate, predict_logits,
+  per_example_loss, fit_fraction and every trusted score on 40 samples over 8 devices
+  and 45 over 5 (batches that divide neither) equal one device's."""
+  assert "global arrays: ok" in eight_devices.stdout, eight_devices.stdout[-2000:]
+
+
+@pytest.mark.parametrize("indices", [None, np.array([5, 2, 22, 0, 9, 7, 7])])
+def test_host_arrays_feed_the_batches_of_their_source(indices):
+  src = _source(23)
+  got = _gather(feed_arrays(src.x, src.y, 10, indices=indices))
+  want = _gather(feed(src, 10, indices=indices))
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(np.concatenate(a), np.concatenate(b))

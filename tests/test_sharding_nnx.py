@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from sap_jax.trusted import curvature_schedule
+from sap_jax.trusted import curvature_layout
 from tests.child_processes import run_devices_child
 
 
@@ -49,21 +49,19 @@ def test_trusted_sets_by_curvature_on_sharded_arrays_equal_one_device(child):
 
 @pytest.mark.parametrize("n, shards, batch", [(96, 8, 7), (96, 8, 20), (96, 8, 12), (96, 8, 500)])
 @pytest.mark.parametrize("extra", [0, 1])
-def test_curvature_schedule_gives_every_sample_its_row_of_its_batch_once(n, shards, batch, extra):
-  n = n * (1 + extra)  # also 192 samples: 24 per device
-  share, b = n // shards, min(batch, n)
+def test_curvature_layout_gives_every_sample_its_row_of_its_batch_once(n, shards, batch, extra):
+  n = n * (1 + extra) + extra  # also 193 samples: not a multiple of the devices
+  stream, size, b = curvature_layout(n, batch, shards)
+  assert b == min(batch, n) and size == shards * b  # one process's batch on each device
+  batches = stream.reshape(-1, b)
+  assert len(batches) % shards == 0 and len(batches) - shards < -(-n // b) <= len(batches)
   seen = []
-  for offset, index in curvature_schedule(n, shards, batch):
-    for d in range(shards):
-      for r in range(b):
-        local = offset[d] + r
-        if 0 <= local < share:  # row r of batch index[d] is this device's sample
-          sample = d * share + local
-          assert sample == index[d] * b + r  # one process's row of that batch
-          seen.append(sample)
-  assert sorted(seen) == list(range(n))  # every sample once
-  # at most ⌈share / b⌉ + 1 steps, so each device runs about its own share
-  assert len(curvature_schedule(n, shards, batch)) <= -(-share // b) + 1
+  for i, row in enumerate(batches):
+    real = max(0, min(b, n - i * b))
+    np.testing.assert_array_equal(row[:real], i * b + np.arange(real))  # one process's rows
+    assert (row[real:] == 0).all()  # the padding: sample 0, its scores dropped
+    seen.extend(row[:real].tolist())
+  assert seen == list(range(n))  # every sample once
 
 
 def test_nnx_losses_and_evaluation_on_sharded_arrays_equal_one_device(child):
