@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from sap_jax import augmentation, multihost
 from sap_jax import init_from as pretrained_init
 from sap_jax import sharding as shd
-from sap_jax.data.feeder import Transform, default_mesh
+from sap_jax.data.feeder import Transform, default_mesh, labels_on_host
 from sap_jax.data.sources import ArraySource, first_input, is_source
 from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply
@@ -52,11 +52,10 @@ from sap_jax.train_state import (
   variables_of,
 )
 from sap_jax.training_data import (
-  array_batches,
   checked_training_data,
   checked_training_source,
+  epoch_batches_of,
   first_sample,
-  source_batches,
   training_mesh,
 )
 from sap_jax.training_step import RunRngs, jitted_train_step, run_rngs, train_step
@@ -213,8 +212,7 @@ def train_model(
     shape = first_input(x, "training source").shape[1:] if is_source(x) else np.shape(x)[1:]
     transform = augmentation.training_transform(config.augment, dataset, shape)
   pretrained = None if init_from is None else pretrained_init.pretrained_arrays(init_from, model)
-  streamed = is_source(x)
-  if streamed:
+  if is_source(x):
     mesh = default_mesh() if mesh is None else mesh
     shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
     x, y, val = checked_training_source(model, x, y, x_val, y_val, config)
@@ -227,13 +225,10 @@ def train_model(
     mesh = training_mesh(x, x_val, mesh)
     if mesh is not None:
       shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
-    if isinstance(y, jax.Array) and shd.is_global(y):
-      y = shd.to_host(y)
-    if isinstance(y_val, jax.Array) and shd.is_global(y_val):
-      y_val = shd.to_host(y_val)
+    y, y_val = labels_on_host(y), labels_on_host(y_val)  # the checks read every label
     x, y, val = checked_training_data(model, x, y, x_val, y_val, config)
     if transform is not None:  # augmented: read per sample through the feeder
-      x, y, streamed = ArraySource(x, y), None, True
+      x, y = ArraySource(x, y), None
       mesh = default_mesh() if mesh is None else mesh
   start_time = time.perf_counter()
   n_train = len(x)  # a source must keep it (checked every epoch)
@@ -257,10 +252,7 @@ def train_model(
   bar = tqdm(range(config.epochs), disable=None if progress else True, desc="train", unit="epoch")
   for epoch in bar:
     lr = float(schedule(int(state.step)))
-    if streamed:
-      batches = source_batches(x, n_train, config, rngs, epoch, mesh, transform, workers)
-    else:
-      batches = array_batches(x, y, config, rngs, mesh)
+    batches = epoch_batches_of(x, y, n_train, config, rngs, epoch, mesh, transform, workers)
     state, entry = _train_epoch(state, batches, n_train, config, rngs, epoch)
     entry = {"epoch": epoch + 1, **entry, "lr": lr}
     stop = False

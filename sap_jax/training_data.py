@@ -15,7 +15,7 @@ import numpy as np
 
 from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
-from sap_jax.data.feeder import feed
+from sap_jax.data.feeder import feed, feed_arrays
 from sap_jax.data.sources import check_length, first_input, is_source, source_length
 from sap_jax.evaluation import check_xy
 from sap_jax.input_checks import check_labels
@@ -24,11 +24,10 @@ from sap_jax.train_state import model_output_width
 from sap_jax.training_step import RunRngs
 
 __all__ = [
-  "array_batches",
+  "epoch_batches_of",
   "checked_training_data",
   "checked_training_source",
   "first_sample",
-  "source_batches",
   "training_mesh",
 ]
 
@@ -53,14 +52,11 @@ def training_mesh(x, x_val, mesh: jax.sharding.Mesh | None) -> jax.sharding.Mesh
 
 
 def first_sample(x) -> np.ndarray:
-  """``x[:1]`` on the host; of a global array, gathered in place (every process); of a
-  source, its first record's input."""
+  """``x[:1]`` on the host (every process): a source's first record's input, or the first
+  batch the feeder cuts from arrays (a global array's in place, on its devices)."""
   if is_source(x):
     return first_input(x, "training source")
-  if not shd.is_global(x):
-    return x[:1]
-  mesh, axis = shd.data_axis_of(x)
-  return shd.to_host(shd.gather_rows(x, np.zeros(shd.num_shards(mesh, axis), np.int64)))[:1]
+  return shd.to_host(next(iter(feed_arrays(x, batch_size=1, what="x"))).x)[:1]
 
 
 def checked_training_data(model: nn.Module, x, y, x_val, y_val, config: TrainConfig):
@@ -96,34 +92,28 @@ def checked_training_data(model: nn.Module, x, y, x_val, y_val, config: TrainCon
   return x, y, val
 
 
-def array_batches(x, y, config: TrainConfig, rngs: RunRngs, mesh=None):
-  """One epoch's full batches of arrays in a fresh order, where the step runs."""
-  for idx in epoch_batches(rngs.data_order, len(x), config.batch_size, drop_last=True):
-    if shd.is_global(x):  # gathered in place onto the devices a host batch would go to
-      yield shd.gather_rows(x, idx), shd.shard_batch(y[idx], mesh)
-    elif mesh is not None:  # the batch split over the data axis, where the step runs
-      yield shd.shard_batch(x[idx], mesh), shd.shard_batch(y[idx], mesh)
-    else:
-      yield x[idx], y[idx]
-
-
-def source_batches(source, n, config: TrainConfig, rngs: RunRngs, epoch, mesh, transform, workers):
-  """One epoch's full batches of a source of ``n`` samples in a fresh order (the same
-  order as arrays of the same samples get), streamed by the feeder, ``transform`` applied
-  per sample."""
-  check_length(source, n, "training source")
-  order = epoch_batches(rngs.data_order, n, config.batch_size, drop_last=True)
-  for batch in feed(
-    source,
-    config.batch_size,
-    mesh=mesh,
-    indices=order.reshape(-1),
-    transform=transform,
-    seed=config.seed,
-    epoch=epoch,
-    workers=workers,
-    what="training source",
-  ):
+def epoch_batches_of(x, y, n, config: TrainConfig, rngs: RunRngs, epoch, mesh, transform, workers):
+  """One epoch's full batches in a fresh order, ``(inputs, labels)`` where the step runs:
+  the same order for arrays and for a source of the same ``n`` samples, cut by the feeder
+  (`sap_jax.data.feeder.feed` for a source, with ``transform`` applied per sample;
+  `~sap_jax.data.feeder.feed_arrays` for host arrays or a global array on its mesh)."""
+  order = epoch_batches(rngs.data_order, n, config.batch_size, drop_last=True).reshape(-1)
+  if is_source(x):
+    check_length(x, n, "training source")
+    batches = feed(
+      x,
+      config.batch_size,
+      mesh=mesh,
+      indices=order,
+      transform=transform,
+      seed=config.seed,
+      epoch=epoch,
+      workers=workers,
+      what="training source",
+    )
+  else:
+    batches = feed_arrays(x, y, config.batch_size, mesh=mesh, indices=order, what="x")
+  for batch in batches:
     yield batch.x, batch.y
 
 
