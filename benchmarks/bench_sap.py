@@ -553,7 +553,7 @@ def bench_model(name: str, args, meter) -> dict:
 
   import sap_jax as sj
   from sap_jax import stats as st
-  from sap_jax.sweep import default_workers
+  from sap_jax.host_threads import default_workers
 
   dtype = jnp.float64 if args.dtype == "float64" else jnp.float32
   n_trust, b = args.n_trusted, args.batch_size
@@ -742,7 +742,8 @@ def bench_paths(name, args, meter, s, batches, stats, sweep, out, dtype) -> dict
 
   import sap_jax as sj
   from sap_jax import stats as st
-  from sap_jax.sweep import layer_methods, max_workers
+  from sap_jax.decomposition import layer_methods
+  from sap_jax.host_threads import max_workers
 
   apply_fn, v = s["apply_fn"], s["variables"]
   k = len(args.alphas)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the eager imports, for type checkers and editors
   from sap_jax.batching import batched
   from sap_jax.correction import correct
+  from sap_jax.decomposition import Decomposition, apply_alpha, decompose
   from sap_jax.evaluation import evaluate
   from sap_jax.influence import Influence, trusted_influence
   from sap_jax.layers import select_layers
@@ -58,12 +59,9 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and editors
   from sap_jax.stats import LayerStats, Layout, activation_rows, activation_stats, conv_patches
   from sap_jax.sweep import (
     DEFAULT_ALPHAS,
-    Decomposition,
     SplitScores,
     SweepResult,
-    apply_alpha,
     choose_alpha,
-    decompose,
     score_alphas,
     sweep_alpha,
   )
@@ -82,6 +80,9 @@ __version__ = "0.1.0"
 _HOMES: dict[str, str] = {
   "batched": "sap_jax.batching",
   "correct": "sap_jax.correction",
+  "Decomposition": "sap_jax.decomposition",
+  "apply_alpha": "sap_jax.decomposition",
+  "decompose": "sap_jax.decomposition",
   "evaluate": "sap_jax.evaluation",
   "Influence": "sap_jax.influence",
   "trusted_influence": "sap_jax.influence",
@@ -111,12 +112,9 @@ _HOMES: dict[str, str] = {
   "activation_stats": "sap_jax.stats",
   "conv_patches": "sap_jax.stats",
   "DEFAULT_ALPHAS": "sap_jax.sweep",
-  "Decomposition": "sap_jax.sweep",
   "SplitScores": "sap_jax.sweep",
   "SweepResult": "sap_jax.sweep",
-  "apply_alpha": "sap_jax.sweep",
   "choose_alpha": "sap_jax.sweep",
-  "decompose": "sap_jax.sweep",
   "score_alphas": "sap_jax.sweep",
   "sweep_alpha": "sap_jax.sweep",
   "input_curvature": "sap_jax.trusted",

@@ -26,7 +26,7 @@ LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 def compiled_functions() -> dict[str, Callable[..., Any]]:
   """name → jitted function, for every module-level program of the SAP core."""
-  from sap_jax import correction, evaluation, spread_eigh, stats, sweep, trusted
+  from sap_jax import correction, decomposition, evaluation, spread_eigh, stats, trusted
   from sap_jax.stats import qr
 
   return {
@@ -34,7 +34,7 @@ def compiled_functions() -> dict[str, Callable[..., Any]]:
     **stats.JITTED,
     **qr.JITTED,
     **evaluation.JITTED,
-    **sweep.JITTED,
+    **decomposition.JITTED,
     **spread_eigh.JITTED,
     **correction.JITTED,
   }

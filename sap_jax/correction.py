@@ -52,6 +52,7 @@ from sap_jax import sharding as shd
 from sap_jax import solve as slv
 from sap_jax.arg_checks import check_count, check_layer_range, check_seed, layer_check
 from sap_jax.batching import batched
+from sap_jax.decomposition import Decomposition, apply_alpha, decompose
 from sap_jax.evaluation import check_finite_inputs, evaluate
 from sap_jax.kernels import kernels_of, with_kernels
 from sap_jax.layer_keys import per_layer_alpha
@@ -59,15 +60,7 @@ from sap_jax.layers import exclude_patterns, select_layers
 from sap_jax.spread_eigh import congruence, spread_eigh
 from sap_jax.stats import LayerStats, Layout, activation_stats
 from sap_jax.stats.calls import ALL_CALLS
-from sap_jax.sweep import (
-  DEFAULT_ALPHAS,
-  Decomposition,
-  apply_alpha,
-  check_split,
-  choose_alpha,
-  decompose,
-  sweep_alpha,
-)
+from sap_jax.sweep import DEFAULT_ALPHAS, check_split, choose_alpha, sweep_alpha
 from sap_jax.types import ApplyFn, Path, Variables
 
 Projections = dict[Path, proj.Projection]

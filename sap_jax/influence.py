@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax.data.sources import is_source
+from sap_jax.decomposition import Decomposition
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import as_array, check_inputs
 from sap_jax.kernels import flat_kernel, kernels_of, with_kernels
@@ -47,7 +48,7 @@ from sap_jax.objective import (
   param_dtype,
 )
 from sap_jax.stats import intercepted_rows
-from sap_jax.sweep import Decomposition, check_split
+from sap_jax.sweep import check_split
 from sap_jax.types import ApplyFn, Path, Variables
 
 

@@ -28,10 +28,10 @@ import optax
 from sap_jax import projection as proj
 from sap_jax.data.feeder import feed
 from sap_jax.data.sources import is_source, no_separate_labels, source_length
+from sap_jax.decomposition import Decomposition, corrected_kernels
 from sap_jax.hashable import hashable
 from sap_jax.kernels import with_kernels
 from sap_jax.layer_keys import per_layer_alpha
-from sap_jax.sweep import Decomposition, corrected_kernels
 from sap_jax.types import ApplyFn, Path, Variables
 
 

@@ -24,21 +24,14 @@ from sap_jax.arg_checks import (
 )
 from sap_jax.batching import batched
 from sap_jax.data.sources import input_shape, is_source, no_separate_labels
+from sap_jax.decomposition import Decomposition, apply_alpha, decompose
 from sap_jax.input_checks import as_array, check_labelled
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import exclude_patterns, path_name, select_layers
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
 from sap_jax.stats.calls import ALL_CALLS
-from sap_jax.sweep import (
-  DEFAULT_ALPHAS,
-  Decomposition,
-  SweepResult,
-  apply_alpha,
-  checked_sweep_splits,
-  decompose,
-  sweep_checked,
-)
+from sap_jax.sweep import DEFAULT_ALPHAS, SweepResult, checked_sweep_splits, sweep_checked
 from sap_jax.tuning import TUNE_OPTIONS, TuneResult, check_tune_options, tune_alpha
 from sap_jax.types import ApplyFn
 

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax.data.sources import is_source
+from sap_jax.decomposition import Decomposition
 from sap_jax.objective import batched_loss_and_grad, corrected_loss_sum, log_alpha_of
-from sap_jax.sweep import Decomposition, check_split
+from sap_jax.sweep import check_split
 from sap_jax.types import ApplyFn, Path, Variables
 
 

@@ -74,18 +74,12 @@ def run_sap(
     alpha_chunk: see `score_alphas`.
     Others: as `sap_jax.run_sap`.
   """
+  from sap_jax.decomposition import apply_alpha, decompose
   from sap_jax.kernels import skipped_kernels
   from sap_jax.layers import select_layers
   from sap_jax.pipeline import SAPResult, layer_summary
   from sap_jax.stats import activation_stats
-  from sap_jax.sweep import (
-    CHOICE_SPLIT,
-    DEFAULT_ALPHAS,
-    SweepResult,
-    apply_alpha,
-    choose_alpha,
-    decompose,
-  )
+  from sap_jax.sweep import CHOICE_SPLIT, DEFAULT_ALPHAS, SweepResult, choose_alpha
 
   # Every argument is checked before the first forward (scores, statistics, sweep).
   alphas = check_alpha_grid(DEFAULT_ALPHAS if alphas is None else alphas)

@@ -373,7 +373,8 @@ def score_alphas(
   the parameters. ``alpha_chunk`` bounds that to ``alpha_chunk + 1`` copies, at
   ``⌈len(alphas) / alpha_chunk⌉`` passes over each split.
   """
-  from sap_jax.sweep import SplitScores, apply_alpha
+  from sap_jax.decomposition import apply_alpha
+  from sap_jax.sweep import SplitScores
 
   alphas = np.asarray(alphas, np.float64).reshape(-1)
   chunk = len(alphas) if alpha_chunk is None else int(alpha_chunk)

@@ -37,11 +37,12 @@ import optax
 from sap_jax.arg_checks import is_integer, is_number
 from sap_jax.data.feeder import feed
 from sap_jax.data.sources import first_input, is_source, no_separate_labels, source_length
+from sap_jax.decomposition import Decomposition
 from sap_jax.forward_checks import output_width
 from sap_jax.hashable import hashable
 from sap_jax.layers import path_name
 from sap_jax.objective import corrected_variables, cross_entropy, log_alpha_of
-from sap_jax.sweep import Decomposition, check_split
+from sap_jax.sweep import check_split
 from sap_jax.types import ApplyFn, Path, Variables
 
 DEFAULT_STEPS = 100

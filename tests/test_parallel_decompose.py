@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import sap_jax as sj
+from sap_jax import decomposition as dcm
 from sap_jax import models
 from sap_jax import projection as proj
 from sap_jax import sweep as sw
@@ -173,20 +174,20 @@ def test_a_thread_local_jax_context_keeps_everything_in_the_calling_thread(mlp):
 
 
 def test_default_workers_run_a_small_model_serially(mlp, stats, monkeypatch):
-  PARALLEL_ABOVE = sw.PARALLEL_ABOVE  # noqa: N806 (the module's value, restored below)
+  PARALLEL_ABOVE = dcm.PARALLEL_ABOVE  # noqa: N806 (the module's value, restored below)
   variables = mlp[1]
   seen = []
-  real = sw.run_dearest_first
+  real = dcm.run_dearest_first
 
   def spy(tasks, workers):
     seen.append(workers)
     return real(tasks, workers)
 
-  monkeypatch.setattr(sw, "run_dearest_first", spy)
-  monkeypatch.setattr(sw, "default_workers", lambda: 2)
+  monkeypatch.setattr(dcm, "run_dearest_first", spy)
+  monkeypatch.setattr(dcm, "default_workers", lambda: 2)
   sj.decompose(variables, stats)  # tiny layers: far below PARALLEL_ABOVE
   sj.decompose(variables, stats, workers=2)  # an explicit value is obeyed
-  monkeypatch.setattr(sw, "PARALLEL_ABOVE", 0.0)
+  monkeypatch.setattr(dcm, "PARALLEL_ABOVE", 0.0)
   sj.decompose(variables, stats)
   assert seen == [1, 2, 2]
   # the digits CNN of the demo and the tables (d up to 576) stays on one thread
@@ -194,6 +195,6 @@ def test_default_workers_run_a_small_model_serially(mlp, stats, monkeypatch):
   x = np.zeros((2, 8, 8, 1), np.float32)
   cnn = model.init(jax.random.PRNGKey(0), x)
   cnn_stats = sj.activation_stats(eval_apply_fn(model), cnn, [x])
-  monkeypatch.setattr(sw, "PARALLEL_ABOVE", PARALLEL_ABOVE)
+  monkeypatch.setattr(dcm, "PARALLEL_ABOVE", PARALLEL_ABOVE)
   sj.decompose(cnn, cnn_stats)
   assert seen[-1] == 1

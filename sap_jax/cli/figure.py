@@ -38,7 +38,7 @@ from sap_jax.layers import path_name
 if TYPE_CHECKING:
   from matplotlib.figure import Figure
 
-  from sap_jax.sweep import Decomposition
+  from sap_jax.decomposition import Decomposition
 
 __all__ = [
   "FIGURE",

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sap_jax import decomposition as dcm
 from sap_jax import evaluation, pipeline
 from sap_jax import projection as proj
 from sap_jax import solve as slv
@@ -80,17 +81,17 @@ def decompose(
   consume: bool = False,
   method: str = slv.AUTO,
   n_alphas: int = 1,
-) -> sw.Decomposition:
+) -> dcm.Decomposition:
   """`sap_jax.decompose` of an NNX model's statistics (the α-independent part)."""
-  return sw.decompose(
+  return dcm.decompose(
     functional(model)[1], stats, consume=consume, method=method, n_alphas=n_alphas
   )
 
 
-def apply_alpha(model: nnx.Module, decomposition: sw.Decomposition, alpha: Any) -> nnx.Module:
+def apply_alpha(model: nnx.Module, decomposition: dcm.Decomposition, alpha: Any) -> nnx.Module:
   """A corrected copy of ``model`` at ``alpha`` (scalar or ``{path: α}``)."""
   _, variables = functional(model)
-  return to_model(model, sw.apply_alpha(variables, decomposition, alpha))
+  return to_model(model, dcm.apply_alpha(variables, decomposition, alpha))
 
 
 def project(model: nnx.Module, projections: Mapping[Path, proj.Projection]) -> nnx.Module:
@@ -125,7 +126,7 @@ def trust_scores(model: nnx.Module, x: Any, y: Any, **kwargs: Any) -> np.ndarray
 
 def sweep_alpha(
   model: nnx.Module,
-  stats: Mapping[Path, LayerStats] | sw.Decomposition,
+  stats: Mapping[Path, LayerStats] | dcm.Decomposition,
   alphas: Sequence[float],
   x_val: Any,
   y_val: Any,
@@ -183,7 +184,7 @@ class NNXSAPResult(NamedTuple):
   trusted_indices: np.ndarray
   layers: dict[str, dict[str, Any]]
   timings: dict[str, float]
-  decomposition: sw.Decomposition
+  decomposition: dcm.Decomposition
   skipped: dict[str, str] = {}
   tuning: Any = None
   repeated: tuple = ()
