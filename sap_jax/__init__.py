@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and editors
     projections_from_bases,
     svd_basis,
   )
+  from sap_jax.sample_scores import input_curvature, per_example_loss, trust_scores
   from sap_jax.sensitivity import (
     Sensitivity,
     SensitivityCurve,
@@ -65,13 +66,7 @@ if TYPE_CHECKING:  # the eager imports, for type checkers and editors
     score_alphas,
     sweep_alpha,
   )
-  from sap_jax.trusted import (
-    input_curvature,
-    per_example_loss,
-    rank_by_score,
-    select_trusted,
-    trust_scores,
-  )
+  from sap_jax.trusted import rank_by_score, select_trusted
   from sap_jax.tuning import TuneResult, tune_alpha, tuning_report
   from sap_jax.types import ApplyFn, Path, Variables
 
@@ -101,6 +96,9 @@ _HOMES: dict[str, str] = {
   "projections": "sap_jax.projection",
   "projections_from_bases": "sap_jax.projection",
   "svd_basis": "sap_jax.projection",
+  "input_curvature": "sap_jax.sample_scores",
+  "per_example_loss": "sap_jax.sample_scores",
+  "trust_scores": "sap_jax.sample_scores",
   "Sensitivity": "sap_jax.sensitivity",
   "SensitivityCurve": "sap_jax.sensitivity",
   "alpha_sensitivity": "sap_jax.sensitivity",
@@ -117,11 +115,8 @@ _HOMES: dict[str, str] = {
   "choose_alpha": "sap_jax.sweep",
   "score_alphas": "sap_jax.sweep",
   "sweep_alpha": "sap_jax.sweep",
-  "input_curvature": "sap_jax.trusted",
-  "per_example_loss": "sap_jax.trusted",
   "rank_by_score": "sap_jax.trusted",
   "select_trusted": "sap_jax.trusted",
-  "trust_scores": "sap_jax.trusted",
   "TuneResult": "sap_jax.tuning",
   "tune_alpha": "sap_jax.tuning",
   "tuning_report": "sap_jax.tuning",

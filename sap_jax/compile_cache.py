@@ -26,11 +26,11 @@ LOWERING_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 def compiled_functions() -> dict[str, Callable[..., Any]]:
   """name → jitted function, for every module-level program of the SAP core."""
-  from sap_jax import correction, decomposition, evaluation, spread_eigh, stats, trusted
+  from sap_jax import correction, decomposition, evaluation, sample_scores, spread_eigh, stats
   from sap_jax.stats import qr
 
   return {
-    **trusted.JITTED,
+    **sample_scores.JITTED,
     **stats.JITTED,
     **qr.JITTED,
     **evaluation.JITTED,

@@ -28,6 +28,7 @@ from sap_jax.decomposition import Decomposition, apply_alpha, decompose
 from sap_jax.input_checks import as_array, check_labelled
 from sap_jax.kernels import skipped_kernels
 from sap_jax.layers import exclude_patterns, path_name, select_layers
+from sap_jax.sample_scores import SCORES
 from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
 from sap_jax.stats.calls import ALL_CALLS
@@ -308,8 +309,8 @@ def run_sap(
     raise ValueError('tune_options were given without tune; pass tune="per_layer".')
   n_train = sample_count(x_train, "x_train")
   if trusted is None:
-    if score not in tr.SCORES:
-      raise ValueError(f"Unknown score {score!r}; choose one of {tr.SCORES}.")
+    if score not in SCORES:
+      raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
     n_trusted = check_n_trusted(n_trusted, n_train)
   else:
     trusted = check_trusted_indices(trusted, n_train)

@@ -31,9 +31,9 @@ from sap_jax.arg_checks import (
 from sap_jax.data.feeder import default_mesh
 from sap_jax.data.sources import check_length, first_input, input_shape, is_source, source_length
 from sap_jax.layers import exclude_patterns
+from sap_jax.sample_scores import SCORES
 from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.streaming import score_alphas, stats_batches, trusted_indices
-from sap_jax.trusted import SCORES
 from sap_jax.types import ApplyFn
 
 

@@ -129,7 +129,7 @@ def scores(
   ``min(batch_size, 256)``; `sap_jax.trusted.curvature_layout` on a mesh), so both give
   the same scores on any mesh. ``on_batch``: as `losses`.
   """
-  from sap_jax.trusted import SCORES, curvature_layout, curvature_of_batch, layout_batch
+  from sap_jax.sample_scores import SCORES, curvature_layout, curvature_of_batch, layout_batch
 
   if score not in SCORES:
     raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")
@@ -186,7 +186,7 @@ def trusted_indices(
   Raises:
     ValueError: ``n`` outside ``[1, N]`` or an unknown score, before any read.
   """
-  from sap_jax.trusted import SCORES
+  from sap_jax.sample_scores import SCORES
 
   total = source_length(source, "source")
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:

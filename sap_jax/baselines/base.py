@@ -47,7 +47,8 @@ from sap_jax import train as tr
 from sap_jax.baselines.task import CorrectionResult, CorrectionTask
 from sap_jax.data.feeder import feed
 from sap_jax.data.sources import is_source
-from sap_jax.trusted import per_example_loss, rank_by_score
+from sap_jax.sample_scores import per_example_loss
+from sap_jax.trusted import rank_by_score
 from sap_jax.types import Variables
 
 __all__ = [

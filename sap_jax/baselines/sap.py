@@ -25,8 +25,9 @@ from sap_jax.baselines import base
 from sap_jax.correction import sap_rounds
 from sap_jax.layers import exclude_patterns
 from sap_jax.pipeline import run_sap
+from sap_jax.sample_scores import SCORES
 from sap_jax.sweep import DEFAULT_ALPHAS
-from sap_jax.trusted import SCORES, trusted_set
+from sap_jax.trusted import trusted_set
 
 __all__ = ["TRUSTED_LABELS", "sap_method"]
 

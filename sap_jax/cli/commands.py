@@ -3,7 +3,7 @@
 The edge of the library: argument parsing, files and printing live here; every
 step calls the public functions of the package, and every default and choice
 comes from it (`TrainConfig`'s fields, `RunSpec`'s, `run_sap`'s keyword defaults,
-`DEFAULT_ALPHAS`, `trusted.SCORES`). `main` turns on JAX's persistent compilation cache
+`DEFAULT_ALPHAS`, `sample_scores.SCORES`). `main` turns on JAX's persistent compilation cache
 (`sap_jax.compilation`; global option ``--compilation-cache DIR|off``), so a later command
 in a new process loads the compiled programs of an earlier one instead of compiling them.
 

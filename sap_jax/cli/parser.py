@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from sap_jax import DEFAULT_ALPHAS, run_sap, solve, trusted
+from sap_jax import DEFAULT_ALPHAS, run_sap, sample_scores, solve
 from sap_jax.cli.args import (
   add_layer_call_arg,
   alpha_grid,
@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     help="trusted-set size (paper: 1000; capped at the training size)",
   )
   p.add_argument(
-    "--score", default=sap["score"], choices=trusted.SCORES, help="how to rank trusted samples"
+    "--score",
+    default=sap["score"],
+    choices=sample_scores.SCORES,
+    help="how to rank trusted samples",
   )
   p.add_argument(
     "--class-balanced",

@@ -27,9 +27,9 @@ from flax import nnx
 from sap_jax import decomposition as dcm
 from sap_jax import evaluation, pipeline
 from sap_jax import projection as proj
+from sap_jax import sample_scores as scs
 from sap_jax import solve as slv
 from sap_jax import sweep as sw
-from sap_jax import trusted as tr
 from sap_jax.correction import correct as _correct
 from sap_jax.data.sources import input_shape
 from sap_jax.nnx.functional import functional, to_model
@@ -114,14 +114,14 @@ def evaluate(model: nnx.Module, x: Any, y: Any, batch_size: int = 1024) -> dict[
 def per_example_loss(model: nnx.Module, x: Any, y: Any, *, batch_size: int = 512) -> np.ndarray:
   """`sap_jax.per_example_loss` of an NNX model in eval mode; ``x``, ``y`` host arrays
   or global arrays sharded over a mesh's data axis (only the N losses cross to the host)."""
-  return tr.per_example_loss(*functional(model), x, y, batch_size=batch_size)
+  return scs.per_example_loss(*functional(model), x, y, batch_size=batch_size)
 
 
 def trust_scores(model: nnx.Module, x: Any, y: Any, **kwargs: Any) -> np.ndarray:
   """`sap_jax.trust_scores` (loss or input curvature) of an NNX model in eval mode;
   ``x``, ``y`` host arrays or global arrays sharded over a mesh's data axis (every
   score equals one process's; only the N scores cross to the host)."""
-  return tr.trust_scores(*functional(model), x, y, **kwargs)
+  return scs.trust_scores(*functional(model), x, y, **kwargs)
 
 
 def sweep_alpha(
