@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sap_jax.data.feeder import split
+from sap_jax.data.array_feeder import split
 
 
 def padded_batches(
@@ -56,7 +56,7 @@ def batched(x: Any, batch_size: int) -> list[Any]:
   """Splits an array along its first axis into consecutive batches (the last may be short).
 
   A global array sharded over a mesh's data axis (`sap_jax.sharding`) becomes the
-  feeder's batches of it (`sap_jax.data.feeder.split`: cut on its devices, ``batch_size``
+  feeder's batches of it (`sap_jax.data.array_feeder.split`: cut on its devices, ``batch_size``
   rounded up to a multiple of the devices, the last one padded and masked), as
   `sap_jax.sharding.LocalBatch`es: what `activation_stats` takes.
   """

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax import sharding as shd
-from sap_jax.data.feeder import as_input, feed_arrays, labels_on_host, mesh_of
+from sap_jax.data.array_feeder import as_input, feed_arrays, labels_on_host, mesh_of
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.forward_checks import (
   check_logits_output,
@@ -50,7 +50,7 @@ JITTED = {"evaluation.eval_batch": _eval_batch, "evaluation.predict_batch": _pre
 
 
 def check_finite_inputs(x: Any, what: str) -> np.ndarray | jax.Array:
-  """``x`` as the feeder reads it (`sap_jax.data.feeder.as_input`) after
+  """``x`` as the feeder reads it (`sap_jax.data.array_feeder.as_input`) after
   `sap_jax.input_checks.check_inputs`: refused when None, empty, of an integer dtype
   (``uint8`` images: the message says how to convert) or holding NaN/Inf (``what`` names
   it in the error). The check SAP's entry points make once on their inputs. A global
@@ -85,7 +85,7 @@ def evaluate(
   """Accuracy and mean cross-entropy of ``apply_fn`` on ``(x, y)``.
 
   Batches of ``min(batch_size, N)`` samples from the feeder
-  (`sap_jax.data.feeder.feed_arrays`); the ragged last batch is padded and masked, so one
+  (`sap_jax.data.array_feeder.feed_arrays`); the ragged last batch is padded and masked, so one
   compilation serves every batch.
 
   Args:

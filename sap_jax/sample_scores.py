@@ -25,7 +25,7 @@ scores by 1/batch size, so a short last batch ranks differently).
 
 Every score takes global arrays sharded over a mesh's data axis (`sap_jax.sharding`) as
 well as host arrays, through one path: the feeder's batches
-(`sap_jax.data.feeder.feed_arrays`, cut on the devices for a global array), each device
+(`sap_jax.data.array_feeder.feed_arrays`, cut on the devices for a global array), each device
 scoring its share of every batch; only the N scores cross to the host, equal to one
 process's to float tolerance. The curvature scores draw their probes per batch of
 consecutive samples, so every device count runs the very batches one process runs, with
@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sap_jax import sharding as shd
-from sap_jax.data.feeder import as_input, feed_arrays, labels_on_host, mesh_of
+from sap_jax.data.array_feeder import as_input, feed_arrays, labels_on_host, mesh_of
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.hashable import hashable
 from sap_jax.input_checks import check_labelled
@@ -67,7 +67,7 @@ def per_example_loss(
     variables: model variables.
     x: inputs (N, …): a host array, or a global array sharded over a mesh's data axis
       (`sap_jax.sharding.shard_batch`); then each device computes its share of every
-      batch (`sap_jax.data.feeder.feed_arrays`) and only the N losses cross to the host.
+      batch (`sap_jax.data.array_feeder.feed_arrays`) and only the N losses cross to the host.
     y: integer labels (N,), the labels the model was trained on (a host array, or
       sharded like ``x``); None when ``x`` is a labelled source (`sap_jax.data.sources`,
       streamed: `sap_jax.streaming.losses`).

@@ -28,7 +28,7 @@ from sap_jax.arg_checks import (
   check_trusted_indices,
   layer_check,
 )
-from sap_jax.data.feeder import default_mesh
+from sap_jax.data.feed_layout import default_mesh
 from sap_jax.data.sources import check_length, first_input, input_shape, is_source, source_length
 from sap_jax.layers import exclude_patterns
 from sap_jax.sample_scores import SCORES

@@ -38,7 +38,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sap_jax import sharding as shd
-from sap_jax.data.feeder import Batch, default_mesh, feed, stats_batch
+from sap_jax.data.array_feeder import stats_batch
+from sap_jax.data.feed_layout import Batch, default_mesh
+from sap_jax.data.feeder import feed
 from sap_jax.data.sources import (
   first_input,
   source_length,

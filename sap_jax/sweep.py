@@ -24,7 +24,7 @@ import numpy as np
 
 from sap_jax import solve as slv
 from sap_jax.arg_checks import check_alpha_grid, check_count, check_eval_splits
-from sap_jax.data.feeder import labels_on_host
+from sap_jax.data.array_feeder import labels_on_host
 from sap_jax.data.sources import is_source, no_separate_labels
 from sap_jax.decomposition import (
   JITTED,

@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 from sap_jax import augmentation, multihost
 from sap_jax import init_from as pretrained_init
 from sap_jax import sharding as shd
-from sap_jax.data.feeder import Transform, default_mesh, labels_on_host
+from sap_jax.data.array_feeder import labels_on_host
+from sap_jax.data.feed_layout import default_mesh
+from sap_jax.data.feeder import Transform
 from sap_jax.data.sources import ArraySource, first_input, is_source
 from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
 from sap_jax.hashable import EvalApply

@@ -15,7 +15,8 @@ import numpy as np
 
 from sap_jax import sharding as shd
 from sap_jax.batching import epoch_batches
-from sap_jax.data.feeder import feed, feed_arrays
+from sap_jax.data.array_feeder import feed_arrays
+from sap_jax.data.feeder import feed
 from sap_jax.data.sources import check_length, first_input, is_source, source_length
 from sap_jax.evaluation import check_xy
 from sap_jax.input_checks import check_labels
@@ -96,7 +97,7 @@ def epoch_batches_of(x, y, n, config: TrainConfig, rngs: RunRngs, epoch, mesh, t
   """One epoch's full batches in a fresh order, ``(inputs, labels)`` where the step runs:
   the same order for arrays and for a source of the same ``n`` samples, cut by the feeder
   (`sap_jax.data.feeder.feed` for a source, with ``transform`` applied per sample;
-  `~sap_jax.data.feeder.feed_arrays` for host arrays or a global array on its mesh)."""
+  `~sap_jax.data.array_feeder.feed_arrays` for host arrays or a global array on its mesh)."""
   order = epoch_batches(rngs.data_order, n, config.batch_size, drop_last=True).reshape(-1)
   if is_source(x):
     check_length(x, n, "training source")
