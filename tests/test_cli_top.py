@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import sap_jax
+from sap_jax import cli
 from sap_jax.cli import build_parser, top
 
 HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax")
@@ -98,3 +100,22 @@ def test_names_a_command():
   assert top.names_a_command(["--compilation-cache=off", "correct"])
   assert not top.names_a_command(["--compilation-cache", "train"])  # "train" is the folder
   assert not top.names_a_command(["--help"]) and not top.names_a_command([])
+
+
+def test_every_cli_module_imports_first_in_a_new_process():
+  """Each module of sap_jax.cli imports on its own (no import circle through the package's
+  lazy ``__getattr__``); one process imports them in turn, each after a fresh start of the
+  package's modules."""
+  names = sorted(
+    p.stem for p in Path(cli.__file__).parent.glob("*.py") if p.stem not in {"__init__"}
+  )
+  script = (
+    "import importlib, sys\n"
+    f"for name in {names!r}:\n"
+    "  for m in [m for m in sys.modules if m.startswith('sap_jax')]:\n"
+    "    del sys.modules[m]\n"
+    "  importlib.import_module('sap_jax.cli.' + name)\n"
+    "print('ok')\n"
+  )
+  result = _run("-c", script)
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

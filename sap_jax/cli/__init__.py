@@ -13,6 +13,7 @@ many-device flags and sharded splits), `runs` (a run's data, model and checkpoin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -38,9 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def __getattr__(name: str) -> Any:
-  """The commands module's names (`cmd_train`, `RunSpec`, …), imported on first use."""
+  """A submodule (`figure`, `parser`, …), or a name of the commands module (`cmd_train`,
+  `RunSpec`, …), imported on first use. A submodule is imported by itself, so ``from
+  sap_jax.cli import figure`` inside a command module does not import `commands` (and
+  with it that command module again)."""
   if name.startswith("__"):
     raise AttributeError(name)
+  if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    return importlib.import_module(f"{__name__}.{name}")
   commands = importlib.import_module("sap_jax.cli.commands")
   return commands if name == "commands" else getattr(commands, name)
 
