@@ -16,9 +16,9 @@ import numpy as np
 import sap_jax.nnx as sap_nnx
 from sap_jax import checkpoint, jsonio, run_sap, safe_write
 from sap_jax.cli import figure
-from sap_jax.cli.devices import devices_record, first_process, note, on_devices
+from sap_jax.cli.devices import devices_record, first_process, load_run_on_devices
 from sap_jax.cli.progress import Progress
-from sap_jax.cli.runs import Run, labels_record, load_run
+from sap_jax.cli.runs import Run, labels_record
 from sap_jax.cli.train_command import print_metrics
 from sap_jax.metrics import split_metrics
 from sap_jax.tuning import tuning_report
@@ -96,14 +96,7 @@ def cmd_correct(args) -> int:
   out, report_path, png = _correct_targets(args)
   source = Path(args.checkpoint).absolute()
   progress = Progress(args.quiet)
-  run = load_run(
-    args.checkpoint,
-    data_root=args.data_root,
-    allow_changed_data=args.allow_changed_data,
-    say=note,
-    mesh=args.device_mesh,
-  )
-  splits = on_devices(run.splits, args.device_mesh, progress.say)
+  run, splits = load_run_on_devices(args, progress.say)
   apply_fn, variables = run.apply_fn, run.variables
   n_trusted = min(args.n_trusted, len(splits.x_train))
   result, corrected, saved = _run_sap(

@@ -18,6 +18,7 @@ from sap_jax import (
 from sap_jax import sharding as shd
 from sap_jax.cli.args import positive_int
 from sap_jax.cli.errors import UserError, one_line
+from sap_jax.cli.runs import Run, load_run
 
 
 def note(text: str) -> None:
@@ -289,3 +290,17 @@ def first_process() -> bool:
   import jax
 
   return jax.process_index() == 0
+
+
+def load_run_on_devices(args: argparse.Namespace, say) -> tuple[Run, data.NoisySplits]:
+  """The run of a command's ``checkpoint`` argument (`sap_jax.cli.runs.load_run`, with
+  its ``--data-root``, ``--allow-changed-data`` and device mesh) and its splits placed on
+  that mesh (`on_devices`; ``say`` tells how they were cut)."""
+  run = load_run(
+    args.checkpoint,
+    data_root=args.data_root,
+    allow_changed_data=args.allow_changed_data,
+    say=note,
+    mesh=args.device_mesh,
+  )
+  return run, on_devices(run.splits, args.device_mesh, say)

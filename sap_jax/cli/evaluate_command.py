@@ -7,9 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sap_jax import jsonio, safe_write
-from sap_jax.cli.devices import devices_record, first_process, note, on_devices
+from sap_jax.cli.devices import devices_record, first_process, load_run_on_devices
 from sap_jax.cli.progress import Progress
-from sap_jax.cli.runs import load_run
 from sap_jax.metrics import split_metrics
 
 __all__ = ["cmd_evaluate"]
@@ -24,14 +23,7 @@ def cmd_evaluate(args) -> int:
       protect=[args.checkpoint],
     )
   progress = Progress(args.quiet)
-  run = load_run(
-    args.checkpoint,
-    data_root=args.data_root,
-    allow_changed_data=args.allow_changed_data,
-    say=note,
-    mesh=args.device_mesh,
-  )
-  splits = on_devices(run.splits, args.device_mesh, progress.say)
+  run, splits = load_run_on_devices(args, progress.say)
   metrics = split_metrics(run.apply_fn, run.variables, splits)
   report = {"checkpoint": str(args.checkpoint), "kind": run.meta.get("kind"), **metrics}
   if args.device_mesh is not None:
