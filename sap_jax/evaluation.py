@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax import sharding as shd
 from sap_jax.data.array_feeder import as_input, feed_arrays, labels_on_host, mesh_of
@@ -80,7 +81,13 @@ def check_xy(x: Any, y: Any, what: str = "x/y") -> tuple[np.ndarray, np.ndarray 
 
 
 def evaluate(
-  apply_fn: ApplyFn, variables: Variables, x: Any, y: Any = None, batch_size: int = 1024
+  apply_fn: ApplyFn,
+  variables: Variables,
+  x: Any,
+  y: Any = None,
+  batch_size: int = 1024,
+  *,
+  mesh: Mesh | None = None,
 ) -> dict[str, float]:
   """Accuracy and mean cross-entropy of ``apply_fn`` on ``(x, y)``.
 
@@ -97,6 +104,9 @@ def evaluate(
       one pass (`sap_jax.streaming.evaluate`).
     y: ``(N,)`` integer labels (host, or sharded like ``x``); None for a source.
     batch_size: evaluation batch size (sharded ``x``: over all devices together).
+    mesh: the devices that evaluate host arrays or a source (each process reads its own
+      rows of every batch; the last batch padded and masked, so N need not divide the
+      devices); default one local device. A global array is read on its own mesh.
 
   Returns:
     ``{"accuracy": float, "loss": float}``.
@@ -110,9 +120,9 @@ def evaluate(
     from sap_jax import streaming
 
     no_separate_labels(y)
-    return streaming.evaluate(apply_fn, variables, x, batch_size=batch_size)
+    return streaming.evaluate(apply_fn, variables, x, batch_size=batch_size, mesh=mesh)
   x, y = check_labelled(apply_fn, variables, x, labels_on_host(y), "x/y")
-  return evaluate_checked(apply_fn, variables, x, y, batch_size)
+  return evaluate_checked(apply_fn, variables, x, y, batch_size, mesh=mesh)
 
 
 def evaluate_checked(
@@ -123,6 +133,7 @@ def evaluate_checked(
   batch_size: int = 1024,
   *,
   indices: Any = None,
+  mesh: Mesh | None = None,
 ) -> dict[str, float]:
   """`evaluate` of inputs and labels that `sap_jax.input_checks.check_labelled` has
   accepted for this model already, without checking them again: for a caller that
@@ -135,12 +146,13 @@ def evaluate_checked(
     y: ``(N,)`` int32 labels in ``[0, K)`` (host, or sharded like ``x``).
     batch_size: evaluation batch size.
     indices: evaluate only these samples (default all).
+    mesh: as `evaluate`.
 
   Returns:
     ``{"accuracy": float, "loss": float}``, as `evaluate`.
   """
   x = as_input(x)
-  mesh = mesh_of(x)
+  mesh = mesh_of(x, mesh)
   variables = shd.replicate(variables, mesh)
   fn = hashable(apply_fn)
   batches = feed_arrays(x, y, batch_size, mesh=mesh, indices=indices, what="x/y")
@@ -158,7 +170,12 @@ def _totals(sums: list, n: int) -> dict[str, float]:
 
 
 def predict_logits(
-  apply_fn: ApplyFn, variables: Variables, x: Any, batch_size: int = 1024
+  apply_fn: ApplyFn,
+  variables: Variables,
+  x: Any,
+  batch_size: int = 1024,
+  *,
+  mesh: Mesh | None = None,
 ) -> np.ndarray:
   """Logits of ``apply_fn`` on ``x`` as a host ``(N, K)`` array.
 
@@ -169,6 +186,7 @@ def predict_logits(
       axis: each device runs its share of every batch), or a source (its labels are not
       read).
     batch_size: evaluation batch size (ragged last batch padded).
+    mesh: as `evaluate`.
 
   Returns:
     ``np.ndarray`` of logits.
@@ -176,10 +194,10 @@ def predict_logits(
   if is_source(x):
     from sap_jax import streaming
 
-    return streaming.predict_logits(apply_fn, variables, x, batch_size=batch_size)
+    return streaming.predict_logits(apply_fn, variables, x, batch_size=batch_size, mesh=mesh)
   x, _ = check_xy(x, None, "x")
   output_width(apply_fn, variables, x)  # the forward returns logits, before any batch
-  mesh = mesh_of(x)
+  mesh = mesh_of(x, mesh)
   variables = shd.replicate(variables, mesh)
   fn = hashable(apply_fn)
   outs = [
@@ -191,7 +209,15 @@ def predict_logits(
   return logits
 
 
-def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, mask: Any) -> float:
+def fit_fraction(
+  apply_fn: ApplyFn,
+  variables: Variables,
+  x: Any,
+  y_noisy: Any,
+  mask: Any,
+  *,
+  mesh: Mesh | None = None,
+) -> float:
   """How much of the label noise the model has memorised.
 
   The accuracy, against their NOISY labels, on the corrupted samples
@@ -205,6 +231,7 @@ def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, 
       axis: the corrupted samples are gathered on its devices).
     y_noisy: ``(N,)`` training labels as trained on (with noise; host or sharded).
     mask: ``(N,)`` bool, true where the label was corrupted.
+    mesh: as `evaluate`.
 
   Returns:
     The fraction of corrupted samples predicted as their noisy label.
@@ -223,4 +250,4 @@ def fit_fraction(apply_fn: ApplyFn, variables: Variables, x: Any, y_noisy: Any, 
   index = np.flatnonzero(mask)
   k = output_width(apply_fn, variables, x)
   check_labels(y_noisy[index], len(index), k, "x/y")  # as `evaluate` of the corrupted samples
-  return evaluate_checked(apply_fn, variables, x, y_noisy, indices=index)["accuracy"]
+  return evaluate_checked(apply_fn, variables, x, y_noisy, indices=index, mesh=mesh)["accuracy"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax.data.sources import Subset, is_source, with_labels
 from sap_jax.evaluation import evaluate, fit_fraction
@@ -21,7 +22,9 @@ METRIC_KEYS = ("test_accuracy", "val_accuracy_noisy", "val_accuracy_clean", "fit
 """The keys of `split_metrics`' dict, in its order."""
 
 
-def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[str, float | None]:
+def split_metrics(
+  apply_fn: ApplyFn, variables: Variables, splits: Any, *, mesh: Mesh | None = None
+) -> dict[str, float | None]:
   """Clean test accuracy, noisy/clean validation accuracy and the fit of the corrupted labels.
 
   Args:
@@ -33,6 +36,9 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
       (``noise_mask`` on the host; the corrupted samples are gathered on the devices),
       or lazy sources (each split streamed once; the fit reads only the corrupted
       samples).
+    mesh: the devices that evaluate host arrays or sources (`sap_jax.evaluation.evaluate`:
+      each process reads its own rows, the last batch padded and masked); default one local
+      device. Global arrays are read on their own mesh.
 
   Returns:
     ``{"test_accuracy", "val_accuracy_noisy", "val_accuracy_clean", "fit_noisy"}``:
@@ -43,14 +49,16 @@ def split_metrics(apply_fn: ApplyFn, variables: Variables, splits: Any) -> dict[
   """
 
   def accuracy(x, y) -> float:
-    return evaluate(apply_fn, variables, *with_labels(x, y))["accuracy"]
+    return evaluate(apply_fn, variables, *with_labels(x, y), mesh=mesh)["accuracy"]
 
   fit = None
   if splits.noise_mask.any() and is_source(splits.x_train):  # the corrupted samples only
     index = np.flatnonzero(splits.noise_mask)
     fit = accuracy(Subset(splits.x_train, index), np.asarray(splits.y_train)[index])
   elif splits.noise_mask.any():
-    fit = fit_fraction(apply_fn, variables, splits.x_train, splits.y_train, splits.noise_mask)
+    fit = fit_fraction(
+      apply_fn, variables, splits.x_train, splits.y_train, splits.noise_mask, mesh=mesh
+    )
   return {
     "test_accuracy": accuracy(splits.x_test, splits.y_test),
     "val_accuracy_noisy": accuracy(splits.x_val, splits.y_val),

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax import multihost
 from sap_jax import sharding as shd
@@ -22,7 +23,7 @@ from sap_jax.arg_checks import (
   layer_check,
   sample_count,
 )
-from sap_jax.batching import batched
+from sap_jax.data.array_feeder import trusted_stats_batches
 from sap_jax.data.sources import input_shape, is_source, no_separate_labels
 from sap_jax.decomposition import Decomposition, apply_alpha, decompose
 from sap_jax.input_checks import as_array, check_labelled
@@ -80,33 +81,6 @@ class SAPResult(NamedTuple):
 
 def _block(tree):
   return jax.block_until_ready(tree)
-
-
-def trusted_batches(
-  x: Any, trusted: np.ndarray, batch_size: int, rows_per_batch: int | None
-) -> tuple[list[shd.LocalBatch], float | None]:
-  """The trusted samples of a sharded global array, selected in place, as the batches of
-  `activation_stats`, and the row budget that keeps the rows one process would keep.
-
-  A sharded gather (`sap_jax.sharding.gather_rows`): each device receives its share of the
-  trusted samples (only those move, once), padded to whole batches of b = ⌈batch_size /
-  shards⌉ per device and masked (`LocalBatch.valid`), so one compilation serves all; a
-  sample keeps its place in the trusted order as its global index. The statistics'
-  batches hold b · shards samples, so the budget is rescaled to keep each row with the
-  probability rows_per_batch / (rows of batch_size samples), as one process does.
-  """
-  mesh, axis = shd.data_axis_of(x)
-  shards = shd.num_shards(mesh, axis)
-  per = -(-batch_size // shards)
-  size = per * shards
-  n = len(trusted)
-  padded = -(-n // size) * size
-  index = np.concatenate([trusted, np.full(padded - n, trusted[0], trusted.dtype)])
-  gathered = shd.gather_rows(x, index)
-  budget = None if rows_per_batch is None else rows_per_batch * size / batch_size
-  if budget is not None and size == batch_size:
-    budget = rows_per_batch
-  return list(shd.local_batches(gathered, size, n_valid=n)), budget
 
 
 def layer_summary(stats, decomposition: Decomposition) -> dict[str, dict[str, Any]]:
@@ -171,6 +145,7 @@ def run_sap(
   tune_options: Mapping[str, Any] | None = None,
   method: str = slv.AUTO,
   calls: str | Mapping[Any, int] = ALL_CALLS,
+  mesh: Mesh | None = None,
 ) -> SAPResult:
   """Runs SAP end to end without knowing which labels are wrong.
 
@@ -232,6 +207,11 @@ def run_sap(
       "/"-joined name or its path tuple). Checked before any work by a shape-only
       trace: a layer the forward does not call, a layer called once, a call number it
       does not have are refused.
+    mesh: the devices that read host arrays or sources (a mesh with a data axis,
+      `sap_jax.sharding.data_mesh`): every phase runs data-parallel over it, each process
+      reading its own rows of every batch, the last batch padded and masked, so no split
+      need divide the devices and the results equal one device's. Default one local
+      device; global arrays are read on their own mesh (another ``mesh`` is refused).
 
   Returns:
     A `SAPResult`.
@@ -263,6 +243,7 @@ def run_sap(
       tune_options=tune_options,
       method=method,
       calls=calls,
+      mesh=mesh,
     )
   # lists, tuples, memmaps, other array-likes: one array from here on (a jax.Array stays)
   x_train = as_array(x_train, "x_train")
@@ -322,9 +303,17 @@ def run_sap(
       apply_fn, variables, x_train, shd.to_host(y_train), "x_train/y_train"
     )
   found = shd.common_data_axis(x_train, y_train, x_val, y_val)
+  if found is not None and mesh is not None and mesh != found[0]:
+    raise ValueError(
+      "the data are global arrays sharded over another mesh than mesh=; global arrays are "
+      "read on their own mesh: pass mesh=None, or host arrays."
+    )
   if found is not None:  # global arrays over a mesh: the data stays where it is
     variables = shd.replicate(variables, found[0])
     y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
+  elif mesh is not None:  # host arrays read over a mesh: each process its own rows
+    variables = shd.replicate(variables, mesh)
+    found = (mesh, shd.DATA_AXIS) if shd.num_shards(mesh) > 1 else None
   repeated = layer_check(
     apply_fn,
     variables,
@@ -348,15 +337,13 @@ def run_sap(
       class_balanced=class_balanced,
       batch_size=batch_size,
       seed=seed,
+      mesh=mesh,
     )
   trusted = np.asarray(trusted, np.int64)
   t1 = time.perf_counter()
   report("trusted set", 1, 1)
   report("statistics", 0, 1)
-  if found is None:
-    batches, budget = batched(np.asarray(x_train)[trusted], batch_size), rows_per_batch
-  else:
-    batches, budget = trusted_batches(x_train, trusted, batch_size, rows_per_batch)
+  batches, budget = trusted_stats_batches(x_train, trusted, batch_size, rows_per_batch, mesh)
   stats = activation_stats(
     apply_fn, variables, batches, rows_per_batch=budget, seed=seed, calls=calls
   )
@@ -375,6 +362,7 @@ def run_sap(
     splits,
     batch_size=max(batch_size, 512),
     progress=None if progress is None else lambda done, total: progress("α sweep", done, total),
+    mesh=mesh,
   )
   t3 = time.perf_counter()
   tuning = None

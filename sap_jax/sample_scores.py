@@ -39,6 +39,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax import sharding as shd
 from sap_jax.data.array_feeder import as_input, feed_arrays, labels_on_host, mesh_of
@@ -59,6 +60,7 @@ def per_example_loss(
   y: Any = None,
   *,
   batch_size: int = 512,
+  mesh: Mesh | None = None,
 ) -> np.ndarray:
   """Cross-entropy of every sample under the model (eval mode).
 
@@ -73,6 +75,8 @@ def per_example_loss(
       streamed: `sap_jax.streaming.losses`).
     batch_size: samples per jitted call (the last batch is padded, not recompiled;
       sharded ``x``: over all devices together).
+    mesh: the devices that score host arrays or a source (each process reads its own rows
+      of every batch); default one local device. A global array is read on its own mesh.
 
   Returns:
     float32[N] losses.
@@ -81,9 +85,9 @@ def per_example_loss(
     from sap_jax import streaming
 
     no_separate_labels(y)
-    return streaming.losses(apply_fn, variables, x, batch_size=batch_size)
+    return streaming.losses(apply_fn, variables, x, batch_size=batch_size, mesh=mesh)
   x, y = check_labelled(apply_fn, variables, x, labels_on_host(y))
-  mesh = mesh_of(x)
+  mesh = mesh_of(x, mesh)
   variables = shd.replicate(variables, mesh)
   fn = hashable(apply_fn)
   outs = [
@@ -129,6 +133,7 @@ def input_curvature(
   num_probes: int = 10,
   seed: int = 0,
   batch_size: int = 256,
+  mesh: Mesh | None = None,
 ) -> np.ndarray:
   """Finite-difference input-curvature score of every sample.
 
@@ -154,6 +159,8 @@ def input_curvature(
       ``fold_in(PRNGKey(seed), i)``).
     batch_size: samples per jitted call (sharded ``x``: the same batches, each device
       running ``batch_size`` rows per call).
+    mesh: the devices that score host arrays (the same probes and scores on any mesh);
+      default one local device. A global array is read on its own mesh.
 
   Returns:
     float32[N] curvature scores (lower = more trusted).
@@ -163,11 +170,11 @@ def input_curvature(
     return curvature_of_batch("curvature", fn, variables, xb, yb, keys, reals, h, num_probes)
 
   return _batch_scores(
-    "curvature", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
+    "curvature", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size, mesh
   )
 
 
-def _batch_scores(kind, step, apply_fn, variables, x, y, h, num_probes, seed, batch_size):
+def _batch_scores(kind, step, apply_fn, variables, x, y, h, num_probes, seed, batch_size, mesh):
   """The curvature score ``kind`` of every sample: ``step(fn, variables, xb, yb, keys,
   reals)`` on each feeder batch of `curvature_layout` (batches of consecutive samples,
   batch i with ``key = fold_in(PRNGKey(seed), i)``, one per device), wherever ``x``
@@ -179,7 +186,7 @@ def _batch_scores(kind, step, apply_fn, variables, x, y, h, num_probes, seed, ba
   x, y = check_labelled(apply_fn, variables, x, labels_on_host(y))
   x = as_input(x)
   x = x if x.dtype == np.float32 else x.astype(np.float32)
-  mesh = mesh_of(x)
+  mesh = mesh_of(x, mesh)
   variables = shd.replicate(variables, mesh)
   n, blocks = x.shape[0], shd.num_shards(mesh)
   stream, size, rows = curvature_layout(n, batch_size, blocks)
@@ -268,6 +275,7 @@ def published_curvature(
   num_probes: int = 10,
   seed: int = 0,
   batch_size: int = 128,
+  mesh: Mesh | None = None,
 ) -> np.ndarray:
   """The published code's input-curvature score of every sample, exactly.
 
@@ -293,6 +301,7 @@ def published_curvature(
     seed: seed of the probes (batch i uses ``fold_in(PRNGKey(seed), i)``).
     batch_size: samples per batch (the mean of the loss runs over a batch; sharded
       ``x``: the same global batches, each device running ``batch_size`` rows).
+    mesh: as `input_curvature`.
 
   Returns:
     float32[N] scores (lower = more trusted).
@@ -304,7 +313,7 @@ def published_curvature(
     )
 
   return _batch_scores(
-    "curvature_published", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size
+    "curvature_published", step, apply_fn, variables, x, y, h, num_probes, seed, batch_size, mesh
   )
 
 
@@ -399,20 +408,22 @@ def trust_scores(
   score: str = "loss",
   batch_size: int = 512,
   seed: int = 0,
+  mesh: Mesh | None = None,
 ) -> np.ndarray:
   """Per-sample scores to rank by (lower = more trusted), one of `SCORES`.
 
   ``x``, ``y``: host arrays, or global arrays sharded over a mesh's data axis (every
   score then runs where the samples are and equals one process's; only the N scores
   cross to the host). "curvature_published" uses ``min(batch_size, 128)`` samples per
-  batch (its scores depend on the batching; see `published_curvature`).
+  batch (its scores depend on the batching; see `published_curvature`). ``mesh``: the
+  devices that score host arrays (default one local device; the same scores on any).
   """
   if score == "loss":
-    return per_example_loss(apply_fn, variables, x, y, batch_size=batch_size)
+    return per_example_loss(apply_fn, variables, x, y, batch_size=batch_size, mesh=mesh)
   if score == "curvature":
-    return input_curvature(apply_fn, variables, x, y, seed=seed, batch_size=min(batch_size, 256))
+    size = min(batch_size, 256)
+    return input_curvature(apply_fn, variables, x, y, seed=seed, batch_size=size, mesh=mesh)
   if score == "curvature_published":
-    return published_curvature(
-      apply_fn, variables, x, y, seed=seed, batch_size=min(batch_size, 128)
-    )
+    size = min(batch_size, 128)
+    return published_curvature(apply_fn, variables, x, y, seed=seed, batch_size=size, mesh=mesh)
   raise ValueError(f"Unknown score {score!r}; choose one of {SCORES}.")

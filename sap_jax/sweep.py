@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax import solve as slv
 from sap_jax.arg_checks import check_alpha_grid, check_count, check_eval_splits
@@ -218,14 +219,16 @@ def checked_splits(
   return out
 
 
-def _score_checked(apply_fn, variables, decomposition, alphas, splits, batch_size, progress=None):
+def _score_checked(
+  apply_fn, variables, decomposition, alphas, splits, batch_size, progress=None, mesh=None
+):
   """`score_alphas` on splits from `checked_splits`; ``progress(i, K)`` before each α and
-  after the last (i: α values scored so far)."""
+  after the last (i: α values scored so far); host arrays evaluated on ``mesh``."""
   alphas_np = np.asarray(alphas, np.float64).reshape(-1)
 
   def accuracies(v) -> dict[str, float]:
     return {
-      name: evaluate_checked(apply_fn, v, x, y, batch_size=batch_size)["accuracy"]
+      name: evaluate_checked(apply_fn, v, x, y, batch_size=batch_size, mesh=mesh)["accuracy"]
       for name, (x, y) in splits.items()
     }
 
@@ -340,17 +343,19 @@ def sweep_checked(
   *,
   batch_size: int = 512,
   progress: Callable[[int, int], None] | None = None,
+  mesh: Mesh | None = None,
 ) -> SweepResult:
-  """`sweep_alpha` on a decomposition and on the grid and splits of `checked_sweep_splits`."""
+  """`sweep_alpha` on a decomposition and on the grid and splits of `checked_sweep_splits`;
+  host arrays and sources evaluated on ``mesh`` (default one local device)."""
   if any(is_source(split) for split in named.values()):  # each split read once for the grid
     from sap_jax import streaming
 
     scores = streaming.score_alphas(
-      apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size
+      apply_fn, variables, decomposition, alphas_np, named, batch_size=batch_size, mesh=mesh
     )
   else:
     scores = _score_checked(
-      apply_fn, variables, decomposition, alphas_np, named, batch_size, progress
+      apply_fn, variables, decomposition, alphas_np, named, batch_size, progress, mesh
     )
   choice = scores[CHOICE_SPLIT]
   best_alpha, best_acc = choose_alpha(alphas_np, choice.accuracies, choice.baseline)

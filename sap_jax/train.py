@@ -259,7 +259,7 @@ def train_model(
     entry = {"epoch": epoch + 1, **entry, "lr": lr}
     stop = False
     if val is not None and _validation_due(config, epoch):
-      entry.update(_validate(apply_eval, variables_of(state), val))
+      entry.update(_validate(apply_eval, variables_of(state), val, mesh))
       best = _track_best(best, entry["val_accuracy"], epoch + 1, state)
       stop = _patience_exhausted(best, epoch + 1, config.early_stopping_patience)
     history.append(entry)
@@ -316,8 +316,8 @@ def _validation_due(config: TrainConfig, epoch: int) -> bool:
   return (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
 
 
-def _validate(apply_fn: ApplyFn, variables: Variables, val) -> dict[str, float]:
-  metrics = evaluate(apply_fn, variables, *val)
+def _validate(apply_fn: ApplyFn, variables: Variables, val, mesh) -> dict[str, float]:
+  metrics = evaluate(apply_fn, variables, *val, mesh=mesh)
   return {"val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"]}
 
 

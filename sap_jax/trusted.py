@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from sap_jax import sharding as shd
 from sap_jax.data.sources import is_source, no_separate_labels
@@ -160,6 +161,7 @@ def trusted_set(
   class_balanced: bool = False,
   batch_size: int = 512,
   seed: int = 0,
+  mesh: Mesh | None = None,
 ) -> np.ndarray:
   """Scores the samples (`trust_scores`) and selects the trusted set.
 
@@ -178,6 +180,8 @@ def trusted_set(
     class_balanced: per-class selection ("loss", "curvature").
     batch_size: samples per scoring call.
     seed: seed of the curvature probes.
+    mesh: the devices that score host arrays or a source (default one local device; the
+      same scores, so the same set, on any mesh). A global array is read on its own mesh.
 
   Returns:
     int64 indices into ``x``.
@@ -197,10 +201,13 @@ def trusted_set(
       class_balanced=class_balanced,
       batch_size=batch_size,
       seed=seed,
+      mesh=mesh,
     )
   if not 1 <= n <= len(x):
     raise ValueError(f"Cannot select n={n} trusted samples from {len(x)}: choose 1 ≤ n ≤ {len(x)}.")
-  scores = trust_scores(apply_fn, variables, x, y, score=score, batch_size=batch_size, seed=seed)
+  scores = trust_scores(
+    apply_fn, variables, x, y, score=score, batch_size=batch_size, seed=seed, mesh=mesh
+  )
   y = shd.to_host(y)  # N labels, for the ranking on the host
   if score == "curvature_published":
     return select_per_class(scores, y, n // len(np.unique(y)) + 1)

@@ -29,9 +29,9 @@ def mlp():
 
 
 # Modules whose module-scoped fixture is expensive (a child process over many devices or
-# processes, a benchmark run, a trained checkpoint): their tests run on one pytest-xdist
-# worker (``--dist loadgroup`` in setup.cfg), so the fixture is built once, not once per
-# worker that happens to receive one of their tests. Every other test is balanced freely.
+# processes, a benchmark run, a trained checkpoint): all their tests run on one pytest-xdist
+# worker, so the fixture is built once, not once per worker that happens to receive one of
+# their tests. Every other test is balanced freely.
 ONE_WORKER_MODULES = (
   "test_baselines_sources",
   "test_bench_paper_scale",
@@ -49,8 +49,23 @@ ONE_WORKER_MODULES = (
 )
 
 
-def pytest_collection_modifyitems(config, items):
-  for item in items:
-    module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-    if module in ONE_WORKER_MODULES:
-      item.add_marker(pytest.mark.xdist_group(module))
+def test_scope(nodeid: str) -> str:
+  """The unit pytest-xdist hands to one worker: a whole module of `ONE_WORKER_MODULES`
+  (its name), else the test alone (its node id)."""
+  module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+  return module if module in ONE_WORKER_MODULES else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """``--dist loadgroup`` (setup.cfg) schedules by `test_scope`. (pytest-xdist's own
+  ``xdist_group`` marks do not group under pytest ≥ 9.2, whose node ids it can no longer
+  suffix with the group; a scheduler of our own does not depend on that.)"""
+  if config.getvalue("dist") != "loadgroup":
+    return None
+  from xdist.scheduler import LoadScopeScheduling
+
+  class ModuleGroups(LoadScopeScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+      return test_scope(nodeid)
+
+  return ModuleGroups(config, log)

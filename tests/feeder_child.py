@@ -80,6 +80,8 @@ def main():
   print("feeder child: ok")
   global_arrays(apply_fn, variables, x, y)
   print("global arrays: ok")
+  host_arrays_on_a_mesh(model, apply_fn, variables, x, y, r1)
+  print("host arrays on a mesh: ok")
 
 
 def _fields(batches):
@@ -141,6 +143,49 @@ def global_arrays(apply_fn, variables, x, y):
     f = fit_fraction(apply_fn, variables, xg, yg, mask)
     assert f == fit_fraction(apply_fn, variables, x[:m], y[:m], mask)
   assert n % 8
+
+
+def host_arrays_on_a_mesh(model, apply_fn, variables, x, y, r1):
+  """Host arrays with ``mesh=``: every phase over 8 devices, 45 samples (no cut), equal to
+  one device; ``r1`` is `run_sap` of the same data on one device."""
+  mesh8 = shd.data_mesh()
+  e = sj.evaluate(apply_fn, variables, x, y, batch_size=16, mesh=mesh8)
+  e1 = sj.evaluate(apply_fn, variables, x, y, batch_size=16)
+  assert e["accuracy"] == e1["accuracy"], (e, e1)
+  np.testing.assert_allclose(e["loss"], e1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(
+    predict_logits(apply_fn, variables, x, batch_size=16, mesh=mesh8),
+    predict_logits(apply_fn, variables, x, batch_size=16),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+  mask = np.arange(len(x)) % 3 == 0
+  assert fit_fraction(apply_fn, variables, x, y, mask, mesh=mesh8) == fit_fraction(
+    apply_fn, variables, x, y, mask
+  )
+  for score in ("loss", "curvature", "curvature_published"):
+    kw = dict(score=score, batch_size=16, seed=2)
+    t = trusted_set(apply_fn, variables, x, y, 20, mesh=mesh8, **kw)
+    np.testing.assert_array_equal(t, trusted_set(apply_fn, variables, x, y, 20, **kw))
+  opts = dict(n_trusted=30, alphas=[3.0, 30.0, 1e4], batch_size=16, eval_splits={"test": (x, y)})
+  r8 = sj.run_sap(apply_fn, variables, x, y, x, y, mesh=mesh8, **opts)
+  np.testing.assert_array_equal(r8.trusted_indices, r1.trusted_indices)
+  assert r8.alpha == r1.alpha, (r8.alpha, r1.alpha)
+  np.testing.assert_array_equal(r8.sweep.accuracies, r1.sweep.accuracies)
+  np.testing.assert_array_equal(
+    r8.sweep.splits["test"].accuracies, r1.sweep.splits["test"].accuracies
+  )
+  for a, b in zip(jax.tree_util.tree_leaves(r8.variables), jax.tree_util.tree_leaves(r1.variables)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  for name, layer in r1.layers.items():
+    assert r8.layers[name]["rows"] == layer["rows"], name
+  # training with a validation split: the same steps and validation figures
+  cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=0.1)
+  a = train_model(model, x, y, cfg, x_val=x[:13], y_val=y[:13], mesh=mesh8, progress=False)
+  b = train_model(model, x, y, cfg, x_val=x[:13], y_val=y[:13], progress=False)
+  for u, v in zip(jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
+  assert [h["val_accuracy"] for h in a.history] == [h["val_accuracy"] for h in b.history]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ I and PORT). One process group for everything, as each costs seconds to start:
 1. examples/pod_sap.py (which joins the processes); process 0 writes its summary to
    DIR/example.json;
 2. the command line, ``--distributed``: ``train`` (DIR/ckpt), ``evaluate`` (process 0
-   writes its output to DIR/evaluate.json), then ``correct`` with another
+   writes its output to DIR/evaluate.json), ``correct`` (DIR/corrected and its report),
+   then ``correct`` with another
    ``--n-trusted`` on each process, and ``train`` with a batch the 8 devices do not
    divide (each refused on both: ``cli exit: 2``);
 3. the library with inputs that differ between the processes: model variables to
@@ -28,6 +29,8 @@ CLI_TRAIN = (
   *("train", "--dataset", "digits", "--model", "mlp", "--model-kw", "width=16"),
   *("--model-kw", "depth=1", "--epochs", "1", "--batch-size", "64", "--seed", "3", "--quiet"),
 )
+
+CLI_CORRECT = ("--n-trusted", "64", "--alphas", "1e2,1e3,1e4", "--no-figure", "--quiet")
 
 
 def example(out: Path, epochs: str, index: int, port: int) -> None:
@@ -55,6 +58,7 @@ def command_line(work: Path, index: int) -> None:
     assert run("evaluate", ckpt) == 0
   if index == 0:
     (work / "evaluate.json").write_text(text.getvalue())
+  assert run("correct", ckpt, "--out", str(work / "corrected"), *CLI_CORRECT) == 0
   code = run("correct", ckpt, "--out", str(work / "sap"), "--n-trusted", str(64 + index))
   print(f"cli exit: {code}", flush=True)
   code = run(*CLI_TRAIN, "--batch-size", "100", "--out", str(work / "indivisible"))

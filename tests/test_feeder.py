@@ -159,6 +159,14 @@ def test_global_arrays_feed_their_host_batches_and_every_phase_equals_one_device
   assert "global arrays: ok" in eight_devices.stdout, eight_devices.stdout[-2000:]
 
 
+def test_host_arrays_over_a_mesh_run_every_phase_as_one_device(eight_devices):
+  """tests/feeder_child.py `host_arrays_on_a_mesh`: host arrays of 45 samples with
+  ``mesh=`` (8 devices, nothing cut): evaluate, predict_logits, fit_fraction, the three
+  trusted scores, `run_sap` (trusted set, α, both splits' sweeps, corrected variables,
+  layer rows) and training with validation equal one device's."""
+  assert "host arrays on a mesh: ok" in eight_devices.stdout, eight_devices.stdout[-2000:]
+
+
 @pytest.mark.parametrize("indices", [None, np.array([5, 2, 22, 0, 9, 7, 7])])
 def test_host_arrays_feed_the_batches_of_their_source(indices):
   src = _source(23)

@@ -6,9 +6,9 @@ process)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -16,6 +16,7 @@ from sap_jax import checkpoint, cli, multihost, train
 from sap_jax.metrics import METRIC_KEYS, split_metrics
 from sap_jax.spec import RunSpec, build_model, build_splits
 from tests.child_processes import run_devices_child, run_process_group
+from tests.multihost_child import CLI_CORRECT
 
 EXAMPLE_ARGS = ("--epochs", "1", "--n-trusted", "128", "--alphas", "1e2,1e3,1e4,1e5")
 
@@ -67,36 +68,56 @@ def test_disagreeing_processes_and_bad_shardings_get_the_error_on_every_process(
 def test_the_command_line_trains_and_evaluates_over_two_processes(pod):
   """`sap-jax train/evaluate --distributed` on 2 × 4 devices: the checkpoint (saved by both
   processes) loads in this one process, and its recorded metrics are what one device
-  computes on the same samples (each split cut to a multiple of the 8 devices)."""
+  computes on the same splits, whole (1170, 130 and 497 samples: none divides the 8
+  devices; each one's last batch is padded and masked, nothing is cut)."""
   variables, meta = checkpoint.load_checkpoint(pod["dir"] / "ckpt")
   evaluated = json.loads((pod["dir"] / "evaluate.json").read_text())
-  assert (
-    meta["devices"]
-    == evaluated["devices"]
-    == {
-      "processes": 2,
-      "devices": 8,
-      "samples": {"train": 1168, "val": 128, "test": 496},
-    }
-  )
+  whole = {"train": 1170, "val": 130, "test": 497}
+  assert meta["devices"] == evaluated["devices"] == {"processes": 2, "devices": 8, "samples": whole}
   spec = RunSpec.from_dict(meta["spec"])
   splits = build_splits(spec)
-
-  def cut(a):
-    return a[: len(a) // 8 * 8]
-
-  splits = dataclasses.replace(
-    splits,
-    **{
-      f.name: cut(getattr(splits, f.name))
-      for f in dataclasses.fields(splits)
-      if isinstance(getattr(splits, f.name), np.ndarray)
-    },
-  )
+  assert {
+    "train": len(splits.x_train),
+    "val": len(splits.x_val),
+    "test": len(splits.x_test),
+  } == whole
   model = build_model(spec, splits.num_classes)
   here = split_metrics(train.eval_apply_fn(model), variables, splits)
   for key in METRIC_KEYS:
     assert meta["metrics"][key] == evaluated[key] == here[key], key
+
+
+def test_the_command_line_corrects_over_two_processes_as_one_process(pod, tmp_path):
+  """`sap-jax correct --distributed` on 2 × 4 devices gives the report one process with one
+  device gives on the same checkpoint: trusted set (its noise rate), every α's accuracy,
+  the chosen α, the metrics before and after; the corrected variables agree to float
+  round-off."""
+  out = tmp_path / "one"
+  code = cli.main(
+    ["--compilation-cache", "off", "correct", str(pod["dir"] / "ckpt"), "--out", str(out)]
+    + list(CLI_CORRECT)
+  )
+  assert code == 0
+  two = json.loads((pod["dir"] / "corrected_report.json").read_text())
+  one = json.loads(out.with_name("one_report.json").read_text())
+  assert two["devices"] == {
+    "processes": 2,
+    "devices": 8,
+    "samples": {"train": 1170, "val": 130, "test": 497},
+  }
+  for key in (
+    "trusted_noise_rate",
+    "chosen_alpha",
+    "sweep_noisy_val",
+    "sweep_clean_val",
+    "before",
+    "after",
+  ):
+    assert two[key] == one[key], key
+  a, _ = checkpoint.load_checkpoint(pod["dir"] / "corrected")
+  b, _ = checkpoint.load_checkpoint(out)
+  for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-5)
 
 
 def test_processes_that_disagree_on_a_flag_are_refused_on_every_process(pod):

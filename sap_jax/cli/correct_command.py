@@ -114,9 +114,10 @@ def cmd_correct(args) -> int:
     tune=args.tune,
     method=args.method,
     calls=args.layer_call or "all",
+    mesh=args.device_mesh,
   )
-  before = split_metrics(apply_fn, variables, splits)
-  after = split_metrics(apply_fn, corrected, splits)
+  before = split_metrics(apply_fn, variables, splits, mesh=args.device_mesh)
+  after = split_metrics(apply_fn, corrected, splits, mesh=args.device_mesh)
   sweep = result.sweep
   oracle_alpha, _ = sweep.best_for("val_clean")
   clean = sweep.splits["val_clean"]

@@ -1,11 +1,10 @@
 """Many devices and hosts on the command line: ``--data-parallel``, ``--mesh``,
-``--distributed`` and the coordinator flags, checked before any work; the splits as
-global arrays over the mesh; only process 0 prints."""
+``--distributed`` and the coordinator flags, checked before any work; the mesh every phase
+reads the splits over; only process 0 prints."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import threading
@@ -48,9 +47,9 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
   g.add_argument(
     "--data-parallel",
     action="store_true",
-    help="shard every split over all devices (of every process): data-parallel training, "
-    "SAP and evaluation where the samples are; each split is cut to a multiple of the "
-    "device count",
+    help="run over all devices (of every process): data-parallel training, SAP and "
+    "evaluation, each process reading its own part of every batch; no split need divide "
+    "the device count",
   )
   g.add_argument(
     "--mesh",
@@ -218,57 +217,19 @@ def start_devices(args) -> None:
 
 
 def on_devices(splits: data.NoisySplits, mesh: Any, say) -> data.NoisySplits:
-  """``splits`` with its inputs as global arrays over ``mesh``: each split cut to a
-  multiple of the devices, each process passing its own consecutive part of the inputs
-  (`sharding.from_process_local`); the labels (small) and the noise mask stay on the host,
-  cut alike. Unchanged without a mesh."""
+  """``splits`` as they are, read over ``mesh`` by every phase it is passed to (``mesh=``):
+  each process reads its own rows of every batch and the last batch of each split is
+  padded and masked, so no split is cut to a multiple of the devices (``say`` tells the
+  devices). Unchanged and silent without a mesh."""
   if mesh is None:
     return splits
-  if splits.streamed:
-    raise UserError(
-      "--data-parallel/--distributed/--mesh take in-memory data sets; this one streams "
-      "from its files (an image folder): run it on one device here, or over a mesh with "
-      "the library (sap_jax.source_pipeline.run_sap(..., mesh=), train_model(..., mesh=))."
-    )
   import jax
 
-  devices, processes, me = jax.device_count(), jax.process_count(), jax.process_index()
-  sizes = {"train": len(splits.x_train), "val": len(splits.x_val), "test": len(splits.x_test)}
-  small = [f"{k} ({n})" for k, n in sizes.items() if n < devices]
-  if small:
-    raise UserError(
-      f"the {', '.join(small)} split(s) hold fewer samples than the {devices} devices; use "
-      "fewer devices (--mesh) or more data."
-    )
-
-  def cut(a):
-    return None if a is None else a[: len(a) // devices * devices]
-
-  def part(a):  # this process's consecutive part of the cut split
-    a = cut(a)
-    per = len(a) // processes
-    return shd.from_process_local(a[me * per : (me + 1) * per], mesh)
-
-  kept = {k: n // devices * devices for k, n in sizes.items()}
-  dropped = ", ".join(f"{k} {sizes[k]} → {kept[k]}" for k in sizes if kept[k] != sizes[k])
   say(
-    f"data-parallel over {devices} devices ({processes} process(es))"
-    + (f"; splits cut to a multiple of {devices}: {dropped}" if dropped else "")
+    f"data-parallel over {jax.device_count()} devices ({jax.process_count()} process(es)); "
+    "every split whole (each one's last batch padded and masked)"
   )
-  return dataclasses.replace(
-    splits,
-    x_train=part(splits.x_train),
-    y_train=cut(splits.y_train),
-    y_train_clean=cut(splits.y_train_clean),
-    noise_mask=cut(splits.noise_mask),
-    x_val=part(splits.x_val),
-    y_val=cut(splits.y_val),
-    y_val_clean=cut(splits.y_val_clean),
-    x_test=part(splits.x_test),
-    y_test=cut(splits.y_test),
-    train_indices=cut(splits.train_indices),
-    val_indices=cut(splits.val_indices),
-  )
+  return splits
 
 
 def devices_record(splits: data.NoisySplits) -> dict[str, Any]:
@@ -295,7 +256,7 @@ def first_process() -> bool:
 def load_run_on_devices(args: argparse.Namespace, say) -> tuple[Run, data.NoisySplits]:
   """The run of a command's ``checkpoint`` argument (`sap_jax.cli.runs.load_run`, with
   its ``--data-root``, ``--allow-changed-data`` and device mesh) and its splits placed on
-  that mesh (`on_devices`; ``say`` tells how they were cut)."""
+  that mesh (`on_devices`; ``say`` tells the devices)."""
   run = load_run(
     args.checkpoint,
     data_root=args.data_root,

@@ -24,7 +24,7 @@ def cmd_evaluate(args) -> int:
     )
   progress = Progress(args.quiet)
   run, splits = load_run_on_devices(args, progress.say)
-  metrics = split_metrics(run.apply_fn, run.variables, splits)
+  metrics = split_metrics(run.apply_fn, run.variables, splits, mesh=args.device_mesh)
   report = {"checkpoint": str(args.checkpoint), "kind": run.meta.get("kind"), **metrics}
   if args.device_mesh is not None:
     report["devices"] = devices_record(splits)

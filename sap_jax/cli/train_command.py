@@ -207,6 +207,7 @@ def cmd_train(args) -> int:
     y_val=y_val,
     dataset=spec.dataset,
     init_from=spec.init_from,
+    mesh=args.device_mesh,
     **progress.train_options(spec.train.epochs),
   )
   if result.pretrained is not None:
@@ -217,7 +218,7 @@ def cmd_train(args) -> int:
   else:
     apply_fn, eval_variables = train.eval_apply_fn(model), result.variables
     variables = result.variables
-  metrics = split_metrics(apply_fn, eval_variables, splits)
+  metrics = split_metrics(apply_fn, eval_variables, splits, mesh=args.device_mesh)
   metrics["train_time_s"] = result.train_time_s
   metadata = {
     "kind": "trained",

@@ -6,7 +6,8 @@ arrays: host arrays (each process slicing its own rows) and global arrays sharde
 mesh's data axis (cut on their devices), as the same `sap_jax.data.feed_layout.Batch`es
 `feed` yields. It owns `feed_arrays`, where an array is read (`as_input`), labels as every
 process reads them (`labels_on_host`), the mesh of an array's batches (`mesh_of`), and the
-batches of `sap_jax.activation_stats` and `sap_jax.batched` (`stats_batch`, `split`).
+batches of `sap_jax.activation_stats` and `sap_jax.batched` (`stats_batch`, `split`,
+`trusted_stats_batches`).
 """
 
 from __future__ import annotations
@@ -214,3 +215,48 @@ def _placed(host: np.ndarray, mesh: Mesh, axis: str) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=2)
 def _take(x, index, out_sharding):
   return jax.lax.with_sharding_constraint(jnp.take(x, index, axis=0), out_sharding)
+
+
+def trusted_stats_batches(
+  x: Any,
+  trusted: np.ndarray,
+  batch_size: int,
+  rows_per_batch: int | None,
+  mesh: Mesh | None = None,
+) -> tuple[list[Any], float | None]:
+  """The samples ``trusted`` of ``x``, in that order, as the batches of
+  `sap_jax.activation_stats`, and the row budget that keeps the rows one device would keep.
+
+  * Host arrays on one device: slices of the trusted samples (the last one short).
+  * Host arrays over a mesh of several devices: the feeder's batches (`stats_batch`: each
+    process puts its own rows of every batch on its devices, the last batch padded and
+    masked).
+  * A global array sharded over a mesh's data axis: one sharded gather
+    (`sap_jax.sharding.gather_rows`): each device receives its share of the trusted samples
+    (only those move, once), padded to whole batches of b = ⌈batch_size / shards⌉ per
+    device and masked (`sap_jax.sharding.LocalBatch.valid`), so one compilation serves
+    all; a sample keeps its place in the trusted order as its global index.
+
+  Over several devices the batches hold b · shards samples, so the budget is rescaled to
+  keep each row with the probability rows_per_batch / (rows of batch_size samples), as one
+  device does.
+  """
+  trusted = np.asarray(trusted)
+  found = shd.data_axis_of(x)
+  mesh, axis = found if found is not None else (mesh_of(x, mesh), shd.DATA_AXIS)
+  shards = shd.num_shards(mesh, axis)
+  size = -(-batch_size // shards) * shards
+  budget = rows_per_batch
+  if budget is not None and size != batch_size:
+    budget = rows_per_batch * size / batch_size
+  if found is None and shards == 1:
+    rows = np.asarray(x)[trusted]
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)], budget
+  if found is None:
+    feed = feed_arrays(x, None, batch_size, mesh=mesh, indices=trusted)
+    return [stats_batch(b, mesh) for b in feed], budget
+  n = len(trusted)
+  padded = -(-n // size) * size
+  index = np.concatenate([trusted, np.full(padded - n, trusted[0], trusted.dtype)])
+  gathered = shd.gather_rows(x, index)
+  return list(shd.local_batches(gathered, size, n_valid=n)), budget
