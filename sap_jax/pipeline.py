@@ -34,11 +34,10 @@ from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
 from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.sweep import DEFAULT_ALPHAS, SweepResult, checked_sweep_splits, sweep_checked
-from sap_jax.tuning import TUNE_OPTIONS, TuneResult, check_tune_options, tune_alpha
+from sap_jax.tuning import TUNE_MODES, TuneResult, check_tune_request, tune_alpha
 from sap_jax.types import ApplyFn
 
-TUNE_MODES = (None, "per_layer")
-"""What `run_sap`'s ``tune`` accepts: None (the grid's α) or "per_layer" (`tune_alpha`)."""
+__all__ = ["TUNE_MODES", "SAPResult", "layer_summary", "run_sap"]
 
 
 class SAPResult(NamedTuple):
@@ -93,26 +92,13 @@ def layer_summary(stats, decomposition: Decomposition) -> dict[str, dict[str, An
   return out
 
 
-def _run_sap_on_sources(
-  apply_fn, variables, data, *, score, tune, tune_options, **options
-) -> SAPResult:
-  """`run_sap` of sources (`sap_jax.source_pipeline.run_sap`), after refusing what is not
-  streamed yet."""
+def _run_sap_on_sources(apply_fn, variables, data, *, score, **options) -> SAPResult:
+  """`run_sap` of sources (`sap_jax.source_pipeline.run_sap`)."""
   from sap_jax import source_pipeline
 
   x_train, y_train, x_val, y_val = data
-  if tune_options:
-    raise ValueError(
-      "tune_options were given, but tune='per_layer' is not streamed over a source yet: "
-      "run without tune_options, or pass the data as arrays."
-    )
   no_separate_labels(y_train, "y_train")
   no_separate_labels(y_val, "y_val")
-  if tune is not None:
-    raise ValueError(
-      "tune='per_layer' needs the validation split in memory; it is not streamed over a "
-      "source yet: run without tune, or pass the data as arrays."
-    )
   if not is_source(x_val):
     raise ValueError(
       "x_train is a source, so x_val must be one too (wrap arrays with "
@@ -278,16 +264,6 @@ def run_sap(
   check_seed(seed)
   exclude, layer_range = exclude_patterns(exclude), check_layer_range(layer_range)
   slv.check_method(method)
-  if tune not in TUNE_MODES:
-    raise ValueError(f"tune must be one of {TUNE_MODES}, got {tune!r}.")
-  tune_options = dict(tune_options or {})
-  unknown = sorted(set(tune_options) - set(TUNE_OPTIONS))
-  if unknown:
-    raise ValueError(
-      f"unknown tune_options {unknown}; tune_alpha takes folds, steps, learning_rate, penalty."
-    )
-  if tune_options and tune is None:
-    raise ValueError('tune_options were given without tune; pass tune="per_layer".')
   n_train = sample_count(x_train, "x_train")
   if trusted is None:
     if score not in SCORES:
@@ -296,8 +272,7 @@ def run_sap(
   else:
     trusted = check_trusted_indices(trusted, n_train)
   alphas_np, splits = checked_sweep_splits(apply_fn, variables, alphas, x_val, y_val, eval_splits)
-  if tune is not None:
-    check_tune_options(len(splits["val"][0]), **tune_options)
+  tune_options = check_tune_request(tune, tune_options, len(splits["val"][0]))
   if trusted is not None:  # otherwise `trusted_set` checks them before scoring
     x_train, y_train = check_labelled(
       apply_fn, variables, x_train, shd.to_host(y_train), "x_train/y_train"

@@ -34,6 +34,7 @@ from sap_jax.layers import exclude_patterns
 from sap_jax.sample_scores import SCORES
 from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.streaming import score_alphas, stats_batches, trusted_indices
+from sap_jax.tuning import check_tune_request, tune_alpha
 from sap_jax.types import ApplyFn
 
 
@@ -60,6 +61,8 @@ def run_sap(
   workers: int = 0,
   alpha_chunk: int | None = None,
   calls: Any = ALL_CALLS,
+  tune: str | None = None,
+  tune_options: Mapping[str, Any] | None = None,
 ):
   """`sap_jax.run_sap` on sources: the trusted set by a streaming top-k of the scores,
   the statistics on the trusted samples read by index, every split read once for the
@@ -72,6 +75,9 @@ def run_sap(
     mesh: the devices (default one local device); each process reads its own part.
     workers: grain worker processes per phase.
     alpha_chunk: see `score_alphas`.
+    tune, tune_options: as `sap_jax.run_sap`; "per_layer" learns one α per layer on the
+      ``val`` source (`sap_jax.tune_alpha` over a source: every fold a `Subset` read by
+      index, never held), from the grid's best α.
     Others: as `sap_jax.run_sap`.
   """
   from sap_jax.decomposition import apply_alpha, decompose
@@ -103,6 +109,7 @@ def run_sap(
     n_trusted = check_n_trusted(n_trusted, n_train)
   else:
     trusted = check_trusted_indices(trusted, n_train)
+  tune_options = check_tune_request(tune, tune_options, source_length(val, "val"))
   mesh = default_mesh() if mesh is None else mesh
   variables = shd.replicate(dict(variables), mesh)
   repeated = layer_check(
@@ -169,8 +176,22 @@ def run_sap(
     alphas, choice.accuracies, float(choice.baseline), best_alpha, best_acc, scores
   )
   t3 = time.perf_counter()
+  tuning = None
   if best_alpha is None:
     corrected = dict(variables)
+  elif tune == "per_layer":
+    tuning = tune_alpha(
+      apply_fn,
+      variables,
+      decomposition,
+      val,
+      None,
+      best_alpha,
+      seed=seed,
+      batch_size=max(batch_size, 512),
+      **tune_options,
+    )
+    corrected = jax.block_until_ready(apply_alpha(variables, decomposition, tuning.alpha))
   else:
     corrected = jax.block_until_ready(apply_alpha(variables, decomposition, best_alpha))
   t4 = time.perf_counter()
@@ -188,7 +209,7 @@ def run_sap(
       "total": t4 - t0,
     },
     decomposition=decomposition,
-    tuning=None,
+    tuning=tuning,
     skipped=skipped_kernels(
       apply_fn,
       variables,

@@ -260,6 +260,33 @@ TUNE_OPTIONS = ("folds", "steps", "learning_rate", "penalty")
 """The keyword arguments of `tune_alpha` that `sap_jax.run_sap`'s ``tune_options`` takes."""
 
 
+TUNE_MODES = (None, "per_layer")
+"""What `sap_jax.run_sap`'s ``tune`` accepts: None (the grid's α) or "per_layer" (`tune_alpha`)."""
+
+
+def check_tune_request(tune: Any, tune_options: Any, n: int) -> dict[str, Any]:
+  """`sap_jax.run_sap`'s ``tune`` and ``tune_options`` for a validation split of ``n``
+  samples, refused before any work (`check_tune_options`); returns the options as a dict.
+
+  Raises:
+    ValueError: ``tune`` not in `TUNE_MODES`, an option `tune_alpha` does not take,
+      options without ``tune``, or options `check_tune_options` refuses.
+  """
+  if tune not in TUNE_MODES:
+    raise ValueError(f"tune must be one of {TUNE_MODES}, got {tune!r}.")
+  tune_options = dict(tune_options or {})
+  unknown = sorted(set(tune_options) - set(TUNE_OPTIONS))
+  if unknown:
+    raise ValueError(
+      f"unknown tune_options {unknown}; tune_alpha takes folds, steps, learning_rate, penalty."
+    )
+  if tune_options and tune is None:
+    raise ValueError('tune_options were given without tune; pass tune="per_layer".')
+  if tune is not None:
+    check_tune_options(n, **tune_options)
+  return tune_options
+
+
 def check_tune_options(
   n: int,
   *,

@@ -344,7 +344,8 @@ def test_tune_alpha(decomposition, kw, match):
     (dict(trusted=[0, 48]), r"trusted index 48 .*outside \[0, 48\)"),
     (dict(trusted=[2, 2]), r"trusted index 2 appears 2 times"),
     (dict(eval_splits={"val": None}), r"may not use the name 'val'"),
-    (dict(tune_options={"folds": 3}), r"tune_options were given.*not streamed"),
+    (dict(tune_options={"folds": 3}), r"tune_options were given without tune"),
+    (dict(tune="per_layer", tune_options={"folds": 99}), r"too few for folds=99"),
   ],
   ids=[
     "n-trusted",
@@ -357,6 +358,7 @@ def test_tune_alpha(decomposition, kw, match):
     "trusted-repeated",
     "reserved",
     "tune-options",
+    "tune-folds",
   ],
 )
 def test_run_sap_over_sources(kw, match):
@@ -365,10 +367,8 @@ def test_run_sap_over_sources(kw, match):
   refused_before_work(
     lambda: sap_jax.run_sap(APPLY, VARIABLES, train, None, val, None, **opts), match
   )
-  if "tune_options" not in kw:  # the source pipeline itself refuses the same
-    refused_before_work(
-      lambda: source_pipeline.run_sap(APPLY, VARIABLES, train, val, **opts), match
-    )
+  # the source pipeline itself refuses the same
+  refused_before_work(lambda: source_pipeline.run_sap(APPLY, VARIABLES, train, val, **opts), match)
 
 
 # ------------------------------------------------------------------ the command line

@@ -496,7 +496,7 @@ def test_nnx_train_evaluate_correct(tmp_path):
   metrics = json.loads(shown.stdout)
   assert {k: metrics[k] for k in METRIC_KEYS} == {k: meta["metrics"][k] for k in METRIC_KEYS}
 
-  args = ("--n-trusted", "200", "--alphas", "10,1000", "--quiet")
+  args = ("--n-trusted", "200", "--alphas", "10,1000", "--quiet", "--no-figure")
   result = _cli("correct", tmp_path / "ckpt", "--out", tmp_path / "sap", *args, cwd=tmp_path)
   assert result.returncode == 0, result.stderr
   report = json.loads((tmp_path / "sap_report.json").read_text())

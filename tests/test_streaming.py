@@ -158,7 +158,20 @@ def test_the_trusted_set_of_a_stream_holds_k_scores_not_n(folder, monkeypatch):
   "call, message",
   [
     (lambda f, t: sj.run_sap(*f, t, None, t, None, n_trusted=9, score="nope"), "Unknown score"),
-    (lambda f, t: sj.run_sap(*f, t, None, t, None, tune="per_layer"), "needs the validation"),
+    (
+      lambda f, t: sj.run_sap(*f, t, None, t, None, n_trusted=9, tune="sideways"),
+      "tune must be one of",
+    ),
+    (
+      lambda f, t: sj.run_sap(
+        *f, t, None, t, None, n_trusted=9, tune="per_layer", tune_options={"folds": 1}
+      ),
+      "folds must be an integer ≥ 2",
+    ),
+    (
+      lambda f, t: sj.run_sap(*f, t, None, t, None, n_trusted=9, tune_options={"steps": 3}),
+      "without tune",
+    ),
     (lambda f, t: sj.run_sap(*f, t, np.zeros(3), t, None), "carries its own labels"),
     (lambda f, t: sj.run_sap(*f, t, None, np.zeros((3, 8, 8, 3)), None), "x_val must be one"),
     (lambda f, t: sj.run_sap(*f, t, None, t, None, n_trusted=999), "exceeds the 63"),
@@ -218,6 +231,28 @@ def test_two_processes_read_only_their_own_samples_and_equal_one_process(folder,
     # data-parallel training over 8 devices equals one device to float tolerance
     for a, b in zip(p["trained"], _leaves(variables)):
       np.testing.assert_allclose(np.asarray(a), b, rtol=1e-3, atol=1e-4)
+
+
+def test_per_layer_tuning_over_a_source_equals_its_arrays(folder):
+  """``run_sap(tune="per_layer")`` over sources: `tune_alpha` on the validation source
+  (folds read by index) from the grid's best α gives the arrays' per-layer α and model.
+  The validation labels are the model's at α = 3 (so that α wins the grid and is tuned)."""
+  root, ds, _, apply_fn, variables = folder
+  train, _ = folder_sources(root)
+  options = {**sap_options(), "alphas": [3.0, 300.0]}
+  at3 = sj.run_sap(apply_fn, variables, ds.x_train, ds.y_train, ds.x_test, ds.y_test, **options)
+  y_val = np.argmax(
+    predict_logits(apply_fn, sj.apply_alpha(variables, at3.decomposition, 3.0), ds.x_test), -1
+  )
+  options["tune"], options["tune_options"] = "per_layer", {"steps": 5, "folds": 3}
+  val = ArraySource(ds.x_test, y_val)
+  got = sj.run_sap(apply_fn, variables, train, None, val, None, **options)
+  want = sj.run_sap(apply_fn, variables, ds.x_train, ds.y_train, ds.x_test, y_val, **options)
+  assert got.alpha == want.alpha == 3.0 and got.tuning is not None
+  for name, alpha in want.tuning.alpha.items():
+    np.testing.assert_allclose(got.tuning.alpha[name], alpha, rtol=1e-4)
+  for a, b in zip(_leaves(got.variables), _leaves(want.variables)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_array_source_runs_equal_array_runs(mlp):

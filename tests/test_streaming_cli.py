@@ -26,7 +26,9 @@ def runs(tmp_path_factory):
     out = work / name
     done = run_cli(*TRAIN, *extra, "--data-root", root, "--out", out / "ckpt", cwd=work)
     assert done.returncode == 0, done.stderr
-    done = run_cli("correct", out / "ckpt", "--out", out / "sap", "--n-trusted", "30", cwd=work)
+    done = run_cli(
+      "correct", out / "ckpt", "--out", out / "sap", "--n-trusted", "30", "--no-figure", cwd=work
+    )
     assert done.returncode == 0, done.stderr
   return work, root
 
