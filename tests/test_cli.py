@@ -432,21 +432,30 @@ def test_training_progress_in_a_pipe_is_one_line_every_twentieth_epoch():
   live["log_fn"]({"epoch": 1})  # only the interrupt check: the bar shows the epochs
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_dropped_in_a_finalizer_is_raised_at_the_next_epoch():
+def test_a_ctrl_c_dropped_in_a_finalizer_is_raised_at_the_next_epoch(monkeypatch):
   class Finalized:
     def __del__(self):
-      os.kill(os.getpid(), signal.SIGINT)  # its KeyboardInterrupt is printed and dropped
+      os.kill(os.getpid(), signal.SIGINT)  # its KeyboardInterrupt is dropped by Python
 
+  class Broken:
+    def __del__(self):
+      raise ValueError("a bug in a finalizer")
+
+  shown = []  # what reached the unraisable hook in place before (Python's prints it)
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: shown.append(type(u.exc_value)))
   quiet = Progress(quiet=True).train_options(100)["log_fn"]
   before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
   with interrupts.installed():
     quiet({"epoch": 1})  # nothing pending
+    Broken()  # any other exception in a finalizer is still shown
     Finalized()  # collected at once: the handler runs inside __del__, its raise dropped
     with pytest.raises(KeyboardInterrupt):
       quiet({"epoch": 2})
   quiet({"epoch": 3})  # the record ends with the block
+  assert shown == [ValueError]  # the dropped Ctrl-C printed no traceback
   assert signal.getsignal(signal.SIGINT) == before  # the handler before is back
+  Broken()
+  assert shown == [ValueError, ValueError]  # the hook before is back
 
 
 def test_user_errors_are_one_line_and_bugs_are_not_hidden(tmp_path, capsys, monkeypatch):

@@ -7,7 +7,9 @@ dropped, and the command goes on: seen under load, a training that a Ctrl-C did 
 stop. `installed` adds a record of the interrupt to Python's behaviour: its handler
 remembers the signal and raises KeyboardInterrupt as Python's does, and
 `raise_if_interrupted`, which the progress callbacks call (every epoch, every phase,
-every α), raises it again if it was dropped.
+every α), raises it again if it was dropped. The dropped one is not printed either (a
+``sys.unraisablehook`` that passes every other exception on): the user sees one line,
+"interrupted: …", not a traceback from a finalizer.
 
 The flag is process-wide state, as the signal is; only the command line installs the
 handler (from the main thread), and only while it runs.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -28,6 +31,19 @@ def _handler(signum, frame) -> None:
   raise KeyboardInterrupt
 
 
+def _quiet_dropped_interrupt(previous):
+  """A ``sys.unraisablehook`` that drops a recorded Ctrl-C's KeyboardInterrupt raised in
+  a finalizer (`raise_if_interrupted` raises it again) and hands anything else to
+  ``previous``."""
+
+  def hook(unraisable) -> None:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _pending.is_set():
+      return
+    previous(unraisable)
+
+  return hook
+
+
 def raise_if_interrupted() -> None:
   """Raises KeyboardInterrupt if a Ctrl-C arrived while `installed` was active."""
   if _pending.is_set():
@@ -36,15 +52,19 @@ def raise_if_interrupted() -> None:
 
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
-  """SIGINT recorded and raised while the block runs (the main thread only: elsewhere a
-  no-op); the previous handler and a clear record afterwards."""
+  """SIGINT recorded and raised while the block runs, and its KeyboardInterrupt not
+  printed where a finalizer drops it (the main thread only: elsewhere a no-op); the
+  previous handler and unraisable hook, and a clear record, afterwards."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
   _pending.clear()
   previous = signal.signal(signal.SIGINT, _handler)
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = _quiet_dropped_interrupt(previous_hook)
   try:
     yield
   finally:
     signal.signal(signal.SIGINT, previous)
+    sys.unraisablehook = previous_hook
     _pending.clear()
