@@ -34,10 +34,8 @@ from sap_jax.spectrum import stats_summary
 from sap_jax.stats import activation_stats
 from sap_jax.stats.calls import ALL_CALLS
 from sap_jax.sweep import DEFAULT_ALPHAS, SweepResult, checked_sweep_splits, sweep_checked
-from sap_jax.tuning import TUNE_MODES, TuneResult, check_tune_request, tune_alpha
+from sap_jax.tuning import TuneResult, check_tune_request, tune_alpha
 from sap_jax.types import ApplyFn
-
-__all__ = ["TUNE_MODES", "SAPResult", "layer_summary", "run_sap"]
 
 
 class SAPResult(NamedTuple):
@@ -288,7 +286,9 @@ def run_sap(
     y_train = shd.to_host(y_train)  # labels are small; the trusted set needs them on the host
   elif mesh is not None:  # host arrays read over a mesh: each process its own rows
     variables = shd.replicate(variables, mesh)
-    found = (mesh, shd.DATA_AXIS) if shd.num_shards(mesh) > 1 else None
+  spread = found  # the devices the eigh layers are spread over (None: this one)
+  if found is None and mesh is not None and shd.num_shards(mesh) > 1:
+    spread = (mesh, shd.DATA_AXIS)
   repeated = layer_check(
     apply_fn,
     variables,
@@ -327,7 +327,7 @@ def run_sap(
   report("statistics", 1, 1)
   report("decomposition", 0, 1)
   # over a mesh, each eigh layer's eigh on one device, the bases then shared
-  decomposition = decompose(variables, stats, method=method, n_alphas=len(alphas_np), mesh=found)
+  decomposition = decompose(variables, stats, method=method, n_alphas=len(alphas_np), mesh=spread)
   report("decomposition", 1, 1)
   sweep = sweep_checked(
     apply_fn,

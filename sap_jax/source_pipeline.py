@@ -28,7 +28,7 @@ from sap_jax.arg_checks import (
   check_trusted_indices,
   layer_check,
 )
-from sap_jax.data.feed_layout import default_mesh
+from sap_jax.data.feed_layout import default_mesh, row_budget
 from sap_jax.data.sources import check_length, first_input, input_shape, is_source, source_length
 from sap_jax.layers import exclude_patterns
 from sap_jax.sample_scores import SCORES
@@ -143,10 +143,7 @@ def run_sap(
   report("statistics", 0, 1)
   check_length(train, n_train, "train")  # the trusted indices point into this source
   batches = stats_batches(train, trusted, batch_size, mesh=mesh, workers=workers)
-  budget = rows_per_batch
-  size = -(-batch_size // shd.num_shards(mesh)) * shd.num_shards(mesh)
-  if budget is not None and size != batch_size:
-    budget = rows_per_batch * size / batch_size
+  budget = row_budget(rows_per_batch, batch_size, shd.num_shards(mesh))
   stats = activation_stats(
     apply_fn, variables, batches, rows_per_batch=budget, seed=seed, calls=calls
   )

@@ -29,6 +29,7 @@ from sap_jax.data.feed_layout import (
   default_mesh,
   global_array,
   local_rows,
+  row_budget,
 )
 
 
@@ -237,24 +238,19 @@ def trusted_stats_batches(
     device and masked (`sap_jax.sharding.LocalBatch.valid`), so one compilation serves
     all; a sample keeps its place in the trusted order as its global index.
 
-  Over several devices the batches hold b · shards samples, so the budget is rescaled to
-  keep each row with the probability rows_per_batch / (rows of batch_size samples), as one
-  device does.
+  The budget: `sap_jax.data.feed_layout.row_budget`.
   """
   trusted = np.asarray(trusted)
   found = shd.data_axis_of(x)
   mesh, axis = found if found is not None else (mesh_of(x, mesh), shd.DATA_AXIS)
   shards = shd.num_shards(mesh, axis)
-  size = -(-batch_size // shards) * shards
-  budget = rows_per_batch
-  if budget is not None and size != batch_size:
-    budget = rows_per_batch * size / batch_size
+  budget = row_budget(rows_per_batch, batch_size, shards)
   if found is None and shards == 1:
-    rows = np.asarray(x)[trusted]
-    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)], budget
+    return split(np.asarray(x)[trusted], batch_size), budget
   if found is None:
     feed = feed_arrays(x, None, batch_size, mesh=mesh, indices=trusted)
     return [stats_batch(b, mesh) for b in feed], budget
+  size = -(-batch_size // shards) * shards
   n = len(trusted)
   padded = -(-n // size) * size
   index = np.concatenate([trusted, np.full(padded - n, trusted[0], trusted.dtype)])

@@ -61,6 +61,17 @@ def batch_layout(n: int, batch_size: int, mesh: Mesh, axis: str = shd.DATA_AXIS)
   return size, -(-n // size)
 
 
+def row_budget(rows_per_batch: int | None, batch_size: int, shards: int) -> float | None:
+  """The row budget of `sap_jax.activation_stats` for the feeder's statistics batches on
+  ``shards`` devices: they hold ``batch_size`` rounded up to a multiple of the shards, so
+  the budget is rescaled to keep each row with the probability rows_per_batch / (rows of
+  ``batch_size`` samples), as one device does."""
+  size = -(-batch_size // shards) * shards
+  if rows_per_batch is None or size == batch_size:
+    return rows_per_batch
+  return rows_per_batch * size / batch_size
+
+
 def local_rows(size: int, mesh: Mesh, axis: str = shd.DATA_AXIS) -> np.ndarray:
   """The rows of a global batch of ``size`` samples that this process's devices of
   ``mesh`` hold (this process reads those stream positions of every batch)."""
