@@ -24,6 +24,7 @@ from sap_jax.arg_checks import (
   sample_count,
 )
 from sap_jax.data.array_feeder import trusted_stats_batches
+from sap_jax.data.feed_layout import checked_mesh
 from sap_jax.data.sources import input_shape, is_source, no_separate_labels
 from sap_jax.decomposition import Decomposition, apply_alpha, decompose
 from sap_jax.input_checks import as_array, check_labelled
@@ -257,6 +258,7 @@ def run_sap(
     "run_sap",
   )
   # Every argument is checked before the first forward (scores, statistics, sweep).
+  mesh = None if mesh is None else checked_mesh(mesh)  # None: one device, or the data's
   check_count(batch_size, "batch_size")
   check_count(rows_per_batch, "rows_per_batch", optional=True)
   check_seed(seed)

@@ -28,7 +28,7 @@ from sap_jax.arg_checks import (
   check_trusted_indices,
   layer_check,
 )
-from sap_jax.data.feed_layout import default_mesh, row_budget
+from sap_jax.data.feed_layout import checked_mesh, row_budget
 from sap_jax.data.sources import check_length, first_input, input_shape, is_source, source_length
 from sap_jax.layers import exclude_patterns
 from sap_jax.sample_scores import SCORES
@@ -110,7 +110,7 @@ def run_sap(
   else:
     trusted = check_trusted_indices(trusted, n_train)
   tune_options = check_tune_request(tune, tune_options, source_length(val, "val"))
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = checked_mesh(mesh)
   variables = shd.replicate(dict(variables), mesh)
   repeated = layer_check(
     apply_fn,

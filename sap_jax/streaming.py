@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 
 from sap_jax import sharding as shd
 from sap_jax.data.array_feeder import stats_batch
-from sap_jax.data.feed_layout import Batch, default_mesh
+from sap_jax.data.feed_layout import Batch, checked_mesh
 from sap_jax.data.feeder import feed
 from sap_jax.data.sources import (
   first_input,
@@ -59,7 +59,7 @@ def num_outputs(apply_fn: ApplyFn, variables: Variables, source: Any, what: str)
 
 
 def _placed(variables: Variables, mesh: Mesh | None) -> tuple[Variables, Mesh]:
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = checked_mesh(mesh)
   return shd.replicate(variables, mesh), mesh
 
 
@@ -252,7 +252,7 @@ def stats_batches(
   batches: host arrays of the real samples on one device (the last batch short: the
   statistics pad and mask it themselves), `sap_jax.sharding.LocalBatch`es over a mesh
   of several (each shard's first global position and its count of real samples)."""
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = checked_mesh(mesh)
   for batch in feed(
     source, batch_size, mesh=mesh, indices=indices, labelled=False, workers=workers
   ):
@@ -320,7 +320,7 @@ def evaluate_many(
   """`evaluate` of several variable sets of one model in one pass over ``source``."""
   n = source_length(source, what)
   k = num_outputs(apply_fn, candidates[0], source, what)
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = checked_mesh(mesh)
   placed = stack_variables(candidates, mesh)
   correct, loss = _score_pass(
     hashable(apply_fn), placed, source, batch_size, mesh, k, workers, what
@@ -382,7 +382,7 @@ def score_alphas(
   chunk = len(alphas) if alpha_chunk is None else int(alpha_chunk)
   if chunk < 1:
     raise ValueError(f"alpha_chunk must be ≥ 1 or None, got {alpha_chunk}.")
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = checked_mesh(mesh)
   fn = hashable(apply_fn)
   sizes = {name: source_length(src, f"split {name!r}") for name, src in splits.items()}
   k = {

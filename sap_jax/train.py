@@ -37,7 +37,7 @@ from sap_jax import augmentation, multihost
 from sap_jax import init_from as pretrained_init
 from sap_jax import sharding as shd
 from sap_jax.data.array_feeder import labels_on_host
-from sap_jax.data.feed_layout import default_mesh
+from sap_jax.data.feed_layout import checked_mesh
 from sap_jax.data.feeder import Transform
 from sap_jax.data.sources import ArraySource, first_input, is_source
 from sap_jax.evaluation import evaluate, fit_fraction, predict_logits
@@ -198,6 +198,7 @@ def train_model(
       between processes (`sap_jax.multihost.check_same_across_processes`), raised on
       every process.
   """
+  mesh = None if mesh is None else checked_mesh(mesh)
   multihost.check_same_across_processes(
     {
       "model": model,
@@ -215,7 +216,7 @@ def train_model(
     transform = augmentation.training_transform(config.augment, dataset, shape)
   pretrained = None if init_from is None else pretrained_init.pretrained_arrays(init_from, model)
   if is_source(x):
-    mesh = default_mesh() if mesh is None else mesh
+    mesh = checked_mesh(mesh)
     shd.check_divides(config.batch_size, mesh, what="TrainConfig.batch_size")
     x, y, val = checked_training_source(model, x, y, x_val, y_val, config)
   else:
@@ -231,7 +232,7 @@ def train_model(
     x, y, val = checked_training_data(model, x, y, x_val, y_val, config)
     if transform is not None:  # augmented: read per sample through the feeder
       x, y = ArraySource(x, y), None
-      mesh = default_mesh() if mesh is None else mesh
+      mesh = checked_mesh(mesh)
   start_time = time.perf_counter()
   n_train = len(x)  # a source must keep it (checked every epoch)
   steps_per_epoch = n_train // config.batch_size

@@ -24,6 +24,7 @@ import sap_jax.nnx
 from sap_jax import cli, source_pipeline
 from sap_jax import train as train_mod
 from sap_jax.data.sources import ArraySource
+from sap_jax.trusted import trusted_set
 
 K, D = 3, 4
 FORWARDS = [0]
@@ -369,6 +370,36 @@ def test_run_sap_over_sources(kw, match):
   )
   # the source pipeline itself refuses the same
   refused_before_work(lambda: source_pipeline.run_sap(APPLY, VARIABLES, train, val, **opts), match)
+
+
+_NO_DATA_AXIS = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("model",))
+
+
+@pytest.mark.parametrize(
+  "call",
+  [
+    lambda mesh: _run_sap(mesh=mesh),
+    lambda mesh: sap_jax.run_sap(
+      APPLY, VARIABLES, ArraySource(X, Y), None, ArraySource(XV, YV), None, n_trusted=8, mesh=mesh
+    ),
+    lambda mesh: sap_jax.evaluate(APPLY, VARIABLES, X, Y, mesh=mesh),
+    lambda mesh: trusted_set(APPLY, VARIABLES, X, Y, 8, mesh=mesh),
+    lambda mesh: train_mod.train_model(
+      _LINEN, X, Y, train_mod.TrainConfig(epochs=1, batch_size=16), mesh=mesh, progress=False
+    ),
+  ],
+  ids=["run_sap", "run_sap-sources", "evaluate", "trusted_set", "train_model"],
+)
+@pytest.mark.parametrize(
+  "mesh, match",
+  [
+    (4, r"mesh must be a jax.sharding.Mesh with a 'data' axis .*; got int"),
+    (_NO_DATA_AXIS, r"the mesh has axes \('model',\), no 'data' axis .*data_mesh\(\)"),
+  ],
+  ids=["not-a-mesh", "no-data-axis"],
+)
+def test_a_bad_mesh_is_refused_before_work(call, mesh, match):
+  refused_before_work(lambda: call(mesh), match)
 
 
 # ------------------------------------------------------------------ the command line

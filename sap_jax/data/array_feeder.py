@@ -25,8 +25,8 @@ from sap_jax import sharding as shd
 from sap_jax.data.feed_layout import (
   Batch,
   batch_layout,
+  checked_mesh,
   checked_stream,
-  default_mesh,
   global_array,
   local_rows,
   row_budget,
@@ -53,7 +53,7 @@ def mesh_of(x: Any, mesh: Mesh | None = None) -> Mesh:
   found = shd.data_axis_of(x)
   if found is not None:
     return found[0]
-  return default_mesh() if mesh is None else mesh
+  return checked_mesh(mesh)
 
 
 def feed_arrays(

@@ -49,6 +49,24 @@ def default_mesh() -> Mesh:
   return shd.data_mesh(jax.local_devices()[:1])
 
 
+def checked_mesh(mesh: Any) -> Mesh:
+  """``mesh``, or `default_mesh` for None, refused unless it is a `jax.sharding.Mesh` with
+  a data axis (`sap_jax.sharding.DATA_AXIS`)."""
+  if mesh is None:
+    return default_mesh()
+  if not isinstance(mesh, Mesh):
+    raise ValueError(
+      f"mesh must be a jax.sharding.Mesh with a {shd.DATA_AXIS!r} axis (e.g. "
+      f"sap_jax.sharding.data_mesh()), or None for one device; got {type(mesh).__name__}."
+    )
+  if shd.DATA_AXIS not in mesh.shape:
+    raise ValueError(
+      f"the mesh has axes {tuple(mesh.shape)}, no {shd.DATA_AXIS!r} axis to read the samples "
+      "over; make it with sap_jax.sharding.data_mesh()."
+    )
+  return mesh
+
+
 def batch_layout(n: int, batch_size: int, mesh: Mesh, axis: str = shd.DATA_AXIS) -> tuple[int, int]:
   """``(B, batches)``: the global batch size of a stream of ``n`` samples on ``mesh``
   (``batch_size`` rounded up to a multiple of the devices of its ``axis``, at most ``n``

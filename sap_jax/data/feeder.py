@@ -56,6 +56,7 @@ from sap_jax.data.array_feeder import (
 from sap_jax.data.feed_layout import (
   Batch,
   batch_layout,
+  checked_mesh,
   checked_stream,
   default_mesh,
   global_array,
@@ -205,7 +206,7 @@ def feed(
       used), a bad argument before any read.
   """
   n_source = source_length(source, what)
-  mesh = default_mesh() if mesh is None else mesh
+  mesh = checked_mesh(mesh)
   stream = checked_stream(indices, n_source, what)
   if workers < 0 or threads < 1 or prefetch < 0:
     raise ValueError(
