@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -456,6 +457,23 @@ def test_a_ctrl_c_dropped_in_a_finalizer_is_raised_at_the_next_epoch(monkeypatch
   assert signal.getsignal(signal.SIGINT) == before  # the handler before is back
   Broken()
   assert shown == [ValueError, ValueError]  # the hook before is back
+
+
+def test_orbax_write_tasks_orphaned_by_a_failed_write_log_nothing(tmp_path, caplog):
+  """After `sap-jax` ran, asyncio's report of an orbax write task whose failure nobody
+  awaited (the other fragments of a write that failed, logged when the task is collected)
+  is dropped; every other asyncio report still shows."""
+  assert cli.main(["--compilation-cache", "off", "evaluate", str(tmp_path / "nope")]) == 2
+  log = logging.getLogger("asyncio")
+  orphan = (
+    "Task exception was never retrieved\nfuture: <Task finished coro=<{}() done, defined at {}>"
+  )
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    log.error(
+      orphan.format("async_serialize_from_host", "/v/orbax/checkpoint/serialization.py:126")
+    )
+    log.error(orphan.format("fetch", "/v/mine.py:3"))
+  assert [r.getMessage().split("coro=<")[1][:5] for r in caplog.records] == ["fetch"]
 
 
 def test_user_errors_are_one_line_and_bugs_are_not_hidden(tmp_path, capsys, monkeypatch):

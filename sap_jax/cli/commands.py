@@ -38,6 +38,7 @@ splits), `runs` (a run's data, model and checkpoint) and `figure` (the PNG besid
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -113,6 +114,25 @@ def _drop_closed_loop_reports() -> None:
   sys.unraisablehook = hook
 
 
+class _OrbaxOrphanErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" for orbax's write tasks: when
+  one fragment of a checkpoint write fails (disk full, a file-size limit), orbax raises
+  the first failure, which the command line reports in one line, and the other
+  fragments' failures stay in tasks nobody awaits; asyncio logs each when the task is
+  collected, possibly after the command has returned."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return not (text.startswith("Task exception was never retrieved") and "orbax" in text)
+
+
+def _drop_orbax_orphan_errors() -> None:
+  """`_OrbaxOrphanErrors` on asyncio's logger, for the rest of the process (once)."""
+  log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _OrbaxOrphanErrors) for f in log.filters):
+    log.addFilter(_OrbaxOrphanErrors())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the command line; returns the exit status (0, 2 for a user error, 130 on Ctrl-C)."""
   parser = build_parser()
@@ -120,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args.written = []
   shown, warnings.showwarning = warnings.showwarning, _show_warning
   _drop_closed_loop_reports()
+  _drop_orbax_orphan_errors()
   try:
     with interrupts.installed():  # a Ctrl-C dropped in a finalizer is raised again
       start_devices(args)
